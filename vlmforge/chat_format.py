@@ -1,0 +1,73 @@
+"""Turning `Conversation`s into what a Qwen2-VL-style processor eats, for training and for evaluation prompts.
+
+Labels cover only the assistant turns (answer tokens and their `<|im_end|>`), as TRL's
+`assistant_only_loss` does: the model is taught to answer, not to repeat the question.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .data.types import Conversation, ImagePart, Message
+
+IGNORE_INDEX = -100
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+TURN_END = "<|im_end|>"
+
+
+def to_hf_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """Chat-template messages: images become `{"type": "image"}` slots filled by the processor's `images`."""
+    return [
+        {
+            "role": message.role,
+            "content": [
+                {"type": "image"} if isinstance(part, ImagePart) else {"type": "text", "text": part.text}
+                for part in message.parts
+            ],
+        }
+        for message in messages
+    ]
+
+
+def prompt_text(processor, conversation: Conversation) -> str:
+    """The evaluation prompt: everything but the reference answer, ending where the assistant starts to speak."""
+    return processor.apply_chat_template(to_hf_messages(conversation.prompt), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+class ChatCollator:
+    """Collates conversations into padded `input_ids`, `attention_mask`, `pixel_values`, `image_grid_thw`,
+    `mm_token_type_ids` (what the processor returns) plus assistant-only `labels`."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        tokenizer = processor.tokenizer
+        self.assistant_header_ids = tokenizer.encode(ASSISTANT_HEADER, add_special_tokens=False)
+        self.turn_end_id = tokenizer.convert_tokens_to_ids(TURN_END)
+
+    def __call__(self, conversations: list[Conversation]) -> dict[str, torch.Tensor]:
+        texts = [self.processor.apply_chat_template(to_hf_messages(c.messages), tokenize=False) for c in conversations]
+        images = [image.open() for c in conversations for image in c.images]
+        batch = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        batch["labels"] = self.assistant_labels(batch["input_ids"], batch["attention_mask"])
+        return dict(batch)
+
+    def assistant_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        header = self.assistant_header_ids
+        for row, ids in enumerate(input_ids.tolist()):
+            position = 0
+            while position <= len(ids) - len(header):
+                if ids[position:position + len(header)] != header:
+                    position += 1
+                    continue
+                start = position + len(header)
+                end = start
+                while end < len(ids) and ids[end] != self.turn_end_id:
+                    end += 1
+                stop = min(end + 1, len(ids))  # the model must learn to emit <|im_end|> and stop
+                labels[row, start:stop] = input_ids[row, start:stop]
+                position = stop
+        return labels.masked_fill(attention_mask == 0, IGNORE_INDEX)

@@ -1,0 +1,98 @@
+"""Reading JSON records and checking the conversation rules every chat-shaped format shares."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import DatasetFormatError
+from .types import Conversation, Message, Part, TextPart
+
+_ROLES = ("system", "user", "assistant")
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yields (1-based line number, object) for each non-blank line."""
+    with path.open("r", encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetFormatError(path, f"invalid JSON ({err.msg} at column {err.colno})", line=line_number) from None
+            if not isinstance(record, dict):
+                raise DatasetFormatError(path, f"expected a JSON object, got {type(record).__name__}", line=line_number)
+            yield line_number, record
+
+
+def require(record: dict, key: str, kind: type | tuple[type, ...], *, path: Path, line: int, field: str | None = None):
+    if key not in record:
+        raise DatasetFormatError(path, "missing", line=line, field=field or key)
+    value = record[key]
+    if not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise DatasetFormatError(path, f"expected {names}, got {type(value).__name__}", line=line, field=field or key)
+    return value
+
+
+def check_role(role: object, *, path: Path, line: int, field: str) -> str:
+    if role not in _ROLES:
+        raise DatasetFormatError(path, f"role must be one of {', '.join(_ROLES)}, got {role!r}", line=line, field=field)
+    return role  # type: ignore[return-value]
+
+
+def build_conversation(messages: list[Message], *, path: Path, line: int, field: str = "messages") -> Conversation:
+    """Enforces what training needs: optional leading system, user/assistant turns, an assistant answer last."""
+    if not messages:
+        raise DatasetFormatError(path, "conversation has no messages", line=line, field=field)
+    for index, message in enumerate(messages):
+        if message.role == "system" and index != 0:
+            raise DatasetFormatError(path, "a system message may only come first", line=line, field=f"{field}[{index}]")
+    turns = messages[1:] if messages[0].role == "system" else messages
+    if not any(m.role == "user" for m in turns):
+        raise DatasetFormatError(path, "conversation has no user message", line=line, field=field)
+    if turns[-1].role != "assistant":
+        raise DatasetFormatError(path, "the last message must be the assistant's answer", line=line,
+                                 field=f"{field}[{len(messages) - 1}]")
+    if not turns[-1].text.strip():
+        raise DatasetFormatError(path, "the assistant's answer is empty", line=line, field=f"{field}[{len(messages) - 1}]")
+    if turns[-1].images:
+        raise DatasetFormatError(path, "the assistant's answer may not contain images", line=line,
+                                 field=f"{field}[{len(messages) - 1}]")
+    return Conversation(messages=tuple(messages), source=f"{path.name}:{line}")
+
+
+PartParser = Callable[[dict, Path, int, str], Part]
+"""Parses one non-text content part (the piece in which chat formats differ): (part, file, line, field)."""
+
+
+def parse_chat_record(record: dict, path: Path, line: int, parse_media_part: PartParser) -> Conversation:
+    """`{"messages": [{"role", "content": str | [parts]}]}`, shared by the conversation and OpenAI formats."""
+    raw_messages = require(record, "messages", list, path=path, line=line)
+    messages = []
+    for index, raw in enumerate(raw_messages):
+        field = f"messages[{index}]"
+        if not isinstance(raw, dict):
+            raise DatasetFormatError(path, "expected an object", line=line, field=field)
+        role = check_role(raw.get("role"), path=path, line=line, field=f"{field}.role")
+        content = require(raw, "content", (str, list), path=path, line=line, field=f"{field}.content")
+        parts = _chat_parts(content, path, line, f"{field}.content", parse_media_part)
+        messages.append(Message(role=role, parts=parts))  # type: ignore[arg-type]
+    return build_conversation(messages, path=path, line=line)
+
+
+def _chat_parts(content: str | list, path: Path, line: int, field: str, parse_media_part: PartParser) -> tuple[Part, ...]:
+    if isinstance(content, str):
+        return (TextPart(content),)
+    parts: list[Part] = []
+    for index, raw in enumerate(content):
+        part_field = f"{field}[{index}]"
+        if not isinstance(raw, dict):
+            raise DatasetFormatError(path, "expected an object", line=line, field=part_field)
+        if raw.get("type") == "text":
+            parts.append(TextPart(require(raw, "text", str, path=path, line=line, field=f"{part_field}.text")))
+        else:
+            parts.append(parse_media_part(raw, path, line, part_field))
+    return tuple(parts)

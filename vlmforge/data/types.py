@@ -1,0 +1,81 @@
+"""The in-memory form every dataset format is loaded into: a conversation of text and image parts."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image that is read only when needed: a file already confined to the dataset directory, or bytes."""
+
+    path: Path | None = None
+    data: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise ValueError("ImageRef needs exactly one of path or data")
+
+    def open(self) -> Image.Image:
+        source = self.path if self.path is not None else io.BytesIO(self.data)  # type: ignore[arg-type]
+        with Image.open(source) as image:
+            return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    image: ImageRef
+
+
+Part = TextPart | ImagePart
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    parts: tuple[Part, ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(part.text for part in self.parts if isinstance(part, TextPart))
+
+    @property
+    def images(self) -> list[ImageRef]:
+        return [part.image for part in self.parts if isinstance(part, ImagePart)]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One training / evaluation sample. The last message is the assistant's reference answer."""
+
+    messages: tuple[Message, ...]
+    source: str = field(default="", compare=False)  # "file:line", for error messages and reports
+
+    @property
+    def prompt(self) -> tuple[Message, ...]:
+        """Everything before the final assistant answer: what a model is asked at evaluation time."""
+        return self.messages[:-1]
+
+    @property
+    def reference_answer(self) -> str:
+        return self.messages[-1].text
+
+    @property
+    def question(self) -> str:
+        return self.messages[-2].text
+
+    @property
+    def images(self) -> list[ImageRef]:
+        return [image for message in self.messages for image in message.images]

@@ -1,0 +1,129 @@
+"""Builds the embedded default model: a tiny Qwen2-VL that transformers and vLLM load like the real one.
+
+Steps: generate the dataset (cached), train the tokenizer on its text, assemble config + processor, pre-train
+all weights on the `pretrain` split, then write everything into the directory in one atomic rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    GenerationConfig,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+from ..data import load_dataset
+from ..datagen import build_dataset
+from .pretrain import PretrainResult, pretrain
+from .spec import TinyModelSpec
+from .tokenizer import ENDOFTEXT, train_tokenizer
+
+RECIPE_FILE = "vlmforge_tiny_model.json"
+
+
+def is_built(model_dir: Path, spec: TinyModelSpec) -> bool:
+    try:
+        recipe = json.loads((Path(model_dir) / RECIPE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return recipe.get("fingerprint") == spec.fingerprint()
+
+
+def build_tiny_model(model_dir: Path, data_dir: Path, spec: TinyModelSpec = TinyModelSpec()) -> Path:
+    model_dir = Path(model_dir)
+    if is_built(model_dir, spec):
+        return model_dir
+    build_dataset(data_dir, spec.dataset)
+    pretrain_set = load_dataset(Path(data_dir) / "pretrain.jsonl")
+    train_texts = [m.text for c in load_dataset(Path(data_dir) / "train.jsonl") for m in c.messages]
+
+    torch.manual_seed(spec.seed)
+    tokenizer = train_tokenizer([m.text for c in pretrain_set for m in c.messages] + train_texts,
+                                spec.max_tokenizer_vocab)
+    processor = make_processor(tokenizer, spec)
+    model = Qwen2VLForConditionalGeneration(make_config(tokenizer, spec))
+    result = pretrain(model, processor, pretrain_set, spec)
+
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
+    try:
+        model.generation_config = make_generation_config(tokenizer)
+        model.save_pretrained(staging)  # safetensors
+        processor.save_pretrained(staging)
+        _write_recipe(staging, spec, result)
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        staging.rename(model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return model_dir
+
+
+def make_processor(tokenizer, spec: TinyModelSpec) -> Qwen2VLProcessor:
+    pixels = spec.image_size_px * spec.image_size_px
+    image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels)
+    video_processor = Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels)
+    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                            chat_template=tokenizer.chat_template)
+
+
+def make_config(tokenizer, spec: TinyModelSpec) -> Qwen2VLConfig:
+    token = tokenizer.convert_tokens_to_ids
+    vocab_size = -(-len(tokenizer) // 64) * 64  # padded like Qwen's embedding tables
+    text_config = {
+        "vocab_size": vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.attention_heads,
+        "num_key_value_heads": spec.kv_heads,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(spec.mrope_section)},
+        "bos_token_id": token(ENDOFTEXT),
+        "eos_token_id": token("<|im_end|>"),
+        "pad_token_id": token(ENDOFTEXT),
+        "tie_word_embeddings": True,
+    }
+    vision_config = {
+        "depth": spec.vision_depth,
+        "embed_dim": spec.vision_embed_dim,
+        "num_heads": spec.vision_heads,
+        "mlp_ratio": spec.vision_mlp_ratio,
+        "hidden_size": spec.hidden_size,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    config = Qwen2VLConfig(
+        text_config=text_config, vision_config=vision_config, tie_word_embeddings=True,
+        image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
+        vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"),
+    )
+    config.architectures = ["Qwen2VLForConditionalGeneration"]
+    return config
+
+
+def make_generation_config(tokenizer) -> GenerationConfig:
+    token = tokenizer.convert_tokens_to_ids
+    return GenerationConfig(eos_token_id=[token("<|im_end|>"), token(ENDOFTEXT)], pad_token_id=token(ENDOFTEXT),
+                            bos_token_id=token(ENDOFTEXT), do_sample=False)
+
+
+def _write_recipe(model_dir: Path, spec: TinyModelSpec, result: PretrainResult) -> None:
+    recipe = {
+        "fingerprint": spec.fingerprint(),
+        "spec": dataclasses.asdict(spec),
+        "pretraining": dataclasses.asdict(result),
+    }
+    (model_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")

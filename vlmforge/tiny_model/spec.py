@@ -1,0 +1,47 @@
+"""The recipe of the embedded tiny Qwen2-VL: shapes, pre-training schedule, and the dataset it learns from."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ..datagen import DatasetSpec
+
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Every field changes the built bytes, so all of them go into the cache key."""
+
+    # Language model: head_dim = hidden_size / attention_heads = 64, the smallest vLLM's CPU attention takes.
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    layers: int = 4
+    attention_heads: int = 4
+    kv_heads: int = 2
+    mrope_section: tuple[int, int, int] = (8, 12, 12)  # sums to head_dim / 2, like Qwen2-VL's (16, 24, 24) for 128
+    # Vision tower (Qwen2-VL ViT): 14 px patches, 2x2 merged into one language token.
+    vision_depth: int = 2
+    vision_embed_dim: int = 128
+    vision_heads: int = 2
+    vision_mlp_ratio: int = 2
+    image_size_px: int = 112  # every image is resized to this square: 8x8 patches -> 16 image tokens
+    max_tokenizer_vocab: int = 1024
+    # Full-parameter pre-training on the dataset's `pretrain` split (captions, sentence answers).
+    pretrain_steps: int = 1200
+    pretrain_batch_size: int = 16
+    pretrain_learning_rate: float = 2e-3
+    pretrain_warmup_steps: int = 60
+    seed: int = 0
+    dataset: DatasetSpec = DatasetSpec()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.attention_heads
+
+    def fingerprint(self) -> str:
+        payload = json.dumps({"version": RECIPE_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
