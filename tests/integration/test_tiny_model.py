@@ -85,10 +85,13 @@ def test_vllm_cpu_loads_the_model_and_answers_about_an_image(tiny_model_dir: Pat
     data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
     llm = LLM(model=str(tiny_model_dir), max_model_len=512, max_num_seqs=4, enforce_eager=True,
-              gpu_memory_utilization=0.05, limit_mm_per_prompt={"image": 1}, seed=0)
+              gpu_memory_utilization=0.15, limit_mm_per_prompt={"image": 1}, seed=0)
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
                                              {"type": "text", "text": sample.question}]}]
-    outputs = llm.chat(messages, SamplingParams(max_tokens=8, temperature=0.0))
+    try:
+        outputs = llm.chat(messages, SamplingParams(max_tokens=8, temperature=0.0))
+    finally:
+        llm.llm_engine.engine_core.shutdown()  # stop the engine process before pytest closes its log capture
     completion = outputs[0].outputs[0]
     assert len(outputs[0].prompt_token_ids) > 16, "the prompt holds the 16 image tokens"
     assert 0 < len(completion.token_ids) <= 8

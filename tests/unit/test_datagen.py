@@ -48,7 +48,8 @@ def test_splits_load_with_the_trainers_loader_and_cover_charts_and_scenes(small_
 
 
 def test_pretraining_split_is_one_multi_turn_conversation_per_image_without_the_held_out_kind(
-        small_dataset: Path) -> None:
+    small_dataset: Path,
+) -> None:
     conversations = load_dataset(small_dataset / "pretrain.jsonl")
     assert len(conversations) == SMALL.pretrain_images
     held_out_questions = {"Where is the red shape?", "Where is the blue shape?"}
@@ -56,11 +57,14 @@ def test_pretraining_split_is_one_multi_turn_conversation_per_image_without_the_
         questions = [m.text for m in conversation.messages if m.role == "user"]
         answers = [m.text for m in conversation.messages if m.role == "assistant"]
         assert "Describe the image." in questions and len(questions) >= 2
-        assert all(a.endswith(".") for a in answers), "pre-training answers are sentences"
+        assert answers[[m.text for m in conversation.messages if m.role == "user"].index("Describe the image.")
+                       ].endswith("."), "captions are sentences"
         assert not held_out_questions & set(questions)
         assert len(conversation.images) == 1
     first_questions = {[m.text for m in c.messages if m.role == "user"][0] for c in conversations}
     assert len(first_questions) > 1, "turn order is shuffled, so not every conversation opens with the caption"
+    answers = [m.text for c in conversations for m in c.messages[2:] if m.role == "assistant"]
+    assert any(a.endswith(".") for a in answers) and any(not a.endswith(".") for a in answers), "mixed styles"
 
 
 def test_images_are_real_pictures_of_the_configured_size(small_dataset: Path) -> None:

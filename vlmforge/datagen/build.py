@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from . import charts, scenes, tasks
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
+SENTENCE_ANSWER_SHARE = 0.5
 INFO_FILE = "dataset_info.json"
 SPLITS = ("train", "validation", "test", "pretrain")
 
@@ -102,9 +103,11 @@ def _make_example(job: tuple[Path, str, int, DatasetSpec]) -> list[dict]:
     if split == "pretrain":
         # One multi-turn conversation per image (caption, then every question): many supervised answers per
         # image, which is what teaches a from-scratch model to look at the picture within a CPU budget.
-        # Shuffled, so any question may come first, right after the image, as it does at evaluation time.
+        # Answers are a sentence or just the short answer at random, like the mixed styles of a real VLM's
+        # instruction data. Shuffled, so any question may come first, right after the image, as at evaluation.
         turns = [(tasks.CAPTION_PROMPT, caption)] + [
-            (qa.question, qa.sentence_answer) for qa in questions if qa.kind not in tasks.HELD_OUT_OF_PRETRAINING
+            (qa.question, qa.sentence_answer if rng.random() < SENTENCE_ANSWER_SHARE else qa.short_answer)
+            for qa in questions if qa.kind not in tasks.HELD_OUT_OF_PRETRAINING
         ]
         rng.shuffle(turns)
         return [_record(relative_image, turns, "caption+qa")]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -18,8 +17,9 @@ from .spec import TinyModelSpec
 
 @dataclass
 class PretrainResult:
+    """Written into the model directory, so nothing here may vary between identical builds (no timings)."""
+
     steps: int
-    seconds: float
     first_loss: float
     final_loss: float  # mean of the last 50 steps
     losses_every_50_steps: list[float] = field(default_factory=list)
@@ -41,7 +41,6 @@ def pretrain(model, processor, conversations: list[Conversation], spec: TinyMode
     order = _batches(len(conversations), spec.pretrain_batch_size, spec.seed)
     losses: list[float] = []
     model.train()
-    started = time.perf_counter()
     with tqdm(range(spec.pretrain_steps), desc="pre-training tiny model", unit="step") as progress:
         for _ in progress:
             batch = collate([conversations[i] for i in next(order)])
@@ -56,7 +55,6 @@ def pretrain(model, processor, conversations: list[Conversation], spec: TinyMode
     model.eval()
     return PretrainResult(
         steps=spec.pretrain_steps,
-        seconds=round(time.perf_counter() - started, 1),
         first_loss=round(losses[0], 4),
         final_loss=round(sum(losses[-50:]) / len(losses[-50:]), 4),
         losses_every_50_steps=[round(x, 4) for x in losses[::50]],
