@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ..build_cache import built_atomically, has_fingerprint, recipe_fingerprint
 from . import charts, scenes, tasks
 
 GENERATOR_VERSION = 4
@@ -40,8 +38,7 @@ class DatasetSpec:
         return getattr(self, f"{split}_images")
 
     def fingerprint(self) -> str:
-        payload = json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return recipe_fingerprint({"version": GENERATOR_VERSION, **dataclasses.asdict(self)})
 
 
 def build_dataset(output_dir: Path, spec: DatasetSpec = DatasetSpec(), *, workers: int | None = None) -> Path:
@@ -49,27 +46,16 @@ def build_dataset(output_dir: Path, spec: DatasetSpec = DatasetSpec(), *, worker
     output_dir = Path(output_dir)
     if is_built(output_dir, spec):
         return output_dir
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
-    try:
+    with built_atomically(output_dir) as staging:
         counts = {split: _write_split(staging, split, spec, workers) for split in SPLITS}
         info = {"fingerprint": spec.fingerprint(), "generator_version": GENERATOR_VERSION,
                 "spec": dataclasses.asdict(spec), "records": counts}
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output_dir
 
 
 def is_built(output_dir: Path, spec: DatasetSpec) -> bool:
-    try:
-        info = json.loads((Path(output_dir) / INFO_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("fingerprint") == spec.fingerprint()
+    return has_fingerprint(output_dir, INFO_FILE, spec.fingerprint())
 
 
 def _write_split(root: Path, split: str, spec: DatasetSpec, workers: int | None) -> int:

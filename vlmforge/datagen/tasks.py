@@ -8,7 +8,6 @@ image; the demo fine-tune must teach it the task's short-answer style, and one q
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from .charts import Chart

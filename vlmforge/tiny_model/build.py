@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +20,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
+from ..build_cache import built_atomically, has_fingerprint
 from ..data import load_dataset
 from ..datagen import build_dataset
 from .pretrain import PretrainResult, pretrain
@@ -32,11 +31,7 @@ RECIPE_FILE = "vlmforge_tiny_model.json"
 
 
 def is_built(model_dir: Path, spec: TinyModelSpec) -> bool:
-    try:
-        recipe = json.loads((Path(model_dir) / RECIPE_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return recipe.get("fingerprint") == spec.fingerprint()
+    return has_fingerprint(model_dir, RECIPE_FILE, spec.fingerprint())
 
 
 def build_tiny_model(model_dir: Path, data_dir: Path, spec: TinyModelSpec = TinyModelSpec()) -> Path:
@@ -54,18 +49,11 @@ def build_tiny_model(model_dir: Path, data_dir: Path, spec: TinyModelSpec = Tiny
     model = Qwen2VLForConditionalGeneration(make_config(tokenizer, spec))
     result = pretrain(model, processor, pretrain_set, spec)
 
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
-    try:
+    with built_atomically(model_dir) as staging:
         model.generation_config = make_generation_config(tokenizer)
         model.save_pretrained(staging)  # safetensors
         processor.save_pretrained(staging)
         _write_recipe(staging, spec, result)
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        staging.rename(model_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return model_dir
 
 

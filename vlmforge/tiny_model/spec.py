@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 
+from ..build_cache import recipe_fingerprint
 from ..datagen import DatasetSpec
 
 RECIPE_VERSION = 1
@@ -45,5 +44,4 @@ class TinyModelSpec:
         return self.hidden_size // self.attention_heads
 
     def fingerprint(self) -> str:
-        payload = json.dumps({"version": RECIPE_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return recipe_fingerprint({"version": RECIPE_VERSION, **dataclasses.asdict(self)})
