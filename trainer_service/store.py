@@ -1,0 +1,213 @@
+"""Jobs and their events in one SQLite file (WAL), shared by the service and its worker processes.
+
+Every state change is written together with the event that announces it, in one transaction, so a restart
+never finds a job whose events disagree with its status, and event sequence numbers have no gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .domain import ALLOWED_TRANSITIONS, Job, JobError, JobEvent, JobStatus
+from .errors import InvalidTransitionError, JobNotFoundError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    client_request_id TEXT UNIQUE,
+    status TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    result TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    trained_steps INTEGER NOT NULL DEFAULT 0,
+    total_steps INTEGER NOT NULL DEFAULT 0,
+    error_code TEXT,
+    error_message TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    sequence INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (job_id, sequence)
+);
+"""
+
+
+class JobStore:
+    def __init__(self, path: Path | str, *, busy_timeout_s: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection guarded by a lock: gRPC handlers run on a thread pool; worker processes open their own.
+        self._connection = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False,
+                                           isolation_level=None)
+        self._connection.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        # FULL, not WAL's usual NORMAL: a job event is rare and must survive a power cut, not just a crash.
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA synchronous=FULL")
+        with self._lock:
+            self._connection.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            db = self._connection
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # jobs
+
+    def create_job(self, spec: dict[str, Any], *, client_request_id: str | None = None,
+                   status: JobStatus = JobStatus.VALIDATING_FILES) -> tuple[Job, bool]:
+        """Returns (job, created). With a `client_request_id` already used, returns that job, created=False."""
+        with self._transaction() as db:
+            if client_request_id:
+                row = db.execute("SELECT * FROM jobs WHERE client_request_id = ?", (client_request_id,)).fetchone()
+                if row is not None:
+                    return _job(row), False
+            job_id = "ftjob-" + uuid.uuid4().hex[:24]
+            now = time.time()
+            db.execute("INSERT INTO jobs (id, client_request_id, status, spec, created_at) VALUES (?, ?, ?, ?, ?)",
+                       (job_id, client_request_id or None, status.value, json.dumps(spec), now))
+            _append_event(db, job_id, "status_changed", f"job created, {status.value}", {"status": status.value})
+            return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()), True
+
+    def get_job(self, job_id: str) -> Job:
+        with self._lock:
+            row = self._connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(job_id)
+        return _job(row)
+
+    def list_jobs(self, statuses: Iterable[JobStatus] = (), *, page_size: int = 20,
+                  page_token: str = "") -> tuple[list[Job], str]:
+        """Newest first. The page token is the last job's (created_at, id), so pages stay stable while jobs
+        are added."""
+        query, params = "SELECT * FROM jobs WHERE 1=1", []
+        statuses = list(statuses)
+        if statuses:
+            query += f" AND status IN ({','.join('?' * len(statuses))})"
+            params += [s.value for s in statuses]
+        if page_token:
+            created_at, job_id = _decode_token(page_token)
+            query += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            params += [created_at, created_at, job_id]
+        query += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(page_size + 1)
+        with self._lock:
+            rows = self._connection.execute(query, params).fetchall()
+        jobs = [_job(row) for row in rows[:page_size]]
+        next_token = f"{jobs[-1].created_at!r}/{jobs[-1].id}" if len(rows) > page_size else ""
+        return jobs, next_token
+
+    def next_queued(self) -> Job | None:
+        """The oldest queued job (FIFO)."""
+        with self._lock:
+            row = self._connection.execute(
+                "SELECT * FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT 1", (JobStatus.QUEUED.value,),
+            ).fetchone()
+        return None if row is None else _job(row)
+
+    def transition(self, job_id: str, status: JobStatus, message: str, *, error: JobError | None = None,
+                   result: dict[str, Any] | None = None) -> Job:
+        """Moves a job to `status` (checked against ALLOWED_TRANSITIONS) and records the event, atomically."""
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFoundError(job_id)
+            current = JobStatus(row["status"])
+            if status not in ALLOWED_TRANSITIONS[current]:
+                raise InvalidTransitionError(job_id, current, status)
+            now = time.time()
+            merged_result = {**json.loads(row["result"]), **(result or {})}
+            db.execute(
+                "UPDATE jobs SET status = ?, result = ?, error_code = ?, error_message = ?,"
+                " started_at = COALESCE(started_at, ?), finished_at = ? WHERE id = ?",
+                (status.value, json.dumps(merged_result), error.code if error else None,
+                 error.message if error else None, now if status is JobStatus.RUNNING else None,
+                 now if status.is_terminal else None, job_id),
+            )
+            payload: dict[str, Any] = {"status": status.value}
+            if error:
+                payload["error"] = {"code": error.code, "message": error.message}
+            _append_event(db, job_id, "status_changed", message, payload)
+            return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def record_progress(self, job_id: str, trained_steps: int, total_steps: int, message: str,
+                        payload: dict[str, Any]) -> JobEvent:
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET trained_steps = ?, total_steps = ? WHERE id = ?",
+                       (trained_steps, total_steps, job_id))
+            return _append_event(db, job_id, "progress", message, payload)
+
+    # events
+
+    def append_event(self, job_id: str, kind: str, message: str, payload: dict[str, Any] | None = None) -> JobEvent:
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise JobNotFoundError(job_id)
+            return _append_event(db, job_id, kind, message, payload or {})
+
+    def events_after(self, job_id: str, after_sequence: int = 0, *, limit: int = 500) -> list[JobEvent]:
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT * FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (job_id, after_sequence, limit),
+            ).fetchall()
+        return [_event(row) for row in rows]
+
+
+def _append_event(db: sqlite3.Connection, job_id: str, kind: str, message: str, payload: dict) -> JobEvent:
+    """Inside the caller's transaction: the next sequence number is taken and used atomically."""
+    (last,) = db.execute("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE job_id = ?", (job_id,)).fetchone()
+    event = JobEvent(job_id, last + 1, time.time(), kind, message, payload)
+    db.execute("INSERT INTO events (job_id, sequence, created_at, kind, message, payload) VALUES (?, ?, ?, ?, ?, ?)",
+               (job_id, event.sequence, event.created_at, kind, message, json.dumps(payload)))
+    return event
+
+
+def _job(row: sqlite3.Row) -> Job:
+    error = JobError(row["error_code"], row["error_message"] or "") if row["error_code"] else None
+    return Job(
+        id=row["id"], status=JobStatus(row["status"]), spec=json.loads(row["spec"]), created_at=row["created_at"],
+        client_request_id=row["client_request_id"], started_at=row["started_at"], finished_at=row["finished_at"],
+        trained_steps=row["trained_steps"], total_steps=row["total_steps"], error=error,
+        result=json.loads(row["result"]),
+    )
+
+
+def _event(row: sqlite3.Row) -> JobEvent:
+    return JobEvent(row["job_id"], row["sequence"], row["created_at"], row["kind"], row["message"],
+                    json.loads(row["payload"]))
+
+
+def _decode_token(token: str) -> tuple[float, str]:
+    from .errors import InvalidArgumentError
+
+    created_at, _, job_id = token.partition("/")
+    try:
+        return float(created_at), job_id
+    except ValueError:
+        raise InvalidArgumentError("page_token", "not a token this service issued") from None
