@@ -25,3 +25,7 @@ class InvalidTransitionError(TrainerError):
     def __init__(self, job_id: str, current, requested):
         self.job_id, self.current, self.requested = job_id, current, requested
         super().__init__(f"job {job_id} is {current.value}; it cannot become {requested.value}")
+
+
+class FailedPreconditionError(TrainerError):
+    """The request is valid but cannot run in this state or on this machine (e.g. QLoRA without CUDA)."""

@@ -1,0 +1,99 @@
+"""Validation before queueing: bad hyperparameters, names and files are refused with the field named."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer_service.errors import FailedPreconditionError, InvalidArgumentError
+from trainer_service.job_spec import Hyperparameters, JobSpec, check_resources, resolve_model
+
+
+def _field_of(spec: JobSpec) -> str:
+    with pytest.raises(InvalidArgumentError) as info:
+        spec.validated()
+    return info.value.field
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"learning_rate": 0.0}, "hyperparameters.learning_rate"),
+        ({"learning_rate": float("nan")}, "hyperparameters.learning_rate"),
+        ({"batch_size": 0}, "hyperparameters.batch_size"),
+        ({"epochs": 1000}, "hyperparameters.epochs"),
+        ({"max_steps": 0}, "hyperparameters.max_steps"),
+        ({"scheduler": "exotic"}, "hyperparameters.scheduler"),
+        ({"lora_rank": 0}, "hyperparameters.lora_rank"),
+        ({"lora_dropout": 1.0}, "hyperparameters.lora_dropout"),
+        ({"max_sequence_length": 4}, "hyperparameters.max_sequence_length"),
+        ({"finetune_vision_layers": False, "finetune_language_layers": False},
+         "hyperparameters.finetune_language_layers"),
+        ({"finetune_attention_modules": False, "finetune_mlp_modules": False}, "hyperparameters.finetune_mlp_modules"),
+        ({"lora_target_modules": ("",)}, "hyperparameters.lora_target_modules"),
+    ],
+)
+def test_bad_hyperparameters_name_their_field(change: dict, field: str) -> None:
+    spec = JobSpec("m", "train.jsonl", hyperparameters=dataclasses.replace(Hyperparameters(), **change))
+    assert _field_of(spec) == field
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"model": " "}, "model"),
+        ({"training_file": ""}, "training_file"),
+        ({"method": "full"}, "method"),
+        ({"suffix": "Has Spaces"}, "suffix"),
+        ({"suffix": "-leading-dash"}, "suffix"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"metadata": {"k": "v" * 513}}, "metadata[k]"),
+    ],
+)
+def test_bad_request_fields_are_named(change: dict, field: str) -> None:
+    assert _field_of(dataclasses.replace(JobSpec("m", "train.jsonl"), **change)) == field
+
+
+def test_defaults_are_valid() -> None:
+    assert JobSpec("m", "train.jsonl", suffix="charts-v1", metadata={"team": "vision"}).validated()
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "models" / "tiny"
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text("{}")
+    return directory
+
+
+def test_models_resolve_by_path_or_by_name_and_names_cannot_escape(model_dir: Path) -> None:
+    models = model_dir.parent
+    assert resolve_model(str(model_dir), None) == model_dir
+    assert resolve_model("tiny", models) == model_dir.resolve()
+    with pytest.raises(InvalidArgumentError, match="no model directory 'missing'"):
+        resolve_model("missing", models)
+    with pytest.raises(InvalidArgumentError):
+        resolve_model("../models/../../etc", models)
+
+
+def test_dataset_problems_surface_with_file_line_and_field(model_dir: Path, small_dataset_dir: Path,
+                                                           tmp_path: Path) -> None:
+    good = JobSpec(str(model_dir), str(small_dataset_dir / "train.jsonl"),
+                   test_file=str(small_dataset_dir / "test.jsonl"))
+    assert check_resources(good, models_dir=None, cuda_available=False) == model_dir
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                            {"role": "assistant", "content": ""}]}) + "\n")
+    with pytest.raises(InvalidArgumentError) as info:
+        check_resources(dataclasses.replace(good, validation_file=str(bad)), models_dir=None, cuda_available=False)
+    assert info.value.field == "validation_file"
+    assert "bad.jsonl line 1, field messages[1]: the assistant's answer is empty" in str(info.value)
+
+
+def test_qlora_needs_cuda(model_dir: Path) -> None:
+    with pytest.raises(FailedPreconditionError, match="needs a CUDA GPU"):
+        check_resources(JobSpec(str(model_dir), "x.jsonl", method="qlora"), models_dir=None, cuda_available=False)

@@ -1,0 +1,145 @@
+"""What a client may ask for, with defaults and limits, checked before a job is queued.
+
+`JobSpec.validated()` checks values alone; `check_resources()` then checks what must exist on this machine
+(the base model, the dataset files and their every record). Both raise typed errors naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlmforge.data import ColumnMapping, DatasetFormat, DatasetFormatError, load_dataset
+
+from .errors import FailedPreconditionError, InvalidArgumentError
+
+SUFFIX_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+SCHEDULERS = ("cosine", "linear", "constant")
+METHODS = ("lora", "qlora")
+MAX_METADATA_PAIRS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS = 16, 64, 512  # OpenAI's limits
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Defaults follow the LoRA fine-tuning guides for Qwen2-VL; `max_steps` wins over `epochs` when set."""
+
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    seed: int = 0
+    max_sequence_length: int = 2048
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ()  # empty: chosen by the four switches below
+    finetune_vision_layers: bool = True
+    finetune_language_layers: bool = True
+    finetune_attention_modules: bool = True
+    finetune_mlp_modules: bool = True
+    eval_every_steps: int = 0  # 0: evaluate only before and after
+    checkpoint_every_steps: int = 50
+
+    def validated(self) -> Hyperparameters:
+        _check(1 <= self.epochs <= 100, "epochs", "must be between 1 and 100")
+        _check(self.max_steps is None or 1 <= self.max_steps <= 1_000_000, "max_steps", "must be between 1 and 1e6")
+        _check(1 <= self.batch_size <= 1024, "batch_size", "must be between 1 and 1024")
+        _check(1 <= self.gradient_accumulation_steps <= 1024, "gradient_accumulation_steps",
+               "must be between 1 and 1024")
+        _check(0 < self.learning_rate <= 1, "learning_rate", "must be > 0 and <= 1")
+        _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _check(0 <= self.weight_decay <= 1, "weight_decay", "must be between 0 and 1")
+        _check(self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+        _check(0 <= self.seed < 2**63, "seed", "must be between 0 and 2^63-1")
+        _check(16 <= self.max_sequence_length <= 131072, "max_sequence_length", "must be between 16 and 131072")
+        _check(1 <= self.lora_rank <= 512, "lora_rank", "must be between 1 and 512")
+        _check(0 < self.lora_alpha <= 4096, "lora_alpha", "must be > 0 and <= 4096")
+        _check(0 <= self.lora_dropout < 1, "lora_dropout", "must be >= 0 and < 1")
+        _check(all(isinstance(m, str) and m.strip() for m in self.lora_target_modules), "lora_target_modules",
+               "module names must be non-empty")
+        if not self.lora_target_modules:
+            _check(self.finetune_vision_layers or self.finetune_language_layers, "finetune_language_layers",
+                   "at least one of vision or language layers must be fine-tuned")
+            _check(self.finetune_attention_modules or self.finetune_mlp_modules, "finetune_mlp_modules",
+                   "at least one of attention or MLP modules must be fine-tuned")
+        _check(self.eval_every_steps >= 0, "eval_every_steps", "must be >= 0")
+        _check(self.checkpoint_every_steps >= 1, "checkpoint_every_steps", "must be >= 1")
+        return self
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    model: str
+    training_file: str
+    validation_file: str = ""
+    test_file: str = ""
+    dataset_format: DatasetFormat | None = None  # None: detected from the file
+    columns: ColumnMapping | None = None
+    method: str = "lora"
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    suffix: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def validated(self) -> JobSpec:
+        _check(bool(self.model.strip()), "model", "is required", prefix="")
+        _check(bool(self.training_file.strip()), "training_file", "is required", prefix="")
+        _check(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}", prefix="")
+        _check(not self.suffix or bool(SUFFIX_PATTERN.match(self.suffix)), "suffix",
+               "must be 1-40 characters of a-z, 0-9 and '-', starting with a letter or digit", prefix="")
+        _check(len(self.metadata) <= MAX_METADATA_PAIRS, "metadata", f"at most {MAX_METADATA_PAIRS} pairs", prefix="")
+        for key, value in self.metadata.items():
+            _check(0 < len(key) <= MAX_METADATA_KEY_CHARS, "metadata",
+                   f"keys must be 1-{MAX_METADATA_KEY_CHARS} characters", prefix="")
+            _check(len(value) <= MAX_METADATA_VALUE_CHARS, f"metadata[{key}]",
+                   f"at most {MAX_METADATA_VALUE_CHARS} characters", prefix="")
+        self.hyperparameters.validated()
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["dataset_format"] = self.dataset_format.value if self.dataset_format else None
+        return data
+
+
+def check_resources(spec: JobSpec, *, models_dir: Path | None, cuda_available: bool) -> Path:
+    """Resolves the base model directory and loads every dataset file once; returns the model directory."""
+    if spec.method == "qlora" and not cuda_available:
+        raise FailedPreconditionError("QLoRA loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; "
+                                      "use method LORA on this machine")
+    model_dir = resolve_model(spec.model, models_dir)
+    for field_name in ("training_file", "validation_file", "test_file"):
+        path = getattr(spec, field_name)
+        if not path:
+            continue
+        try:
+            load_dataset(path, spec.dataset_format, columns=spec.columns)
+        except DatasetFormatError as err:
+            raise InvalidArgumentError(field_name, str(err)) from None
+    return model_dir
+
+
+def resolve_model(model: str, models_dir: Path | None) -> Path:
+    """A directory path, or a name under the configured models directory; it must hold a config.json."""
+    candidates = [Path(model)]
+    if models_dir is not None and not Path(model).is_absolute():
+        root = models_dir.resolve()
+        named = (root / model).resolve()
+        if named.is_relative_to(root):
+            candidates.insert(0, named)
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise InvalidArgumentError("model", f"no model directory {model!r} (a path, or a name under the models "
+                                        "directory, holding config.json)")
+
+
+def _check(ok: bool, name: str, message: str, *, prefix: str = "hyperparameters.") -> None:
+    if not ok:
+        raise InvalidArgumentError(prefix + name, message)
