@@ -101,6 +101,12 @@ class JobStore:
             raise JobNotFoundError(job_id)
         return _job(row)
 
+    def find_by_client_request_id(self, client_request_id: str) -> Job | None:
+        with self._lock:
+            row = self._connection.execute("SELECT * FROM jobs WHERE client_request_id = ?",
+                                           (client_request_id,)).fetchone()
+        return None if row is None else _job(row)
+
     def list_jobs(self, statuses: Iterable[JobStatus] = (), *, page_size: int = 20,
                   page_token: str = "") -> tuple[list[Job], str]:
         """Newest first. The page token is the last job's (created_at, id), so pages stay stable while jobs

@@ -1,0 +1,52 @@
+"""`python -m trainer_service [--flags]`: serve FineTuningService until SIGTERM / Ctrl-C, then drain.
+
+Run with `--help` for every setting (each also an environment variable, see settings.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from pydantic_settings import CliApp
+
+from .grpc_api.server import create_server
+from .jobs import JobService
+from .settings import TrainerSettings
+from .store import JobStore
+
+logger = logging.getLogger("trainer_service")
+
+
+def main() -> None:
+    settings = CliApp.run(TrainerSettings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = JobStore(settings.database_path)
+    jobs = JobService(store, models_dir=settings.models_dir, cuda_available=_cuda_available(),
+                      watch_poll_interval_s=settings.watch_poll_interval_s)
+    running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
+                            max_message_bytes=settings.max_message_bytes)
+    running.set_serving(True)
+    logger.info("trainer listening on %s:%d (state in %s)", settings.grpc_host, running.port, settings.state_dir)
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    logger.info("draining: NOT_SERVING, no new jobs, %.0f s for in-flight calls", settings.drain_timeout_s)
+    running.set_serving(False)
+    jobs.draining.set()
+    running.server.stop(settings.drain_timeout_s).wait()
+    store.close()
+    logger.info("stopped")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The job service: what the gRPC handlers call. It validates, stores, and streams; it knows no protobuf."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from .domain import Job, JobEvent, JobStatus
+from .errors import FailedPreconditionError, InvalidArgumentError, InvalidTransitionError
+from .job_spec import JobSpec, check_resources
+from .store import JobStore
+
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+
+
+class ServiceDrainingError(FailedPreconditionError):
+    """The service is shutting down and takes no new jobs (UNAVAILABLE)."""
+
+
+class JobService:
+    def __init__(self, store: JobStore, *, models_dir=None, cuda_available: bool = False,
+                 watch_poll_interval_s: float = 0.2):
+        self.store = store
+        self.models_dir = models_dir
+        self.cuda_available = cuda_available
+        self.watch_poll_interval_s = watch_poll_interval_s
+        self.draining = threading.Event()
+
+    def create(self, spec: JobSpec, client_request_id: str | None = None) -> Job:
+        """Validates values and files first, so a job that is created will at least start."""
+        if self.draining.is_set():
+            raise ServiceDrainingError("the trainer is shutting down; retry on another replica or later")
+        if client_request_id:
+            existing = self.store.find_by_client_request_id(client_request_id)
+            if existing is not None:
+                return existing
+        spec.validated()
+        check_resources(spec, models_dir=self.models_dir, cuda_available=self.cuda_available)
+        job, _ = self.store.create_job(spec.to_json(), client_request_id=client_request_id,
+                                       status=JobStatus.QUEUED)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        return self.store.get_job(job_id)
+
+    def list(self, statuses: list[JobStatus], page_size: int, page_token: str) -> tuple[list[Job], str]:
+        if page_size < 0:
+            raise InvalidArgumentError("page_size", "must be >= 0")
+        return self.store.list_jobs(statuses, page_size=min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
+                                    page_token=page_token)
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.store.get_job(job_id)
+        if job.status.is_terminal:
+            raise InvalidTransitionError(job_id, job.status, JobStatus.CANCELLED)
+        return self.store.transition(job_id, JobStatus.CANCELLED, "cancelled by the client")
+
+    def watch(self, job_id: str, after_sequence: int, is_active: Callable[[], bool]) -> Iterator[JobEvent]:
+        """Replays events after `after_sequence`, then follows new ones; ends once the job has ended and every
+        event is sent, or when the caller goes away."""
+        self.store.get_job(job_id)  # NOT_FOUND before the stream starts
+        cursor = after_sequence
+        while is_active():
+            events = self.store.events_after(job_id, cursor)
+            yield from events
+            if events:
+                cursor = events[-1].sequence
+                continue
+            if self.store.get_job(job_id).status.is_terminal:
+                return
+            time.sleep(self.watch_poll_interval_s)

@@ -1,0 +1,26 @@
+"""Every setting of the trainer service, in one place: each is a `--flag` and an environment variable
+(`VLMFORGE_TRAINER_<NAME>`), e.g. `--grpc-port 50051` or `VLMFORGE_TRAINER_GRPC_PORT=50051`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TrainerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VLMFORGE_TRAINER_", cli_kebab_case=True,
+                                      cli_prog_name="python -m trainer_service")
+
+    grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds; 0.0.0.0 in a container")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    state_dir: Path = Field(Path("state/trainer"), description="holds jobs.sqlite3 and the artifact store")
+    models_dir: Path | None = Field(None, description="base models may be named relative to this directory")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted")
+    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM: time given to in-flight RPCs")
+    watch_poll_interval_s: float = Field(0.2, gt=0, description="how often a Watch stream looks for new events")
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "jobs.sqlite3"
