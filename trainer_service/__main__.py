@@ -13,6 +13,7 @@ from pydantic_settings import CliApp
 
 from .grpc_api.server import create_server
 from .jobs import JobService
+from .launcher import LocalLauncher
 from .settings import TrainerSettings
 from .store import JobStore
 
@@ -27,6 +28,8 @@ def main() -> None:
                       watch_poll_interval_s=settings.watch_poll_interval_s)
     running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
                             max_message_bytes=settings.max_message_bytes)
+    launcher = LocalLauncher(store, settings.state_dir)
+    launcher.start()
     running.set_serving(True)
     logger.info("trainer listening on %s:%d (state in %s)", settings.grpc_host, running.port, settings.state_dir)
 
@@ -38,6 +41,7 @@ def main() -> None:
     running.set_serving(False)
     jobs.draining.set()
     running.server.stop(settings.drain_timeout_s).wait()
+    launcher.stop()
     store.close()
     logger.info("stopped")
 

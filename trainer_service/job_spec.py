@@ -102,6 +102,16 @@ class JobSpec:
         self.hyperparameters.validated()
         return self
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobSpec:
+        fields = {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        hyper = dict(fields.get("hyperparameters") or {})
+        hyper["lora_target_modules"] = tuple(hyper.get("lora_target_modules", ()))
+        fields["hyperparameters"] = Hyperparameters(**hyper)
+        fields["dataset_format"] = DatasetFormat(data["dataset_format"]) if data.get("dataset_format") else None
+        fields["columns"] = ColumnMapping(**data["columns"]) if data.get("columns") else None
+        return cls(**fields)
+
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["dataset_format"] = self.dataset_format.value if self.dataset_format else None

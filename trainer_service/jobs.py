@@ -36,9 +36,9 @@ class JobService:
             if existing is not None:
                 return existing
         spec.validated()
-        check_resources(spec, models_dir=self.models_dir, cuda_available=self.cuda_available)
-        job, _ = self.store.create_job(spec.to_json(), client_request_id=client_request_id,
-                                       status=JobStatus.QUEUED)
+        model_dir = check_resources(spec, models_dir=self.models_dir, cuda_available=self.cuda_available)
+        stored = {**spec.to_json(), "model_dir": str(model_dir.resolve())}
+        job, _ = self.store.create_job(stored, client_request_id=client_request_id, status=JobStatus.QUEUED)
         return job
 
     def get(self, job_id: str) -> Job:

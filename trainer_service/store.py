@@ -168,6 +168,15 @@ class JobStore:
                        (trained_steps, total_steps, job_id))
             return _append_event(db, job_id, "progress", message, payload)
 
+    def merge_result(self, job_id: str, result: dict[str, Any]) -> None:
+        """Adds keys to the job's result (scores, checkpoints) without changing its status."""
+        with self._transaction() as db:
+            row = db.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFoundError(job_id)
+            db.execute("UPDATE jobs SET result = ? WHERE id = ?",
+                       (json.dumps({**json.loads(row["result"]), **result}), job_id))
+
     # events
 
     def append_event(self, job_id: str, kind: str, message: str, payload: dict[str, Any] | None = None) -> JobEvent:

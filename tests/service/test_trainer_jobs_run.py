@@ -1,0 +1,106 @@
+"""Jobs really run: a gRPC server on port 0 with the local launcher fine-tunes the tiny model in a worker
+process, writes the adapter and the merged model, and survives a SIGKILL of the worker by resuming from its
+checkpoint with no gap in the event stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from trainer_service.grpc_api.server import create_server
+from trainer_service.jobs import JobService
+from trainer_service.launcher import LocalLauncher
+from trainer_service.store import JobStore
+from vlmforge.trainer.v1 import trainer_pb2 as pb
+from vlmforge.trainer.v1 import trainer_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def service(tmp_path: Path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    launcher = LocalLauncher(store, tmp_path, poll_interval_s=0.1)
+    running = create_server(JobService(store, watch_poll_interval_s=0.05), "127.0.0.1:0",
+                            max_message_bytes=4 * 1024 * 1024)
+    launcher.start()
+    running.set_serving(True)
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield trainer_pb2_grpc.FineTuningServiceStub(channel), launcher, tmp_path
+    running.server.stop(None)
+    launcher.stop()
+
+
+def _request(tiny_model_dir: Path, small_dataset_dir: Path, **hyper) -> pb.CreateFineTuningJobRequest:
+    return pb.CreateFineTuningJobRequest(
+        model=str(tiny_model_dir), training_file=str(small_dataset_dir / "train.jsonl"),
+        test_file=str(small_dataset_dir / "test.jsonl"), suffix="test",
+        hyperparameters=pb.Hyperparameters(learning_rate=1e-3, batch_size=4, **hyper))
+
+
+def test_a_job_runs_to_success_and_writes_loadable_artifacts(service, tiny_model_dir, small_dataset_dir) -> None:
+    client, _, _ = service
+    job = client.CreateFineTuningJob(_request(tiny_model_dir, small_dataset_dir, max_steps=4,
+                                              checkpoint_every_steps=2))
+    events = list(client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=240))
+    final = client.GetFineTuningJob(pb.GetFineTuningJobRequest(id=job.id))
+    assert final.status == pb.JOB_STATUS_SUCCEEDED, final.error.message
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert [e.progress.step for e in events if e.HasField("progress")] == [1, 2, 3, 4]
+    assert {e.evaluation.phase for e in events if e.HasField("evaluation")} == {"before", "after"}
+    assert final.evaluation_before.examples == final.evaluation_after.examples == 8
+    assert final.fine_tuned_model.startswith(tiny_model_dir.name + "-ft-test-")
+
+    adapter, merged = Path(final.adapter_path), Path(final.merged_model_path)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    assert not list(merged.parent.rglob("*.bin")), "safetensors only"
+    manifest = json.loads((merged.parent / "manifest.json").read_text())
+    assert manifest["fine_tuned_model"] == final.fine_tuned_model
+    assert (merged.parent / "loss.png").stat().st_size > 0
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(merged)
+    assert str(model.dtype) == "torch.bfloat16"
+    assert AutoProcessor.from_pretrained(merged).tokenizer.chat_template
+
+
+def test_a_sigkilled_worker_resumes_from_its_checkpoint(service, tiny_model_dir, small_dataset_dir) -> None:
+    client, launcher, _ = service
+    job = client.CreateFineTuningJob(_request(tiny_model_dir, small_dataset_dir, max_steps=8,
+                                              checkpoint_every_steps=2))
+    killed = False
+    events = []
+    for event in client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=300):
+        events.append(event)
+        if not killed and event.HasField("checkpoint") and event.checkpoint.step == 4:
+            os.kill(launcher.current_worker_pid, signal.SIGKILL)
+            killed = True
+    final = client.GetFineTuningJob(pb.GetFineTuningJobRequest(id=job.id))
+    assert killed and final.status == pb.JOB_STATUS_SUCCEEDED, final.error.message
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1)), "no gap, no duplicate"
+    steps = [e.progress.step for e in events if e.HasField("progress")]
+    assert steps[-1] == 8 and steps.count(1) == 1, "resumed from the checkpoint, never restarted from step 1"
+    statuses = [e.status_changed.status for e in events if e.HasField("status_changed")]
+    assert statuses.count(pb.JOB_STATUS_RUNNING) == 2 and statuses[-1] == pb.JOB_STATUS_SUCCEEDED
+    assert sum(e.HasField("evaluation") and e.evaluation.phase == "before" for e in events) == 1
+
+
+def test_cancel_stops_the_worker_within_seconds(service, tiny_model_dir, small_dataset_dir) -> None:
+    client, launcher, _ = service
+    job = client.CreateFineTuningJob(_request(tiny_model_dir, small_dataset_dir, max_steps=10_000))
+    for event in client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=240):
+        if event.HasField("progress"):
+            break
+    started = time.monotonic()
+    client.CancelFineTuningJob(pb.CancelFineTuningJobRequest(id=job.id))
+    while launcher.current_worker_pid is not None and time.monotonic() - started < 15:
+        time.sleep(0.1)
+    assert launcher.current_worker_pid is None
+    assert client.GetFineTuningJob(pb.GetFineTuningJobRequest(id=job.id)).status == pb.JOB_STATUS_CANCELLED

@@ -1,0 +1,90 @@
+"""Training checkpoints a killed worker resumes from: LoRA weights, optimizer and scheduler state, RNG state
+and the step. Tensors go to safetensors and the rest to JSON; nothing is pickled. Each checkpoint is written
+aside and renamed into place, so a kill mid-write leaves the previous one intact."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vlmforge.build_cache import built_atomically
+
+STEP_PREFIX = "step-"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+
+def latest_checkpoint(root: Path) -> Checkpoint | None:
+    steps = sorted((int(p.name.removeprefix(STEP_PREFIX)), p) for p in Path(root).glob(f"{STEP_PREFIX}*")
+                   if p.name.removeprefix(STEP_PREFIX).isdigit() and (p / "state.json").is_file())
+    return Checkpoint(*steps[-1]) if steps else None
+
+
+def save_checkpoint(root: Path, step: int, peft_model, optimizer, scheduler, losses: list[float]) -> Checkpoint:
+    target = Path(root) / f"{STEP_PREFIX}{step:08d}"
+    with built_atomically(target) as staging:
+        peft_model.save_pretrained(staging / "adapter")
+        tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, staging / "optimizer_and_rng.safetensors")
+        state = {"step": step, "optimizer": optimizer_meta, "scheduler": _json_safe(scheduler.state_dict()),
+                 "python_random": _json_safe(random.getstate()), "losses": losses}
+        (staging / "state.json").write_text(json.dumps(state))
+    return Checkpoint(step, target)
+
+
+def restore_checkpoint(checkpoint: Checkpoint, peft_model, optimizer, scheduler) -> list[float]:
+    """Loads everything back; returns the loss history up to the checkpoint."""
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(peft_model, load_file(checkpoint.path / "adapter" / "adapter_model.safetensors"))
+    state = json.loads((checkpoint.path / "state.json").read_text())
+    tensors = load_file(checkpoint.path / "optimizer_and_rng.safetensors")
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    random.setstate(_as_tuples(state["python_random"]))
+    return state["losses"]
+
+
+def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for index, values in state_dict["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value.contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _json_safe(value):
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def _as_tuples(value):
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value

@@ -1,0 +1,127 @@
+"""One job, start to finish, in this process: evaluate the base, train (resuming from a checkpoint), write
+the artifacts atomically, evaluate the result, and report every step through the job store."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from vlmforge.build_cache import built_atomically
+from vlmforge.data import load_dataset
+from vlmforge.quick_lora import answer_questions
+
+from ..domain import JobStatus
+from ..evaluation import score_answers
+from ..job_spec import JobSpec
+from ..store import JobStore
+from .train import Cancelled, Progress, train
+
+logger = logging.getLogger(__name__)
+
+
+def fine_tuned_model_name(model_dir: Path, suffix: str, job_id: str) -> str:
+    return f"{model_dir.name}-ft-{suffix + '-' if suffix else ''}{job_id.removeprefix('ftjob-')[:8]}"
+
+
+def run_job(store: JobStore, job_id: str, state_dir: Path) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    job = store.get_job(job_id)
+    spec = JobSpec.from_json(job.spec)
+    model_dir = Path(job.spec["model_dir"])
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    train_set = load_dataset(spec.training_file, spec.dataset_format, columns=spec.columns)
+    test_set = load_dataset(spec.test_file, spec.dataset_format, columns=spec.columns) if spec.test_file else []
+
+    if test_set and "evaluation_before" not in job.result:
+        _evaluate(store, job_id, "before", model, processor, test_set)
+
+    parent = os.getppid()
+
+    def should_stop() -> bool:
+        # Cancelled by the client, or the service that launched us is gone (it requeues us when it returns).
+        return os.getppid() != parent or store.get_job(job_id).status is not JobStatus.RUNNING
+
+    def on_progress(progress: Progress) -> None:
+        store.record_progress(job_id, progress.step, progress.total_steps,
+                              f"step {progress.step}/{progress.total_steps} loss {progress.loss:.4f}",
+                              dataclasses.asdict(progress))
+
+    def on_checkpoint(step: int, path: Path) -> None:
+        store.append_event(job_id, "checkpoint", f"checkpoint at step {step}", {"step": step, "path": str(path)})
+        checkpoints = store.get_job(job_id).result.get("checkpoints", [])
+        store.merge_result(job_id, {"checkpoints": [*checkpoints, {"step": step, "path": str(path)}]})
+
+    peft_model, losses = train(model, processor, train_set, spec.hyperparameters, state_dir / "checkpoints" / job_id,
+                               on_progress, on_checkpoint, should_stop)
+    after = _evaluate(store, job_id, "after", peft_model, processor, test_set) if test_set else None
+    artifact_dir = state_dir / "artifacts" / job_id
+    name = fine_tuned_model_name(model_dir, spec.suffix, job_id)
+    _write_artifacts(artifact_dir, peft_model, processor, losses, manifest={
+        "fine_tuned_model": name, "base_model": str(model_dir), "job_id": job_id, "created_at": time.time(),
+        "hyperparameters": dataclasses.asdict(spec.hyperparameters), "training_file": spec.training_file,
+        "evaluation_before": store.get_job(job_id).result.get("evaluation_before"), "evaluation_after": after,
+    })
+    store.transition(job_id, JobStatus.SUCCEEDED, f"succeeded: {name}", result={
+        "fine_tuned_model": name, "adapter_path": str(artifact_dir / "adapter"),
+        "merged_model_path": str(artifact_dir / "merged"),
+    })
+
+
+def _evaluate(store: JobStore, job_id: str, phase: str, model, processor, test_set) -> dict:
+    answers = answer_questions(model, processor, test_set)
+    scores = dataclasses.asdict(score_answers([a.prediction for a in answers], [a.reference for a in answers]))
+    store.append_event(job_id, "evaluation", f"{phase}: exact match {scores['exact_match']:.3f}",
+                       {"phase": phase, "scores": scores})
+    store.merge_result(job_id, {f"evaluation_{phase}": scores})
+    return scores
+
+
+def _write_artifacts(artifact_dir: Path, peft_model, processor, losses: list[float], manifest: dict) -> None:
+    import json
+
+    with built_atomically(artifact_dir) as staging:
+        peft_model.save_pretrained(staging / "adapter")  # adapter_config.json + adapter_model.safetensors
+        merged = peft_model.merge_and_unload().to(torch.bfloat16)
+        merged.save_pretrained(staging / "merged")
+        processor.save_pretrained(staging / "merged")
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _plot_losses(losses, staging / "loss.png")
+
+
+def _plot_losses(losses: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axes.plot(range(1, len(losses) + 1), losses)
+    axes.set_xlabel("step")
+    axes.set_ylabel("training loss")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main_for(store: JobStore, job_id: str, state_dir: Path) -> int:
+    """Exit codes the launcher reads: 0 finished (succeeded, or stopped because cancelled), 3 failed for good."""
+    try:
+        run_job(store, job_id, state_dir)
+    except Cancelled:
+        logger.info("job %s stopped: cancelled or the service went away", job_id)
+    except Exception as error:  # noqa: BLE001 - every failure is reported on the job, then the process ends
+        logger.exception("job %s failed", job_id)
+        from ..domain import JobError
+
+        if not store.get_job(job_id).status.is_terminal:
+            store.transition(job_id, JobStatus.FAILED, f"failed: {type(error).__name__}",
+                             error=JobError("training_failed", f"{type(error).__name__}: {error}"))
+        return 3
+    return 0

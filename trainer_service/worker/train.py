@@ -1,0 +1,122 @@
+"""The LoRA training loop of a job: deterministic batches, checkpoints, progress through a callback."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vlmforge.chat_format import ChatCollator
+from vlmforge.data.types import Conversation
+
+from ..job_spec import Hyperparameters
+from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from .lora_targets import target_modules
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total_steps: int
+    loss: float
+    learning_rate: float
+    samples_per_second: float
+    eta_seconds: float
+    epoch: float
+
+
+class Cancelled(Exception):
+    """The job was cancelled while training; the worker stops without writing results."""
+
+
+def total_steps(hyper: Hyperparameters, train_size: int) -> int:
+    if hyper.max_steps:
+        return hyper.max_steps
+    per_epoch = math.ceil(train_size / (hyper.batch_size * hyper.gradient_accumulation_steps))
+    return max(1, per_epoch * hyper.epochs)
+
+
+def batch_indices(step: int, micro: int, hyper: Hyperparameters, train_size: int) -> list[int]:
+    """Which samples a micro-batch takes, from the step alone: a resumed run sees exactly the batches the
+    killed one would have (each epoch is a seeded permutation)."""
+    samples_per_step = hyper.batch_size * hyper.gradient_accumulation_steps
+    start = step * samples_per_step + micro * hyper.batch_size
+    indices = []
+    for position in range(start, start + hyper.batch_size):
+        epoch, offset = divmod(position, train_size)
+        order = list(range(train_size))
+        random.Random(f"{hyper.seed}:{epoch}").shuffle(order)
+        indices.append(order[offset])
+    return indices
+
+
+def schedule(hyper: Hyperparameters, steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < hyper.warmup_steps:
+            return (step + 1) / hyper.warmup_steps
+        progress = (step - hyper.warmup_steps) / max(1, steps - hyper.warmup_steps)
+        if hyper.scheduler == "constant":
+            return 1.0
+        if hyper.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def train(model, processor, train_set: list[Conversation], hyper: Hyperparameters, checkpoint_dir: Path,
+          on_progress: Callable[[Progress], None], on_checkpoint: Callable[[int, Path], None],
+          should_stop: Callable[[], bool]):
+    """Returns (peft model, losses). Resumes from the newest checkpoint in `checkpoint_dir` if there is one."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(hyper.seed)
+    random.seed(hyper.seed)
+    config = LoraConfig(r=hyper.lora_rank, lora_alpha=hyper.lora_alpha, lora_dropout=hyper.lora_dropout,
+                        target_modules=target_modules(hyper))
+    peft_model = get_peft_model(model, config)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad],
+                                  lr=hyper.learning_rate, weight_decay=hyper.weight_decay)
+    steps = total_steps(hyper, len(train_set))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(hyper, steps))
+    losses: list[float] = []
+    start_step = 0
+    resumed = latest_checkpoint(checkpoint_dir)
+    if resumed is not None:
+        losses = restore_checkpoint(resumed, peft_model, optimizer, scheduler)
+        start_step = resumed.step
+
+    collate = ChatCollator(processor)
+    peft_model.train()
+    started = time.perf_counter()
+    for step in range(start_step, steps):
+        if should_stop():
+            raise Cancelled()
+        step_loss = 0.0
+        for micro in range(hyper.gradient_accumulation_steps):
+            batch = collate([train_set[i] for i in batch_indices(step, micro, hyper, len(train_set))])
+            loss = peft_model(**batch).loss / hyper.gradient_accumulation_steps
+            loss.backward()
+            step_loss += loss.item()
+        torch.nn.utils.clip_grad_norm_(peft_model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        done = step + 1
+        elapsed = time.perf_counter() - started
+        rate = (done - start_step) / elapsed if elapsed > 0 else 0.0
+        on_progress(Progress(
+            step=done, total_steps=steps, loss=step_loss, learning_rate=scheduler.get_last_lr()[0],
+            samples_per_second=rate * hyper.batch_size * hyper.gradient_accumulation_steps,
+            eta_seconds=(steps - done) / rate if rate else 0.0,
+            epoch=done * hyper.batch_size * hyper.gradient_accumulation_steps / len(train_set),
+        ))
+        if done % hyper.checkpoint_every_steps == 0 and done < steps:
+            saved = save_checkpoint(checkpoint_dir, done, peft_model, optimizer, scheduler, losses)
+            on_checkpoint(done, saved.path)
+    return peft_model, losses
