@@ -14,6 +14,7 @@ from pydantic_settings import CliApp
 from .grpc_api.server import create_server
 from .jobs import JobService
 from .launcher import LocalLauncher
+from .metrics import serve_metrics
 from .settings import TrainerSettings
 from .store import JobStore
 
@@ -28,10 +29,12 @@ def main() -> None:
                       watch_poll_interval_s=settings.watch_poll_interval_s)
     running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
                             max_message_bytes=settings.max_message_bytes)
+    metrics_port = serve_metrics(store, settings.metrics_host, settings.metrics_port)
     launcher = LocalLauncher(store, settings.state_dir)
     launcher.start()
     running.set_serving(True)
-    logger.info("trainer listening on %s:%d (state in %s)", settings.grpc_host, running.port, settings.state_dir)
+    logger.info("trainer listening on %s:%d, metrics on :%d/metrics, state in %s", settings.grpc_host,
+                running.port, metrics_port, settings.state_dir)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

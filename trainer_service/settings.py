@@ -15,6 +15,8 @@ class TrainerSettings(BaseSettings):
 
     grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds; 0.0.0.0 in a container")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    metrics_host: str = Field("127.0.0.1", description="address the Prometheus /metrics server binds")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 picks a free one")
     state_dir: Path = Field(Path("state/trainer"), description="holds jobs.sqlite3 and the artifact store")
     models_dir: Path | None = Field(None, description="base models may be named relative to this directory")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted")

@@ -128,6 +128,20 @@ class JobStore:
         next_token = f"{jobs[-1].created_at!r}/{jobs[-1].id}" if len(rows) > page_size else ""
         return jobs, next_token
 
+    def status_counts(self) -> dict[JobStatus, int]:
+        with self._lock:
+            rows = self._connection.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
+        counts = {status: 0 for status in JobStatus}
+        counts.update({JobStatus(row["status"]): row["n"] for row in rows})
+        return counts
+
+    def latest_event(self, job_id: str, kind: str) -> JobEvent | None:
+        with self._lock:
+            row = self._connection.execute(
+                "SELECT * FROM events WHERE job_id = ? AND kind = ? ORDER BY sequence DESC LIMIT 1", (job_id, kind),
+            ).fetchone()
+        return None if row is None else _event(row)
+
     def next_queued(self) -> Job | None:
         """The oldest queued job (FIFO)."""
         with self._lock:

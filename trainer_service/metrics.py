@@ -1,0 +1,76 @@
+"""Prometheus metrics of the trainer, computed from the job store at scrape time.
+
+Reading the store (not counters kept in memory) means the numbers survive a service restart and include what
+worker processes wrote: job states, queue length, job durations, the live loss and throughput of running
+jobs, and the before/after evaluation scores of finished ones.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+
+from .domain import JobStatus
+from .store import JobStore
+
+DURATION_BUCKETS_S = (60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+RECENT_JOBS = 1000
+
+
+class JobStoreCollector:
+    def __init__(self, store: JobStore):
+        self.store = store
+
+    def collect(self):
+        by_status = GaugeMetricFamily("vlmforge_trainer_jobs", "Fine-tuning jobs by status", labels=["status"])
+        counts = self.store.status_counts()
+        for status, count in counts.items():
+            by_status.add_metric([status.value], count)
+        yield by_status
+        yield GaugeMetricFamily("vlmforge_trainer_queue_length", "Jobs waiting for a worker slot",
+                                value=counts[JobStatus.QUEUED])
+
+        jobs, _ = self.store.list_jobs(page_size=RECENT_JOBS)
+        yield _duration_histogram([j for j in jobs if j.finished_at and j.started_at])
+
+        loss = GaugeMetricFamily("vlmforge_trainer_training_loss", "Latest training loss of running jobs",
+                                 labels=["job_id"])
+        throughput = GaugeMetricFamily("vlmforge_trainer_samples_per_second",
+                                       "Training throughput of running jobs", labels=["job_id"])
+        steps = GaugeMetricFamily("vlmforge_trainer_trained_steps", "Steps done by running jobs", labels=["job_id"])
+        for job in jobs:
+            if job.status is not JobStatus.RUNNING:
+                continue
+            progress = self.store.latest_event(job.id, "progress")
+            if progress is not None:
+                loss.add_metric([job.id], progress.payload["loss"])
+                throughput.add_metric([job.id], progress.payload["samples_per_second"])
+                steps.add_metric([job.id], progress.payload["step"])
+        yield from (loss, throughput, steps)
+
+        scores = GaugeMetricFamily("vlmforge_trainer_evaluation_score",
+                                   "Evaluation scores on the test split before and after fine-tuning",
+                                   labels=["job_id", "fine_tuned_model", "phase", "metric"])
+        for job in jobs:
+            for phase in ("before", "after"):
+                for metric, value in (job.result.get(f"evaluation_{phase}") or {}).items():
+                    if metric != "examples":
+                        scores.add_metric([job.id, job.result.get("fine_tuned_model", ""), phase, metric], value)
+        yield scores
+
+
+def _duration_histogram(finished) -> HistogramMetricFamily:
+    durations = [job.finished_at - job.started_at for job in finished]
+    buckets = [(str(bound), sum(d <= bound for d in durations)) for bound in DURATION_BUCKETS_S]
+    buckets.append(("+Inf", len(durations)))
+    return HistogramMetricFamily("vlmforge_trainer_job_duration_seconds",
+                                 "Wall time from start to end of finished jobs (recent jobs)",
+                                 buckets=buckets, sum_value=sum(durations))
+
+
+def serve_metrics(store: JobStore, host: str, port: int) -> int:
+    """Starts the /metrics HTTP server in a thread; returns the bound port."""
+    registry = CollectorRegistry()
+    registry.register(JobStoreCollector(store))
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server.server_port
