@@ -32,7 +32,7 @@ def service(tmp_path: Path):
     launcher.start()
     running.set_serving(True)
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        yield trainer_pb2_grpc.FineTuningServiceStub(channel), launcher, tmp_path
+        yield trainer_pb2_grpc.FineTuningServiceStub(channel), launcher, running.port
     running.server.stop(None)
     launcher.stop()
 
