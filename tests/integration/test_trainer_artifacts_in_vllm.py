@@ -1,0 +1,72 @@
+"""What a trainer job writes is what vLLM serves: the merged 16-bit model loads as a base model, and the PEFT
+adapter (LoRA on language and vision layers) loads onto the tiny base through `enable_lora`, both answering
+a question about an image on vLLM's CPU backend."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+
+from trainer_service.domain import JobStatus
+from trainer_service.job_spec import Hyperparameters, JobSpec
+from trainer_service.jobs import JobService
+from trainer_service.store import JobStore
+from trainer_service.worker.run import run_job
+from vlmforge.data import load_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_job(tiny_model_dir: Path, small_dataset_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
+    state = tmp_path_factory.mktemp("trainer-state")
+    store = JobStore(state / "jobs.sqlite3")
+    spec = JobSpec(str(tiny_model_dir), str(small_dataset_dir / "train.jsonl"),
+                   hyperparameters=Hyperparameters(max_steps=3, batch_size=2, learning_rate=1e-3))
+    job = JobService(store).create(spec)
+    store.transition(job.id, JobStatus.RUNNING, "running in the test process")
+    run_job(store, job.id, state)
+    result = store.get_job(job.id).result
+    return Path(result["adapter_path"]), Path(result["merged_model_path"])
+
+
+def _chat(llm, small_dataset_dir: Path, **kwargs) -> str:
+    from vllm import SamplingParams
+
+    sample = load_dataset(small_dataset_dir / "test.jsonl")[0]
+    buffer = io.BytesIO()
+    sample.images[0].open().save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": sample.question}]}]
+    try:
+        output = llm.chat(messages, SamplingParams(max_tokens=6, temperature=0.0), **kwargs)[0].outputs[0]
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert 0 < len(output.token_ids) <= 6
+    return output.text
+
+
+ENGINE = {"max_model_len": 512, "max_num_seqs": 2, "enforce_eager": True, "gpu_memory_utilization": 0.15,
+          "limit_mm_per_prompt": {"image": 1}, "seed": 0}
+
+
+def test_the_merged_model_serves_as_a_base_model(finished_job, small_dataset_dir: Path) -> None:
+    from vllm import LLM
+
+    _, merged = finished_job
+    _chat(LLM(model=str(merged), dtype="bfloat16", **ENGINE), small_dataset_dir)
+
+
+def test_the_adapter_loads_onto_the_base_with_vision_lora(finished_job, tiny_model_dir: Path,
+                                                          small_dataset_dir: Path) -> None:
+    from vllm import LLM
+    from vllm.lora.request import LoRARequest
+
+    adapter, _ = finished_job
+    llm = LLM(model=str(tiny_model_dir), enable_lora=True, max_lora_rank=16, max_loras=1,
+              enable_tower_connector_lora=True, **ENGINE)
+    _chat(llm, small_dataset_dir, lora_request=LoRARequest("job-adapter", 1, str(adapter)))
