@@ -123,6 +123,9 @@ def check_resources(spec: JobSpec, *, models_dir: Path | None, cuda_available: b
     if spec.method == "qlora" and not cuda_available:
         raise FailedPreconditionError("QLoRA loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; "
                                       "use method LORA on this machine")
+    if spec.method == "qlora":
+        # Refused rather than silently trained as plain LoRA: the 4-bit path is not built yet.
+        raise FailedPreconditionError("QLoRA is not available in this version of the trainer; use method LORA")
     model_dir = resolve_model(spec.model, models_dir)
     for field_name in ("training_file", "validation_file", "test_file"):
         path = getattr(spec, field_name)
