@@ -29,3 +29,7 @@ class InvalidTransitionError(TrainerError):
 
 class FailedPreconditionError(TrainerError):
     """The request is valid but cannot run in this state or on this machine (e.g. QLoRA without CUDA)."""
+
+
+class ServiceDrainingError(FailedPreconditionError):
+    """The service is shutting down and takes no new jobs (UNAVAILABLE)."""

@@ -7,15 +7,11 @@ import time
 from collections.abc import Callable, Iterator
 
 from .domain import Job, JobEvent, JobStatus
-from .errors import FailedPreconditionError, InvalidArgumentError, InvalidTransitionError
+from .errors import InvalidArgumentError, InvalidTransitionError, ServiceDrainingError
 from .job_spec import JobSpec, check_resources
 from .store import JobStore
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
-
-
-class ServiceDrainingError(FailedPreconditionError):
-    """The service is shutting down and takes no new jobs (UNAVAILABLE)."""
 
 
 class JobService:

@@ -14,9 +14,9 @@ from ..errors import (
     InvalidArgumentError,
     InvalidTransitionError,
     JobNotFoundError,
+    ServiceDrainingError,
     TrainerError,
 )
-from ..jobs import ServiceDrainingError
 
 logger = logging.getLogger(__name__)
 
