@@ -1,0 +1,70 @@
+"""The real trainer service as a subprocess: SIGKILL it mid-job, start it again on the same state directory,
+and the job finishes once, from its checkpoint, with an event stream that has no gap or duplicate."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from vlmforge.trainer.v1 import trainer_pb2 as pb
+from vlmforge.trainer.v1 import trainer_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+
+def _start_service(state_dir: Path) -> tuple[subprocess.Popen, int]:
+    log = open(state_dir / f"service-{time.monotonic_ns()}.log", "w+b")  # noqa: SIM115 - read below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainer_service", "--grpc-port", "0", "--metrics-port", "0",
+         "--state-dir", str(state_dir), "--watch-poll-interval-s", "0.05"],
+        stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        match = re.search(rb"listening on 127\.0\.0\.1:(\d+)", Path(log.name).read_bytes())
+        if match:
+            return process, int(match.group(1))
+        assert process.poll() is None, Path(log.name).read_text()
+        time.sleep(0.2)
+    raise TimeoutError("trainer did not start")
+
+
+def test_sigkill_of_the_service_mid_job_resumes_after_restart(tiny_model_dir, small_dataset_dir, tmp_path) -> None:
+    service, port = _start_service(tmp_path)
+    events: list[pb.FineTuningJobEvent] = []
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            client = trainer_pb2_grpc.FineTuningServiceStub(channel)
+            job = client.CreateFineTuningJob(pb.CreateFineTuningJobRequest(
+                model=str(tiny_model_dir), training_file=str(small_dataset_dir / "train.jsonl"),
+                hyperparameters=pb.Hyperparameters(max_steps=10, batch_size=2, checkpoint_every_steps=2)))
+            for event in client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=240):
+                events.append(event)
+                if event.HasField("checkpoint") and event.checkpoint.step == 4:
+                    break
+        os.kill(service.pid, signal.SIGKILL)
+        service.wait()
+
+        service, port = _start_service(tmp_path)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            client = trainer_pb2_grpc.FineTuningServiceStub(channel)
+            request = pb.WatchFineTuningJobRequest(id=job.id, after_sequence=events[-1].sequence)
+            events += list(client.WatchFineTuningJob(request, timeout=240))
+            final = client.GetFineTuningJob(pb.GetFineTuningJobRequest(id=job.id))
+    finally:
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(60) == 0
+
+    assert final.status == pb.JOB_STATUS_SUCCEEDED, final.error.message
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1)), "no gap, no duplicate"
+    steps = [e.progress.step for e in events if e.HasField("progress")]
+    assert steps[-1] == 10 and steps.count(1) == 1, "resumed from the checkpoint, never from step 1"
+    assert sum(e.HasField("status_changed") and e.status_changed.status == pb.JOB_STATUS_SUCCEEDED
+               for e in events) == 1
