@@ -15,7 +15,7 @@ from vlmforge.build_cache import built_atomically
 from vlmforge.data import load_dataset
 from vlmforge.quick_lora import answer_questions
 
-from ..domain import JobStatus
+from ..domain import JobError, JobStatus
 from ..evaluation import score_answers
 from ..job_spec import JobSpec
 from ..store import JobStore
@@ -118,8 +118,6 @@ def main_for(store: JobStore, job_id: str, state_dir: Path) -> int:
         logger.info("job %s stopped: cancelled or the service went away", job_id)
     except Exception as error:  # noqa: BLE001 - every failure is reported on the job, then the process ends
         logger.exception("job %s failed", job_id)
-        from ..domain import JobError
-
         if not store.get_job(job_id).status.is_terminal:
             store.transition(job_id, JobStatus.FAILED, f"failed: {type(error).__name__}",
                              error=JobError("training_failed", f"{type(error).__name__}: {error}"))
