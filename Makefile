@@ -45,7 +45,7 @@ test: setup
 	$(PY) -m pytest
 
 demo: model
-	@$(PY) -m vlmforge.demo --model $(MODEL_DIR) --data-dir $(DATA_DIR)
+	@$(PY) -m trainer_service.demo --model $(MODEL_DIR) --data-dir $(DATA_DIR)
 
 # After editing a requirements file: install without the old lock, then write the new one.
 lock:

@@ -18,15 +18,16 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from trainer_service.demo import DEMO_HYPERPARAMETERS, fine_tune
+from trainer_service.evaluation import answer_questions, exact_match_rate
 from vlmforge.data import load_dataset
-from vlmforge.quick_lora import LoraSettings, answer_questions, exact_match, train_lora
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=LoraSettings.steps)
+    parser.add_argument("--steps", type=int, default=DEMO_HYPERPARAMETERS.max_steps)
     args = parser.parse_args()
 
     processor = AutoProcessor.from_pretrained(args.model)
@@ -36,16 +37,16 @@ def main() -> None:
     kinds = [json.loads(line)["kind"] for line in test_path.read_text().splitlines()]
     before = answer_questions(model, processor, test_set)
     with tempfile.TemporaryDirectory() as adapter_dir:
-        settings = dataclasses.replace(LoraSettings(), steps=args.steps)
-        peft_model, seconds, _ = train_lora(model, processor, load_dataset(args.data_dir / "train.jsonl"),
-                                            settings, Path(adapter_dir))
+        hyper = dataclasses.replace(DEMO_HYPERPARAMETERS, max_steps=args.steps)
+        peft_model, seconds = fine_tune(model, processor, load_dataset(args.data_dir / "train.jsonl"), hyper,
+                                        Path(adapter_dir))
     after = answer_questions(peft_model, processor, test_set)
 
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
-    print(f"LoRA r={settings.rank} all linear layers, {settings.steps} steps x batch {settings.batch_size}, "
-          f"lr {settings.learning_rate}: {seconds:.0f} s")
-    print(f"exact match on {len(test_set)} test questions: before {exact_match(before):.2f}, "
-          f"after {exact_match(after):.2f}")
+    print(f"LoRA r={hyper.lora_rank} all linear layers, {hyper.max_steps} steps x batch {hyper.batch_size}, "
+          f"lr {hyper.learning_rate}: {seconds:.0f} s")
+    print(f"exact match on {len(test_set)} test questions: before {exact_match_rate(before):.2f}, "
+          f"after {exact_match_rate(after):.2f}")
     by_kind: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     for kind, old, new in zip(kinds, before, after):
         by_kind[kind].append((old.exact, new.exact))

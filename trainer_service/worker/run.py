@@ -13,10 +13,9 @@ import torch
 
 from vlmforge.build_cache import built_atomically
 from vlmforge.data import load_dataset
-from vlmforge.quick_lora import answer_questions
 
 from ..domain import JobError, JobStatus
-from ..evaluation import score_answers
+from ..evaluation import answer_questions, score_answers
 from ..job_spec import JobSpec
 from ..store import JobStore
 from .train import Cancelled, Progress, train
