@@ -39,9 +39,5 @@ class TinyModelSpec:
     seed: int = 0
     dataset: DatasetSpec = DatasetSpec()
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.attention_heads
-
     def fingerprint(self) -> str:
         return recipe_fingerprint({"version": RECIPE_VERSION, **dataclasses.asdict(self)})
