@@ -11,6 +11,7 @@ import threading
 
 from pydantic_settings import CliApp
 
+from .deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV
 from .grpc_api.server import create_server
 from .jobs import JobService
 from .launcher import LocalLauncher
@@ -30,7 +31,8 @@ def main() -> None:
     running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
                             max_message_bytes=settings.max_message_bytes)
     metrics_port = serve_metrics(store, settings.metrics_host, settings.metrics_port)
-    launcher = LocalLauncher(store, settings.state_dir)
+    launcher = LocalLauncher(store, settings.state_dir, artifacts_dir=settings.artifact_store,
+                             worker_env=_worker_env(settings))
     launcher.start()
     running.set_serving(True)
     logger.info("trainer listening on %s:%d, metrics on :%d/metrics, state in %s", settings.grpc_host,
@@ -47,6 +49,15 @@ def main() -> None:
     launcher.stop()
     store.close()
     logger.info("stopped")
+
+
+def _worker_env(settings: TrainerSettings) -> dict[str, str]:
+    env = {}
+    if settings.inference_admin_url:
+        env[ADMIN_URL_ENV] = settings.inference_admin_url
+    if settings.inference_admin_token:
+        env[ADMIN_TOKEN_ENV] = settings.inference_admin_token
+    return env
 
 
 def _cuda_available() -> bool:

@@ -4,6 +4,7 @@ Kubernetes launcher will implement the same two methods."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -22,10 +23,13 @@ class Launcher(Protocol):
 
 
 class LocalLauncher:
-    def __init__(self, store: JobStore, state_dir: Path, *, poll_interval_s: float = 0.5,
+    def __init__(self, store: JobStore, state_dir: Path, *, artifacts_dir: Path | None = None,
+                 worker_env: dict[str, str] | None = None, poll_interval_s: float = 0.5,
                  max_attempts: int = 10, cancel_grace_s: float = 5.0):
         self.store = store
         self.state_dir = Path(state_dir)
+        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else self.state_dir / "artifacts"
+        self.worker_env = worker_env or {}
         self.poll_interval_s = poll_interval_s
         self.max_attempts = max_attempts
         self.cancel_grace_s = cancel_grace_s
@@ -85,9 +89,10 @@ class LocalLauncher:
     def _launch(self, job_id: str) -> None:
         self.store.transition(job_id, JobStatus.RUNNING, "running")
         command = [sys.executable, "-m", "trainer_service.worker", "--database", str(self.store.path),
-                   "--job-id", job_id, "--state-dir", str(self.state_dir)]
+                   "--job-id", job_id, "--state-dir", str(self.state_dir), "--artifacts-dir", str(self.artifacts_dir)]
         log = open(self.state_dir / f"worker-{job_id}.log", "ab")  # noqa: SIM115 - handed to the child
-        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **self.worker_env})
         log.close()
         self._job_id = job_id
         logger.info("job %s: worker pid %d", job_id, self._process.pid)

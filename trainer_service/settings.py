@@ -19,9 +19,19 @@ class TrainerSettings(BaseSettings):
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 picks a free one")
     state_dir: Path = Field(Path("state/trainer"), description="holds jobs.sqlite3 and the artifact store")
     models_dir: Path | None = Field(None, description="base models may be named relative to this directory")
+    artifacts_dir: Path | None = Field(None, description="the artifact store the inference service reads; "
+                                       "default <state_dir>/artifacts")
+    inference_admin_url: str | None = Field(None, description="inference service base URL, e.g. "
+                                            "http://127.0.0.1:8000; when set, each fine-tune is hot-loaded there "
+                                            "as it succeeds")
+    inference_admin_token: str | None = Field(None, description="bearer token of the inference admin endpoint")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM: time given to in-flight RPCs")
     watch_poll_interval_s: float = Field(0.2, gt=0, description="how often a Watch stream looks for new events")
+
+    @property
+    def artifact_store(self) -> Path:
+        return self.artifacts_dir or self.state_dir / "artifacts"
 
     @property
     def database_path(self) -> Path:

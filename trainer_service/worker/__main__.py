@@ -1,13 +1,16 @@
-"""`python -m trainer_service.worker --database DB --job-id ID --state-dir DIR`: run one job (the launcher's
-child process)."""
+"""`python -m trainer_service.worker --database DB --job-id ID --state-dir DIR [--artifacts-dir DIR]`: run one
+job (the launcher's child process). The inference service to notify comes from the environment
+(deploy.ADMIN_URL_ENV / ADMIN_TOKEN_ENV)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
+from ..deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV, InferenceNotifier
 from ..store import JobStore
 from .run import main_for
 
@@ -17,9 +20,13 @@ def main() -> None:
     parser.add_argument("--database", type=Path, required=True)
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--artifacts-dir", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker: %(message)s")
-    sys.exit(main_for(JobStore(args.database), args.job_id, args.state_dir))
+    store = JobStore(args.database)
+    admin_url = os.environ.get(ADMIN_URL_ENV)
+    notifier = InferenceNotifier(store, admin_url, os.environ.get(ADMIN_TOKEN_ENV)) if admin_url else None
+    sys.exit(main_for(store, args.job_id, args.state_dir, artifacts_dir=args.artifacts_dir, notifier=notifier))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the artifacts atomically, evaluate the result, and report every step through the
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import torch
 
+from vlmforge.artifacts import ADAPTER_DIR, LOSS_PLOT_FILE, MANIFEST_FILE, MERGED_DIR, model_config_digest, safe_model_name
 from vlmforge.build_cache import built_atomically
 from vlmforge.data import load_dataset
 
+from ..deploy import InferenceNotifier
 from ..domain import JobError, JobStatus
 from ..evaluation import answer_questions, score_answers
 from ..job_spec import JobSpec
@@ -24,10 +27,12 @@ logger = logging.getLogger(__name__)
 
 
 def fine_tuned_model_name(model_dir: Path, suffix: str, job_id: str) -> str:
-    return f"{model_dir.name}-ft-{suffix + '-' if suffix else ''}{job_id.removeprefix('ftjob-')[:8]}"
+    """Also the artifact store entry's directory name; matches vlmforge.artifacts.MODEL_NAME_PATTERN."""
+    return f"{safe_model_name(model_dir.name)}-ft-{suffix + '-' if suffix else ''}{job_id.removeprefix('ftjob-')[:8]}"
 
 
-def run_job(store: JobStore, job_id: str, state_dir: Path) -> None:
+def run_job(store: JobStore, job_id: str, state_dir: Path, *, artifacts_dir: Path | None = None,
+            notifier: InferenceNotifier | None = None) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     job = store.get_job(job_id)
@@ -60,16 +65,19 @@ def run_job(store: JobStore, job_id: str, state_dir: Path) -> None:
     peft_model, losses = train(model, processor, train_set, spec.hyperparameters, state_dir / "checkpoints" / job_id,
                                on_progress, on_checkpoint, should_stop)
     after = _evaluate(store, job_id, "after", peft_model, processor, test_set) if test_set else None
-    artifact_dir = state_dir / "artifacts" / job_id
     name = fine_tuned_model_name(model_dir, spec.suffix, job_id)
+    artifact_dir = (artifacts_dir or state_dir / "artifacts") / name
     _write_artifacts(artifact_dir, peft_model, processor, losses, manifest={
-        "fine_tuned_model": name, "base_model": str(model_dir), "job_id": job_id, "created_at": time.time(),
+        "fine_tuned_model": name, "base_model": str(model_dir), "base_model_config_sha256":
+        model_config_digest(model_dir), "job_id": job_id, "created_at": time.time(),
         "hyperparameters": dataclasses.asdict(spec.hyperparameters), "training_file": spec.training_file,
         "evaluation_before": store.get_job(job_id).result.get("evaluation_before"), "evaluation_after": after,
     })
+    if notifier is not None:
+        notifier.notify(job_id, name)
     store.transition(job_id, JobStatus.SUCCEEDED, f"succeeded: {name}", result={
-        "fine_tuned_model": name, "adapter_path": str(artifact_dir / "adapter"),
-        "merged_model_path": str(artifact_dir / "merged"),
+        "fine_tuned_model": name, "adapter_path": str(artifact_dir / ADAPTER_DIR),
+        "merged_model_path": str(artifact_dir / MERGED_DIR),
     })
 
 
@@ -83,15 +91,13 @@ def _evaluate(store: JobStore, job_id: str, phase: str, model, processor, test_s
 
 
 def _write_artifacts(artifact_dir: Path, peft_model, processor, losses: list[float], manifest: dict) -> None:
-    import json
-
     with built_atomically(artifact_dir) as staging:
-        peft_model.save_pretrained(staging / "adapter")  # adapter_config.json + adapter_model.safetensors
+        peft_model.save_pretrained(staging / ADAPTER_DIR)  # adapter_config.json + adapter_model.safetensors
         merged = peft_model.merge_and_unload().to(torch.bfloat16)
-        merged.save_pretrained(staging / "merged")
-        processor.save_pretrained(staging / "merged")
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _plot_losses(losses, staging / "loss.png")
+        merged.save_pretrained(staging / MERGED_DIR)
+        processor.save_pretrained(staging / MERGED_DIR)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        _plot_losses(losses, staging / LOSS_PLOT_FILE)
 
 
 def _plot_losses(losses: list[float], path: Path) -> None:
@@ -109,10 +115,11 @@ def _plot_losses(losses: list[float], path: Path) -> None:
     plt.close(figure)
 
 
-def main_for(store: JobStore, job_id: str, state_dir: Path) -> int:
+def main_for(store: JobStore, job_id: str, state_dir: Path, *, artifacts_dir: Path | None = None,
+             notifier: InferenceNotifier | None = None) -> int:
     """Exit codes the launcher reads: 0 finished (succeeded, or stopped because cancelled), 3 failed for good."""
     try:
-        run_job(store, job_id, state_dir)
+        run_job(store, job_id, state_dir, artifacts_dir=artifacts_dir, notifier=notifier)
     except Cancelled:
         logger.info("job %s stopped: cancelled or the service went away", job_id)
     except Exception as error:  # noqa: BLE001 - every failure is reported on the job, then the process ends
