@@ -1,0 +1,45 @@
+"""Our Prometheus metrics, registered beside vLLM's own (`vllm:*`) so one /metrics serves both."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+LOAD_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class InferenceMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.request_duration = Histogram(
+            "vlmforge_inference_request_duration_seconds", "chat request time, arrival to last byte",
+            ["model", "status"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.time_to_first_token = Histogram(
+            "vlmforge_inference_time_to_first_token_seconds", "streamed chat requests: arrival to first chunk",
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.adapter_loads = Histogram(
+            "vlmforge_inference_adapter_load_duration_seconds", "checking and loading one adapter",
+            ["source", "outcome"], buckets=LOAD_BUCKETS_S, registry=registry)
+        self.loaded_adapters = Gauge("vlmforge_inference_loaded_adapters", "adapters loaded in the engine",
+                                     registry=registry)
+        self.rejected = Counter("vlmforge_inference_requests_rejected_total", "requests refused before the engine",
+                                ["reason"], registry=registry)
+        self.adapter_scores = Gauge(
+            "vlmforge_inference_adapter_evaluation_score", "the trainer's evaluation of a loaded adapter "
+            "(phase before = its base model zero-shot, after = fine-tuned)", ["adapter", "phase", "metric"],
+            registry=registry)
+        self._score_labels: dict[str, list[tuple[str, str, str]]] = {}
+
+    def adapter_loaded(self, name: str, evaluation: dict[str, dict[str, float]], *, loaded_count: int) -> None:
+        self.loaded_adapters.set(loaded_count)
+        labels = []
+        for phase, scores in evaluation.items():
+            for metric, value in scores.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    self.adapter_scores.labels(name, phase, metric).set(value)
+                    labels.append((name, phase, metric))
+        self._score_labels[name] = labels
+
+    def adapter_unloaded(self, name: str, *, loaded_count: int) -> None:
+        self.loaded_adapters.set(loaded_count)
+        for labels in self._score_labels.pop(name, []):
+            self.adapter_scores.remove(*labels)

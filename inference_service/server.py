@@ -1,0 +1,123 @@
+"""Builds vLLM's own OpenAI server (engine, FastAPI app, uvicorn) and puts this service's layer in front:
+the request guard, the admin router and our metrics. `serve(settings)` runs until SIGTERM / Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from vllm.engine.protocol import EngineClient
+from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+from vllm.entrypoints.launchers.app import build_app
+from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+from vllm.entrypoints.launchers.launcher import serve_http, setup_server
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+from vlmforge.artifacts import model_config_digest
+
+from .adapters import AdapterManager, BaseModelIdentity
+from .admin import admin_router
+from .chat_checks import ChatLimits
+from .engine import VllmAdapterEngine
+from .errors import RequestRejected, error_response
+from .guard import GuardConfig, GuardContext, RequestGuard
+from .media import ImageLimits, MediaUrlPolicy
+from .metrics import InferenceMetrics
+from .settings import InferenceSettings
+
+logger = logging.getLogger("inference_service")
+
+# vLLM would fetch http(s) image URLs itself. It never gets one: the guard turns each into a checked data:
+# URL, and this unresolvable domain makes vLLM refuse any URL that reached it some other way.
+NO_MEDIA_DOMAIN = "media-is-fetched-by-vlmforge.invalid"
+CPU_MEMORY_SHARE = 0.15  # on CPU, vLLM's gpu_memory_utilization is the share of RAM it reserves
+
+
+def vllm_args(settings: InferenceSettings) -> argparse.Namespace:
+    argv = ["--model", settings.base_model, "--served-model-name", settings.model_name,
+            "--host", settings.host, "--port", str(settings.port),
+            "--enable-lora", "--max-lora-rank", str(settings.max_lora_rank),
+            "--max-loras", str(settings.max_loras_per_batch), "--max-cpu-loras", str(settings.max_cpu_loras),
+            "--limit-mm-per-prompt", json.dumps({"image": settings.max_images_per_request, "video": 0}),
+            "--allowed-media-domains", NO_MEDIA_DOMAIN, "--disable-fastapi-docs",
+            "--middleware", f"{RequestGuard.__module__}.{RequestGuard.__qualname__}",
+            "--gpu-memory-utilization", str(settings.gpu_memory_utilization or _default_memory_share())]
+    if settings.vision_tower_lora:
+        argv.append("--enable-tower-connector-lora")
+    if settings.max_model_len:
+        argv += ["--max-model-len", str(settings.max_model_len)]
+    argv += shlex.split(settings.vllm_args)
+    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm (via inference_service)"))
+    args = parser.parse_args(argv)
+    validate_parsed_serve_args(args)
+    return args
+
+
+def _default_memory_share() -> float:
+    import torch
+
+    return 0.9 if torch.cuda.is_available() else CPU_MEMORY_SHARE
+
+
+def install(app: FastAPI, settings: InferenceSettings, engine_client: EngineClient) -> AdapterManager:
+    """Adds this service's layer to vLLM's app; returns the adapter manager it uses."""
+    metrics = InferenceMetrics(get_prometheus_registry())
+    adapters = AdapterManager(
+        settings.artifacts_dir, VllmAdapterEngine(app.state.openai_serving_models, settings.model_name), metrics,
+        max_rank=settings.max_lora_rank, base=_base_identity(settings))
+    app.include_router(admin_router(adapters, _secret(settings.admin_token)))
+
+    async def rejected(_: Request, error: RequestRejected):
+        metrics.rejected.labels(error.reason).inc()
+        return error_response(error)
+
+    app.add_exception_handler(RequestRejected, rejected)
+    app.state.request_guard = GuardContext(adapters=adapters, metrics=metrics, config=GuardConfig(
+        base_model_name=settings.model_name, api_key=_secret(settings.api_key),
+        max_request_body_bytes=settings.max_request_body_bytes,
+        chat_limits=ChatLimits(settings.max_images_per_request, settings.max_choices_per_request,
+                               engine_client.model_config.max_model_len),
+        media_policy=MediaUrlPolicy(frozenset(d.lower() for d in settings.allowed_media_domains),
+                                    settings.allow_private_media_addresses),
+        image_limits=ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
+        media_fetch_timeout_s=settings.media_fetch_timeout_s))
+    return adapters
+
+
+def _base_identity(settings: InferenceSettings) -> BaseModelIdentity:
+    model_dir = Path(settings.base_model)
+    if not model_dir.is_dir():  # a hub name: its config.json from the local cache (no network at run time)
+        from transformers.utils import cached_file
+
+        model_dir = Path(cached_file(settings.base_model, "config.json")).parent
+    return BaseModelIdentity(model_config_digest(model_dir), frozenset(
+        {settings.model_name, settings.base_model, str(model_dir.resolve()), model_dir.name}))
+
+
+def _secret(value) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+async def serve(settings: InferenceSettings) -> None:
+    args = vllm_args(settings)
+    _, sock = setup_server(args, reuse_port=False)
+    host, port = sock.getsockname()[:2]
+    async with build_async_engine_client(args) as engine_client:
+        supported_tasks = await engine_client.get_supported_tasks()
+        app = build_app(args, supported_tasks, engine_client.model_config)
+        await init_app_state(engine_client, app.state, args, supported_tasks)
+        install(app, settings, engine_client)
+        logger.info("inference service listening on http://%s:%d (model %s, artifacts %s)", host, port,
+                    settings.model_name, settings.artifacts_dir)
+        shutdown_task = await serve_http(app, sock=sock, host=args.host, port=port, log_level="warning",
+                                         access_log=False)
+    try:
+        await shutdown_task
+    finally:
+        sock.close()
