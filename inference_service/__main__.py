@@ -14,7 +14,7 @@ from .settings import InferenceSettings
 
 def main() -> None:
     settings = CliApp.run(InferenceSettings)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _own_logging()
     import uvloop
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
 
@@ -22,6 +22,16 @@ def main() -> None:
 
     cli_env_setup()
     uvloop.run(serve(settings))
+
+
+def _own_logging() -> None:
+    """A handler of our own: importing vLLM's SageMaker helpers reconfigures the root logger mid-start."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("inference_service")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 if __name__ == "__main__":  # vLLM starts its engine in a spawned child, which re-imports this module

@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import InvalidRequest
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")  # the last 32 bits are an IPv4 address
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,12 @@ class MediaUrlPolicy:
 
 def is_public_address(address: IPAddress) -> bool:
     """Globally routable unicast only: refuses loopback, RFC 1918, link-local (cloud metadata at
-    169.254.169.254), CGNAT, unspecified, multicast, reserved, and IPv4 hidden inside IPv6."""
+    169.254.169.254), CGNAT, unspecified, multicast, reserved, and IPv4 hidden inside IPv6 (mapped, 6to4,
+    Teredo, NAT64)."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if address in NAT64_PREFIX:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             return is_public_address(embedded)
     return address.is_global and not address.is_multicast

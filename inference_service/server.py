@@ -4,6 +4,7 @@ the request guard, the admin router and our metrics. `serve(settings)` runs unti
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import shlex
@@ -113,11 +114,19 @@ async def serve(settings: InferenceSettings) -> None:
         app = build_app(args, supported_tasks, engine_client.model_config)
         await init_app_state(engine_client, app.state, args, supported_tasks)
         install(app, settings, engine_client)
-        logger.info("inference service listening on http://%s:%d (model %s, artifacts %s)", host, port,
-                    settings.model_name, settings.artifacts_dir)
+        announcement = asyncio.create_task(_announce_when_serving(app, f"http://{host}:{port}", settings))
         shutdown_task = await serve_http(app, sock=sock, host=args.host, port=port, log_level="warning",
                                          access_log=False)
+    announcement.cancel()
     try:
         await shutdown_task
     finally:
         sock.close()
+
+
+async def _announce_when_serving(app: FastAPI, url: str, settings: InferenceSettings) -> None:
+    """The line scripts wait for; uvicorn sets `started` once the socket accepts connections."""
+    while not getattr(getattr(app.state, "server", None), "started", False):
+        await asyncio.sleep(0.05)
+    logger.info("inference service listening on %s (model %s, artifacts %s)", url, settings.model_name,
+                settings.artifacts_dir)

@@ -1,0 +1,318 @@
+"""The real inference service as a subprocess (vLLM CPU, the tiny model), driven with the official openai
+client: base model and adapters (pushed and lazily resolved), streaming, every refusal with its status code,
+and the server still answering after each. Images come as data: URLs or from a local server on 127.0.0.1;
+nothing leaves this machine."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import re
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.processes import start_and_wait, stop
+from trainer_service.domain import JobStatus
+from trainer_service.job_spec import Hyperparameters, JobSpec
+from trainer_service.jobs import JobService
+from trainer_service.store import JobStore
+from trainer_service.worker.run import run_job
+
+pytestmark = pytest.mark.slow
+
+API_KEY, ADMIN_TOKEN = "test-api-key", "test-admin-token"
+READY = re.compile(rb"inference service listening on http://127\.0\.0\.1:(\d+)")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_model_dir: Path, small_dataset_dir: Path, tmp_path_factory) -> tuple[Path, str]:
+    """An artifact store holding one real fine-tune (3 steps) and named copies of it, good and broken."""
+    state = tmp_path_factory.mktemp("trainer-state")
+    store = JobStore(state / "jobs.sqlite3")
+    job = JobService(store).create(JobSpec(str(tiny_model_dir), str(small_dataset_dir / "train.jsonl"),
+                                           hyperparameters=Hyperparameters(max_steps=3, batch_size=2)))
+    store.transition(job.id, JobStatus.RUNNING, "running in the test process")
+    run_job(store, job.id, state)
+    name = store.get_job(job.id).result["fine_tuned_model"]
+    root = state / "artifacts"
+    for copy in ("lazy-one", "push-one", "twice-at-once", "rank-too-high", "other-base", "bad-config", "pickled",
+                 "churn-0", "churn-1"):
+        shutil.copytree(root / name, root / copy)
+    _edit_json(root / "rank-too-high" / "adapter" / "adapter_config.json", r=128)
+    _edit_json(root / "other-base" / "manifest.json", base_model_config_sha256="0" * 64)
+    (root / "bad-config" / "adapter" / "adapter_config.json").write_text("{broken")
+    (root / "pickled" / "adapter" / "adapter_model.bin").write_bytes(b"\x80\x04K\x01.")
+    (tmp_path_factory.mktemp("outside") / "x").mkdir()
+    return root, name
+
+
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, artifacts, tmp_path_factory):
+    root, _ = artifacts
+    log = tmp_path_factory.mktemp("inference") / "inference.log"
+    process, ready = start_and_wait(
+        ["-m", "inference_service", "--base-model", str(tiny_model_dir), "--served-model-name", "tiny",
+         "--artifacts-dir", str(root), "--port", "0", "--api-key", API_KEY, "--admin-token", ADMIN_TOKEN,
+         "--allowed-media-domains", '["localhost"]', "--allow-private-media-addresses", "true",
+         "--max-images-per-request", "2", "--max-image-pixels", "250000", "--max-request-body-bytes", "2000000",
+         "--max-choices-per-request", "4", "--vllm-args", "--max-num-seqs 16"], log, READY)
+    yield f"http://127.0.0.1:{int(ready.group(1))}"
+    assert stop(process) == 0, log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def image_url(small_dataset_dir: Path) -> str:
+    png = sorted((small_dataset_dir / "images" / "test").glob("*.png"))[0].read_bytes()
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _messages(url: str, question: str = "What color is the shortest bar?") -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": question}]}]
+
+
+def _ask(client: openai.OpenAI, url: str, model: str = "tiny", **kwargs) -> str:
+    """The answer's text, after checking the model generated (this quickly built model may well answer '')."""
+    reply = client.chat.completions.create(model=model, messages=_messages(url), max_tokens=8, temperature=0,
+                                           **kwargs)
+    assert reply.model == model and reply.usage.completion_tokens >= 1
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    return reply.choices[0].message.content
+
+
+def _admin(server: str, method: str, path: str, token: str | None = ADMIN_TOKEN, **kwargs) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.request(method, server + "/admin/v1" + path, headers=headers, timeout=120, **kwargs)
+
+
+def test_the_base_model_answers_streamed_and_not(client: openai.OpenAI, image_url: str) -> None:
+    whole = _ask(client, image_url, extra_body={"min_tokens": 8})
+    stream = client.chat.completions.create(model="tiny", messages=_messages(image_url), max_tokens=8,
+                                            temperature=0, stream=True, extra_body={"min_tokens": 8})
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert streamed == whole
+    reply = client.chat.completions.create(model="tiny", messages=_messages(image_url), max_tokens=4, n=2,
+                                           temperature=1.0, seed=7, top_p=0.9, stop=["."])
+    assert len(reply.choices) == 2
+
+
+def test_an_adapter_pushed_at_run_time_answers_while_a_base_stream_keeps_flowing(
+        client: openai.OpenAI, server: str, image_url: str, artifacts) -> None:
+    def long_stream() -> list:
+        return list(client.chat.completions.create(
+            model="tiny", messages=_messages(image_url), max_tokens=120, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+
+    with ThreadPoolExecutor(1) as pool:
+        flowing = pool.submit(long_stream)
+        loaded = _admin(server, "POST", "/adapters", json={"name": "push-one"})
+        assert loaded.status_code == 200 and loaded.json()["newly_loaded"], loaded.text
+        _ask(client, image_url, model="push-one")
+        chunks = flowing.result(timeout=120)
+    assert chunks[-1].usage.completion_tokens == 120
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == "length"
+    models = {model.id: model for model in client.models.list().data}
+    assert models["push-one"].parent == "tiny"
+    assert _admin(server, "GET", "/adapters").json()["adapters"] == sorted(
+        name for name in models if name != "tiny")
+
+
+def test_an_adapter_is_loaded_lazily_on_its_first_request_streamed_and_not(client, image_url) -> None:
+    assert "lazy-one" not in {model.id for model in client.models.list().data}
+    _ask(client, image_url, model="lazy-one")
+    stream = client.chat.completions.create(model="lazy-one", messages=_messages(image_url), max_tokens=8,
+                                            temperature=0, stream=True)
+    chunks = list(stream)
+    assert chunks and all(chunk.model == "lazy-one" for chunk in chunks)
+    assert "lazy-one" in {model.id for model in client.models.list().data}
+
+
+def test_two_concurrent_loads_of_one_adapter_load_it_once(server: str) -> None:
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(lambda _: _admin(server, "POST", "/adapters", json={"name": "twice-at-once"}),
+                                range(2)))
+    assert [reply.status_code for reply in replies] == [200, 200]
+    assert sorted(reply.json()["newly_loaded"] for reply in replies) == [False, True]
+
+
+def test_unload_then_lazy_load_again(server: str, client, image_url) -> None:
+    for name in ("churn-0", "churn-1"):
+        assert _admin(server, "POST", "/adapters", json={"name": name}).status_code == 200
+        assert _admin(server, "DELETE", f"/adapters/{name}").status_code == 200
+    assert _admin(server, "DELETE", "/adapters/churn-0").status_code == 404
+    _ask(client, image_url, model="churn-0")
+
+
+@pytest.mark.parametrize("name, status, reason", [
+    ("never-trained", 404, "model_not_found"),
+    ("rank-too-high", 400, "adapter_rank"),
+    ("other-base", 400, "adapter_base_model"),
+    ("bad-config", 400, "adapter_config"),
+    ("pickled", 400, "adapter_pickle"),
+    ("..", 400, "adapter_name"),
+    ("../../etc", 400, "adapter_name"),
+])
+def test_bad_adapters_are_refused_with_why_by_push_and_by_request(server, client, image_url, name, status,
+                                                                 reason) -> None:
+    pushed = _admin(server, "POST", "/adapters", json={"name": name})
+    assert (pushed.status_code, pushed.json()["error"]["code"]) == (status, reason), pushed.text
+    assert "/" not in pushed.json()["error"]["message"].replace("'/'", "")
+    expected = openai.NotFoundError if status == 404 else openai.BadRequestError
+    with pytest.raises(expected):
+        _ask(client, image_url, model=name)
+    _ask(client, image_url)
+
+
+def test_bad_adapter_loads_do_not_disturb_requests_already_running(server, client, image_url) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        good = [pool.submit(_ask, client, image_url, "push-one") for _ in range(6)]
+        bad = [pool.submit(_admin, server, "POST", "/adapters", json={"name": name})
+               for name in ("rank-too-high", "other-base", "bad-config", "pickled", "nope") * 2]
+        assert all(reply.result().status_code in (400, 404) for reply in bad)
+        for answer in good:
+            answer.result()
+
+
+def test_admin_and_api_without_the_right_token_get_401(server: str, image_url: str) -> None:
+    assert _admin(server, "GET", "/adapters", token=None).status_code == 401
+    assert _admin(server, "GET", "/adapters", token=API_KEY).status_code == 401
+    for key in ("wrong", ADMIN_TOKEN):
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=server + "/v1", api_key=key, max_retries=0).models.list()
+    assert httpx.get(server + "/health").status_code == 200  # probes need no key
+
+
+class _Images(http.server.BaseHTTPRequestHandler):
+    png = b""
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/chart.png")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.end_headers()
+        self.wfile.write(self.png)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def image_server(image_url: str):
+    _Images.png = base64.b64decode(image_url.split(",", 1)[1])
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd.server_port
+    httpd.shutdown()
+
+
+def test_an_allowed_http_image_is_fetched_and_a_redirect_is_refused(client, image_url, image_server) -> None:
+    assert _ask(client, f"http://localhost:{image_server}/chart.png") == _ask(client, image_url)
+    with pytest.raises(openai.BadRequestError, match="redirects are not followed"):
+        _ask(client, f"http://localhost:{image_server}/redirect")
+
+
+def _png_data_url(width: int, height: int) -> str:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize("case, status, reason", [
+    ("loopback_literal", 400, "image_url_refused"),
+    ("not_allowed_host", 400, "image_url_refused"),
+    ("userinfo_trick", 400, "image_url_refused"),
+    ("file_url", 400, "image_url_scheme"),
+    ("bad_base64", 400, "image_invalid"),
+    ("not_an_image", 400, "image_invalid"),
+    ("truncated_png", 400, "image_invalid"),
+    ("zero_bytes", 400, "image_invalid"),
+    ("bomb", 400, "image_too_many_pixels"),
+    ("three_images", 400, "too_many_images"),
+    ("huge_n", 400, "n_too_large"),
+    ("max_tokens_beyond_context", 400, "max_tokens"),
+    ("chat_template", 400, "chat_template"),
+    ("body_not_object", 400, "invalid_body"),
+    ("body_not_json", 400, "invalid_body"),
+    ("body_too_large", 413, "body_too_large"),
+    ("unknown_model", 404, None),
+    ("unserved_endpoint", 404, "unsupported_endpoint"),
+])
+def test_each_bad_request_gets_its_status_and_the_next_request_is_answered(server, client, image_url, case,
+                                                                           status, reason) -> None:
+    png = base64.b64decode(image_url.split(",", 1)[1])
+    urls = {
+        "loopback_literal": "http://127.0.0.1:9/x.png", "not_allowed_host": "http://example.com/x.png",
+        "userinfo_trick": "http://localhost\\@example.com/x.png", "file_url": "file:///etc/passwd",
+        "bad_base64": "data:image/png;base64,@@@", "not_an_image": "data:text/plain;base64,aGk=",
+        "truncated_png": "data:image/png;base64," + base64.b64encode(png[: len(png) // 2]).decode(),
+        "zero_bytes": "data:image/png;base64,", "bomb": _png_data_url(3000, 3000),
+    }
+    body: object = {"model": "tiny", "messages": _messages(urls.get(case, image_url)), "max_tokens": 4}
+    path = "/v1/chat/completions"
+    if case == "three_images":
+        body["messages"][0]["content"] = [body["messages"][0]["content"][0]] * 3
+    overrides = {"huge_n": {"n": 10_000}, "max_tokens_beyond_context": {"max_tokens": 10**7},
+                 "chat_template": {"chat_template": "{{ 'owned' }}"}, "unknown_model": {"model": "no-such-model"}}
+    body.update(overrides.get(case, {}))
+    if case == "body_not_object":
+        body = ["not", "an", "object"]
+    content = json.dumps(body).encode()
+    if case == "body_not_json":
+        content = b"{this is not json"
+    if case == "body_too_large":
+        content = b" " * 2_000_001 + content
+    if case == "unserved_endpoint":
+        path = "/v1/completions"
+    reply = httpx.post(server + path, content=content, timeout=120, headers={
+        "Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    if reason:
+        assert error["code"] == reason
+    assert not re.search(r"/(tmp|home|work|root|usr)/|0x[0-9a-f]{6,}", error["message"]), error["message"]
+    _ask(client, image_url)
+
+
+def test_metrics_parse_and_show_our_histograms_moving(server: str, client, image_url) -> None:
+    def samples() -> dict:
+        text = httpx.get(server + "/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    before = samples()
+    _ask(client, image_url)
+    stream = client.chat.completions.create(model="tiny", messages=_messages(image_url), max_tokens=4, stream=True)
+    list(stream)
+    after = samples()
+    count = ("vlmforge_inference_request_duration_seconds_count", (("model", "tiny"), ("status", "200")))
+    assert after[count] >= before.get(count, 0) + 2
+    assert after[("vlmforge_inference_time_to_first_token_seconds_count", (("model", "tiny"),))] >= 1
+    assert after[("vlmforge_inference_loaded_adapters", ())] >= 1
+    assert any(name == "vlmforge_inference_adapter_load_duration_seconds_count" for name, _ in after)
+    assert any(name == "vlmforge_inference_requests_rejected_total" for name, _ in after)
+    assert any(name.startswith("vllm:") for name, _ in after)

@@ -1,0 +1,39 @@
+"""Starting the real services as subprocesses for end-to-end tests, and stopping them without leftovers."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def start_and_wait(args: list[str], log_path: Path, ready: re.Pattern[bytes], *, timeout_s: float = 240,
+                   env: dict[str, str] | None = None) -> tuple[subprocess.Popen, re.Match[bytes]]:
+    """Runs `python <args>` with output to `log_path` until `ready` shows in the log; returns its match."""
+    log = open(log_path, "w+b")  # noqa: SIM115 - the child holds it
+    process = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        match = ready.search(log_path.read_bytes())
+        if match:
+            return process, match
+        if process.poll() is not None:
+            raise RuntimeError(f"{args} exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.2)
+    stop(process)
+    raise TimeoutError(f"{args} did not become ready in {timeout_s} s:\n{log_path.read_text()[-4000:]}")
+
+
+def stop(process: subprocess.Popen, grace_s: float = 30) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
