@@ -44,8 +44,12 @@ model: setup
 test: setup
 	$(PY) -m pytest
 
-demo: model
-	@$(PY) -m trainer_service.demo --model $(MODEL_DIR) --data-dir $(DATA_DIR)
+# `make demo DEMO_MODEL=/models/Qwen2-VL-2B-Instruct DEMO_DATA=/data/chartqa` runs the same flow on a real model;
+# the embedded tiny model and dataset are only built when they are the ones used.
+DEMO_MODEL ?= $(MODEL_DIR)
+DEMO_DATA ?= $(DATA_DIR)
+demo: setup $(if $(filter $(DATA_DIR),$(DEMO_DATA)),data) $(if $(filter $(MODEL_DIR),$(DEMO_MODEL)),model)
+	@$(PY) -m vlmforge.demo --model $(DEMO_MODEL) --data-dir $(DEMO_DATA)
 
 # After editing a requirements file: install without the old lock, then write the new one.
 lock:

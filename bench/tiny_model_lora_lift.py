@@ -12,15 +12,30 @@ import dataclasses
 import json
 import platform
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from trainer_service.demo import DEMO_HYPERPARAMETERS, fine_tune
 from trainer_service.evaluation import answer_questions, exact_match_rate
+from trainer_service.job_spec import Hyperparameters
+from trainer_service.worker.train import train
 from vlmforge.data import load_dataset
+from vlmforge.demo import DEMO_HYPERPARAMETERS
+
+
+def fine_tune(model, processor, train_set, hyper: Hyperparameters, adapter_dir: Path):
+    """Runs the worker's training loop in this process, without job bookkeeping or checkpoints; saves the
+    adapter and returns (peft model, seconds)."""
+    started = time.perf_counter()
+    hyper = dataclasses.replace(hyper, checkpoint_every_steps=hyper.max_steps or 1)
+    with tempfile.TemporaryDirectory() as checkpoints:
+        peft_model, _ = train(model, processor, train_set, hyper, Path(checkpoints), on_progress=lambda _: None,
+                              on_checkpoint=lambda *_: None, should_stop=lambda: False)
+    peft_model.save_pretrained(adapter_dir)  # adapter_config.json + adapter_model.safetensors
+    return peft_model, time.perf_counter() - started
 
 
 def main() -> None:

@@ -48,7 +48,8 @@ def vllm_args(settings: InferenceSettings) -> argparse.Namespace:
             "--limit-mm-per-prompt", json.dumps({"image": settings.max_images_per_request, "video": 0}),
             "--allowed-media-domains", NO_MEDIA_DOMAIN, "--disable-fastapi-docs",
             "--middleware", f"{RequestGuard.__module__}.{RequestGuard.__qualname__}",
-            "--gpu-memory-utilization", str(settings.gpu_memory_utilization or _default_memory_share())]
+            "--gpu-memory-utilization", str(settings.gpu_memory_utilization or _default_memory_share()),
+            "--shutdown-timeout", str(settings.drain_timeout_s)]
     if settings.vision_tower_lora:
         argv.append("--enable-tower-connector-lora")
     if settings.max_model_len:

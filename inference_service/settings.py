@@ -45,6 +45,8 @@ class InferenceSettings(BaseSettings):
     max_model_len: int | None = Field(None, ge=16, description="context length; default: the model's")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="share of accelerator memory "
                                                  "for vLLM; on CPU the share of RAM (default 0.15 there)")
+    drain_timeout_s: int = Field(30, ge=0, description="on SIGTERM: time running requests get to finish "
+                                                        "(vLLM --shutdown-timeout); 0 aborts them")
     vllm_args: str = Field("", description="more vLLM engine flags, as on its command line, e.g. "
                                            "'--enforce-eager --max-num-seqs 64'")
 

@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--epochs", type=int)
     create.add_argument("--batch-size", type=int)
     create.add_argument("--learning-rate", type=float)
+    create.add_argument("--warmup-steps", type=int)
     create.add_argument("--lora-rank", type=int)
     create.add_argument("--seed", type=int)
     create.add_argument("--request-id", default="", help="idempotency key: resubmitting it returns the same job")
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _create(client, args) -> int:
     hyper = pb.Hyperparameters()
-    for name in ("max_steps", "epochs", "batch_size", "learning_rate", "lora_rank", "seed"):
+    for name in ("max_steps", "epochs", "batch_size", "learning_rate", "warmup_steps", "lora_rank", "seed"):
         if getattr(args, name) is not None:
             setattr(hyper, name, getattr(args, name))
     job = client.CreateFineTuningJob(pb.CreateFineTuningJobRequest(
@@ -82,14 +83,14 @@ def _create(client, args) -> int:
     console.print(f"created [bold]{job.id}[/] ({pb.JobStatus.Name(job.status)})")
     if args.no_wait:
         return 0
-    return _follow(client, job.id, 0)
+    return follow(client, job.id, 0)
 
 
 def _watch(client, args) -> int:
-    return _follow(client, args.job_id, args.after)
+    return follow(client, args.job_id, args.after)
 
 
-def _follow(client, job_id: str, after: int) -> int:
+def follow(client, job_id: str, after: int) -> int:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -101,8 +102,21 @@ def _follow(client, job_id: str, after: int) -> int:
             else:
                 progress.console.print(f"#{event.sequence} {event.message}")
     job = client.GetFineTuningJob(pb.GetFineTuningJobRequest(id=job_id))
-    _print_job(job)
+    _print_outcome(job)
     return 0 if job.status == pb.JOB_STATUS_SUCCEEDED else 1
+
+
+def _print_outcome(job: pb.FineTuningJob) -> None:
+    status = pb.JobStatus.Name(job.status).removeprefix("JOB_STATUS_")
+    if job.status != pb.JOB_STATUS_SUCCEEDED:
+        console.print(f"[bold red]{status}[/] {job.error.code}: {job.error.message}")
+        return
+    console.print(f"[bold green]{status}[/]: [bold]{job.fine_tuned_model}[/] ({job.trained_steps} steps)")
+    console.print(f"  adapter {job.adapter_path}\n  merged  {job.merged_model_path}")
+    if job.HasField("evaluation_after"):
+        before, after = job.evaluation_before, job.evaluation_after
+        console.print(f"  exact match {before.exact_match:.3f} -> {after.exact_match:.3f}, "
+                      f"BERTScore F1 {before.bertscore_f1:.3f} -> {after.bertscore_f1:.3f}")
 
 
 def _list(client, args) -> int:

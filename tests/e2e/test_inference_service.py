@@ -19,12 +19,12 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import start_and_wait, stop
 from trainer_service.domain import JobStatus
 from trainer_service.job_spec import Hyperparameters, JobSpec
 from trainer_service.jobs import JobService
 from trainer_service.store import JobStore
 from trainer_service.worker.run import run_job
+from vlmforge.processes import start_and_wait, stop
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,8 @@
-"""Starting the real services as subprocesses for end-to-end tests, and stopping them without leftovers."""
+"""Starting the services as subprocesses (the demo, end-to-end tests) and stopping them without leftovers."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -12,9 +13,11 @@ from pathlib import Path
 
 def start_and_wait(args: list[str], log_path: Path, ready: re.Pattern[bytes], *, timeout_s: float = 240,
                    env: dict[str, str] | None = None) -> tuple[subprocess.Popen, re.Match[bytes]]:
-    """Runs `python <args>` with output to `log_path` until `ready` shows in the log; returns its match."""
+    """Runs `python <args>` with output to `log_path` until `ready` shows in the log; returns its match.
+    The child gets its own process group, so a Ctrl-C in the terminal reaches only us and we stop it in order."""
     log = open(log_path, "w+b")  # noqa: SIM115 - the child holds it
-    process = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
     log.close()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -29,6 +32,8 @@ def start_and_wait(args: list[str], log_path: Path, ready: re.Pattern[bytes], *,
 
 
 def stop(process: subprocess.Popen, grace_s: float = 30) -> int:
+    """SIGTERM (the services drain and exit 0), then after `grace_s` SIGKILL; either way nothing of the
+    process group (vLLM's engine, a training worker) is left running. Returns the exit code."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -36,4 +41,8 @@ def stop(process: subprocess.Popen, grace_s: float = 30) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # stragglers of its group, if any
+    except (ProcessLookupError, PermissionError):
+        pass
     return process.returncode
