@@ -116,6 +116,9 @@ def _run(args, run_dir: Path, services: ExitStack) -> int:
         after = ask_all(client, job.fine_tuned_model, samples)
     timings["fine_tuned_answers"] = time.perf_counter() - phase_started
 
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # BERTScore's weight loading would draw over our status line
     with console.status("scoring (BERTScore, exact match, relaxed accuracy)..."):
         scores = [dataclasses.asdict(score_answers([a.prediction for a in answers], [a.reference for a in answers]))
                   for answers in (before, after)]

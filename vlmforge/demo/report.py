@@ -7,6 +7,7 @@ import dataclasses
 import html
 import json
 import shutil
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,44 @@ def write_report(report_dir: Path, result: DemoResult, samples: list[Conversatio
     if loss_plot is not None and loss_plot.exists():
         shutil.copyfile(loss_plot, report_dir / "loss.png")
     (report_dir / "index.html").write_text(_html(result, samples, before, after, loss_plot is not None))
+    _summary_picture(report_dir / "summary.png", result, samples, before, after)
     return report_dir / "index.html"
+
+
+def _summary_picture(path: Path, result: DemoResult, samples, before, after, examples: int = 4) -> None:
+    """The report at a glance, as one PNG (for a README or a chat message): scores, then a few test images
+    with both answers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(12, 5), dpi=100)
+    grid = figure.add_gridspec(2, examples + 2, height_ratios=(3, 1.4))
+    bars = figure.add_subplot(grid[:, :2])
+    labels = [label.replace("BERTScore ", "BERTScore\n") for label, _ in SCORE_ROWS]
+    positions = range(len(SCORE_ROWS))
+    bars.barh([p + 0.2 for p in positions], [result.before[key] for _, key in SCORE_ROWS], 0.4, label="zero-shot")
+    bars.barh([p - 0.2 for p in positions], [result.after[key] for _, key in SCORE_ROWS], 0.4, label="fine-tuned")
+    bars.set_yticks(list(positions), labels, fontsize=8)
+    bars.invert_yaxis()
+    bars.set_xlim(0, 1)
+    bars.legend(fontsize=8, loc="lower right")
+    bars.set_title(f"{len(before)} test questions", fontsize=9)
+    for column, (sample, old, new) in enumerate(list(zip(samples, before, after))[:examples]):
+        axes = figure.add_subplot(grid[0, column + 2])
+        axes.imshow(sample.images[0].open().convert("RGB"))
+        axes.set_axis_off()
+        axes.set_title(textwrap.fill(old.question, 30), fontsize=8)
+        text = figure.add_subplot(grid[1, column + 2])
+        text.set_axis_off()
+        lines = [f"reference:  {old.reference}", f"zero-shot:  {old.prediction}", f"fine-tuned: {new.prediction}"]
+        text.text(0, 1, "\n".join(textwrap.fill(line, 26, subsequent_indent=" " * 12) for line in lines),
+                  fontsize=7, va="top", family="monospace")
+    figure.suptitle(f"{result.base_model} -> {result.fine_tuned_model}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def _html(result: DemoResult, samples, before, after, has_loss_plot: bool) -> str:
