@@ -41,24 +41,28 @@ CPU_MEMORY_SHARE = 0.15  # on CPU, vLLM's gpu_memory_utilization is the share of
 
 
 def vllm_args(settings: InferenceSettings) -> argparse.Namespace:
+    argv = vllm_argv(settings) + ["--middleware", f"{RequestGuard.__module__}.{RequestGuard.__qualname__}"]
+    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm (via inference_service)"))
+    args = parser.parse_args(argv)
+    validate_parsed_serve_args(args)
+    return args
+
+
+def vllm_argv(settings: InferenceSettings) -> list[str]:
+    """The vLLM command line these settings mean (also what bench/ gives a plain `vllm serve`)."""
     argv = ["--model", settings.base_model, "--served-model-name", settings.model_name,
             "--host", settings.host, "--port", str(settings.port),
             "--enable-lora", "--max-lora-rank", str(settings.max_lora_rank),
             "--max-loras", str(settings.max_loras_per_batch), "--max-cpu-loras", str(settings.max_cpu_loras),
             "--limit-mm-per-prompt", json.dumps({"image": settings.max_images_per_request, "video": 0}),
             "--allowed-media-domains", NO_MEDIA_DOMAIN, "--disable-fastapi-docs",
-            "--middleware", f"{RequestGuard.__module__}.{RequestGuard.__qualname__}",
             "--gpu-memory-utilization", str(settings.gpu_memory_utilization or _default_memory_share()),
             "--shutdown-timeout", str(settings.drain_timeout_s)]
     if settings.vision_tower_lora:
         argv.append("--enable-tower-connector-lora")
     if settings.max_model_len:
         argv += ["--max-model-len", str(settings.max_model_len)]
-    argv += shlex.split(settings.vllm_args)
-    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm (via inference_service)"))
-    args = parser.parse_args(argv)
-    validate_parsed_serve_args(args)
-    return args
+    return argv + shlex.split(settings.vllm_args)
 
 
 def _default_memory_share() -> float:

@@ -20,7 +20,8 @@ from vlmforge.trainer.v1 import trainer_pb2 as pb
 from vlmforge.trainer.v1 import trainer_pb2_grpc
 
 DEFAULT_ADDRESS = os.environ.get("VLMFORGE_TRAINER_ADDRESS", "127.0.0.1:50051")
-console = Console()
+# soft_wrap: paths and names are printed whole, on one line, so they can be copied (and parsed by scripts).
+console = Console(soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,13 +93,14 @@ def _watch(client, args) -> int:
 
 def follow(client, job_id: str, after: int) -> int:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
+               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("training", total=None, loss="-")
+        task = progress.add_task("training", total=None, loss="-", rate="")
         for event in client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job_id, after_sequence=after)):
             if event.HasField("progress"):
                 step = event.progress
-                progress.update(task, completed=step.step, total=step.total_steps, loss=f"{step.loss:.4f}")
+                progress.update(task, completed=step.step, total=step.total_steps, loss=f"{step.loss:.4f}",
+                                rate=f"{step.samples_per_second:.1f} samples/s {step.tokens_per_second:.0f} tok/s")
             else:
                 progress.console.print(f"#{event.sequence} {event.message}")
     job = client.GetFineTuningJob(pb.GetFineTuningJobRequest(id=job_id))

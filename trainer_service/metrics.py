@@ -37,6 +37,10 @@ class JobStoreCollector:
                                  labels=["job_id"])
         throughput = GaugeMetricFamily("vlmforge_trainer_samples_per_second",
                                        "Training throughput of running jobs", labels=["job_id"])
+        tokens = GaugeMetricFamily("vlmforge_trainer_tokens_per_second",
+                                   "Training input tokens per second of running jobs", labels=["job_id"])
+        step_time = GaugeMetricFamily("vlmforge_trainer_step_seconds", "Time of the last training step",
+                                      labels=["job_id"])
         steps = GaugeMetricFamily("vlmforge_trainer_trained_steps", "Steps done by running jobs", labels=["job_id"])
         for job in jobs:
             if job.status is not JobStatus.RUNNING:
@@ -46,7 +50,10 @@ class JobStoreCollector:
                 loss.add_metric([job.id], progress.payload["loss"])
                 throughput.add_metric([job.id], progress.payload["samples_per_second"])
                 steps.add_metric([job.id], progress.payload["step"])
-        yield from (loss, throughput, steps)
+                # events written before these fields existed lack them
+                tokens.add_metric([job.id], progress.payload.get("tokens_per_second", 0.0))
+                step_time.add_metric([job.id], progress.payload.get("step_seconds", 0.0))
+        yield from (loss, throughput, tokens, step_time, steps)
 
         scores = GaugeMetricFamily("vlmforge_trainer_evaluation_score",
                                    "Evaluation scores on the test split before and after fine-tuning",

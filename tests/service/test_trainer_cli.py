@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,9 @@ def test_create_follows_the_job_then_get_list_checkpoints_and_errors(service, ti
     output = capsys.readouterr().out
     assert code == 0, output
     job_id = output.split("created ")[1].split()[0]
-    assert "JOB_STATUS_SUCCEEDED" in output
+    assert "SUCCEEDED: tiny-qwen2-vl-ft-cli-" in output
+    merged_line = next(line for line in output.splitlines() if line.strip().startswith("merged"))
+    assert (Path(merged_line.split()[1]) / "config.json").is_file()  # printed whole, not wrapped
 
     assert cli.main([address, "get", job_id]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "JOB_STATUS_SUCCEEDED"

@@ -26,7 +26,8 @@ def test_metrics_reflect_the_store(tmp_path: Path) -> None:
     running, _ = store.create_job({}, status=JobStatus.QUEUED)
     store.transition(running.id, JobStatus.RUNNING, "running")
     store.record_progress(running.id, 3, 10, "step 3", {"step": 3, "total_steps": 10, "loss": 1.25,
-                                                        "samples_per_second": 12.5})
+                                                        "samples_per_second": 12.5, "tokens_per_second": 800.0,
+                                                        "step_seconds": 0.64})
     done, _ = store.create_job({}, status=JobStatus.QUEUED)
     store.transition(done.id, JobStatus.RUNNING, "running")
     store.merge_result(done.id, {"evaluation_before": {**SCORES, "exact_match": 0.1}, "evaluation_after": SCORES})
@@ -40,6 +41,8 @@ def test_metrics_reflect_the_store(tmp_path: Path) -> None:
     (loss,) = metrics["vlmforge_trainer_training_loss"]
     assert loss.labels == {"job_id": running.id} and loss.value == 1.25
     assert metrics["vlmforge_trainer_samples_per_second"][0].value == 12.5
+    assert metrics["vlmforge_trainer_tokens_per_second"][0].value == 800.0
+    assert metrics["vlmforge_trainer_step_seconds"][0].value == 0.64
     count = next(s for s in metrics["vlmforge_trainer_job_duration_seconds"] if s.name.endswith("_count"))
     assert count.value == 1
     exact = {s.labels["phase"]: s.value for s in metrics["vlmforge_trainer_evaluation_score"]

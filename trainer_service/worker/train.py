@@ -28,6 +28,8 @@ class Progress:
     samples_per_second: float
     eta_seconds: float
     epoch: float
+    tokens_per_second: float  # all input tokens (prompt, image and answer), since this process started
+    step_seconds: float  # the last optimizer step, data collation included
 
 
 class Cancelled(Exception):
@@ -93,12 +95,15 @@ def train(model, processor, train_set: list[Conversation], hyper: Hyperparameter
     collate = ChatCollator(processor)
     peft_model.train()
     started = time.perf_counter()
+    tokens_seen = 0
     for step in range(start_step, steps):
         if should_stop():
             raise Cancelled()
+        step_started = time.perf_counter()
         step_loss = 0.0
         for micro in range(hyper.gradient_accumulation_steps):
             batch = collate([train_set[i] for i in batch_indices(step, micro, hyper, len(train_set))])
+            tokens_seen += int(batch["attention_mask"].sum())
             loss = peft_model(**batch).loss / hyper.gradient_accumulation_steps
             loss.backward()
             step_loss += loss.item()
@@ -115,6 +120,8 @@ def train(model, processor, train_set: list[Conversation], hyper: Hyperparameter
             samples_per_second=rate * hyper.batch_size * hyper.gradient_accumulation_steps,
             eta_seconds=(steps - done) / rate if rate else 0.0,
             epoch=done * hyper.batch_size * hyper.gradient_accumulation_steps / len(train_set),
+            tokens_per_second=tokens_seen / elapsed if elapsed > 0 else 0.0,
+            step_seconds=time.perf_counter() - step_started,
         ))
         if done % hyper.checkpoint_every_steps == 0 and done < steps:
             saved = save_checkpoint(checkpoint_dir, done, peft_model, optimizer, scheduler, losses)
