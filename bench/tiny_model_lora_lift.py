@@ -21,7 +21,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from trainer_service.evaluation import answer_questions, exact_match_rate
 from trainer_service.job_spec import Hyperparameters
-from trainer_service.worker.train import train
+from trainer_service.worker.backends import Placement, TransformersBackend
+from trainer_service.worker.train import seed_everything, train
 from vlmforge.data import load_dataset
 from vlmforge.demo import DEMO_HYPERPARAMETERS
 
@@ -31,9 +32,12 @@ def fine_tune(model, processor, train_set, hyper: Hyperparameters, adapter_dir: 
     adapter and returns (peft model, seconds)."""
     started = time.perf_counter()
     hyper = dataclasses.replace(hyper, checkpoint_every_steps=hyper.max_steps or 1)
+    backend = TransformersBackend(Placement.detect())
+    seed_everything(hyper.seed)
+    peft_model = backend.add_lora(model, hyper)
     with tempfile.TemporaryDirectory() as checkpoints:
-        peft_model, _ = train(model, processor, train_set, hyper, Path(checkpoints), on_progress=lambda _: None,
-                              on_checkpoint=lambda *_: None, should_stop=lambda: False)
+        train(peft_model, processor, train_set, hyper, Path(checkpoints), backend, on_progress=lambda _: None,
+              on_checkpoint=lambda *_: None, should_stop=lambda: False)
     peft_model.save_pretrained(adapter_dir)  # adapter_config.json + adapter_model.safetensors
     return peft_model, time.perf_counter() - started
 

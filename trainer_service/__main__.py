@@ -13,11 +13,13 @@ from pydantic_settings import CliApp
 
 from .deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV
 from .grpc_api.server import create_server
+from .job_spec import QLORA_NEEDS_BITSANDBYTES, QLORA_NEEDS_CUDA
 from .jobs import JobService
 from .launcher import LocalLauncher
 from .metrics import serve_metrics
 from .settings import TrainerSettings
 from .store import JobStore
+from .worker.backends import BACKEND_ENV
 
 logger = logging.getLogger("trainer_service")
 
@@ -26,7 +28,7 @@ def main() -> None:
     settings = CliApp.run(TrainerSettings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = JobStore(settings.database_path)
-    jobs = JobService(store, models_dir=settings.models_dir, cuda_available=_cuda_available(),
+    jobs = JobService(store, models_dir=settings.models_dir, qlora_unavailable=_qlora_unavailable(),
                       watch_poll_interval_s=settings.watch_poll_interval_s)
     running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
                             max_message_bytes=settings.max_message_bytes)
@@ -52,7 +54,7 @@ def main() -> None:
 
 
 def _worker_env(settings: TrainerSettings) -> dict[str, str]:
-    env = {}
+    env = {BACKEND_ENV: settings.training_backend}
     if settings.inference_admin_url:
         env[ADMIN_URL_ENV] = settings.inference_admin_url
     if settings.inference_admin_token:
@@ -60,10 +62,14 @@ def _worker_env(settings: TrainerSettings) -> dict[str, str]:
     return env
 
 
-def _cuda_available() -> bool:
+def _qlora_unavailable() -> str | None:
     import torch
 
-    return torch.cuda.is_available()
+    from .worker.backends import bitsandbytes_installed
+
+    if not torch.cuda.is_available():
+        return QLORA_NEEDS_CUDA
+    return None if bitsandbytes_installed() else QLORA_NEEDS_BITSANDBYTES
 
 
 if __name__ == "__main__":

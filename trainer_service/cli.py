@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--warmup-steps", type=int)
     create.add_argument("--lora-rank", type=int)
     create.add_argument("--seed", type=int)
+    create.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                        help="recompute activations in the backward pass: less GPU memory, slower steps")
     create.add_argument("--request-id", default="", help="idempotency key: resubmitting it returns the same job")
     create.add_argument("--no-wait", action="store_true", help="print the job and return at once")
     create.set_defaults(handler=_create)
@@ -74,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _create(client, args) -> int:
     hyper = pb.Hyperparameters()
-    for name in ("max_steps", "epochs", "batch_size", "learning_rate", "warmup_steps", "lora_rank", "seed"):
+    for name in ("max_steps", "epochs", "batch_size", "learning_rate", "warmup_steps", "lora_rank", "seed",
+                 "gradient_checkpointing"):
         if getattr(args, name) is not None:
             setattr(hyper, name, getattr(args, name))
     job = client.CreateFineTuningJob(pb.CreateFineTuningJobRequest(

@@ -44,6 +44,7 @@ class Hyperparameters:
     finetune_language_layers: bool = True
     finetune_attention_modules: bool = True
     finetune_mlp_modules: bool = True
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
     eval_every_steps: int = 0  # 0: evaluate only before and after
     checkpoint_every_steps: int = 50
 
@@ -118,14 +119,16 @@ class JobSpec:
         return data
 
 
-def check_resources(spec: JobSpec, *, models_dir: Path | None, cuda_available: bool) -> Path:
-    """Resolves the base model directory and loads every dataset file once; returns the model directory."""
-    if spec.method == "qlora" and not cuda_available:
-        raise FailedPreconditionError("QLoRA loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; "
-                                      "use method LORA on this machine")
-    if spec.method == "qlora":
-        # Refused rather than silently trained as plain LoRA: the 4-bit path is not built yet.
-        raise FailedPreconditionError("QLoRA is not available in this version of the trainer; use method LORA")
+QLORA_NEEDS_CUDA = ("QLoRA loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; use method LORA "
+                    "on this machine")
+QLORA_NEEDS_BITSANDBYTES = "QLoRA needs the bitsandbytes package, which this trainer's environment lacks"
+
+
+def check_resources(spec: JobSpec, *, models_dir: Path | None, qlora_unavailable: str | None) -> Path:
+    """Resolves the base model directory and loads every dataset file once; returns the model directory.
+    `qlora_unavailable` is why this machine cannot run QLoRA (None: it can)."""
+    if spec.method == "qlora" and qlora_unavailable:
+        raise FailedPreconditionError(qlora_unavailable)
     model_dir = resolve_model(spec.model, models_dir)
     for field_name in ("training_file", "validation_file", "test_file"):
         path = getattr(spec, field_name)

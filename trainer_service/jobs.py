@@ -8,18 +8,18 @@ from collections.abc import Callable, Iterator
 
 from .domain import Job, JobEvent, JobStatus
 from .errors import InvalidArgumentError, InvalidTransitionError, ServiceDrainingError
-from .job_spec import JobSpec, check_resources
+from .job_spec import QLORA_NEEDS_CUDA, JobSpec, check_resources
 from .store import JobStore
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 
 
 class JobService:
-    def __init__(self, store: JobStore, *, models_dir=None, cuda_available: bool = False,
+    def __init__(self, store: JobStore, *, models_dir=None, qlora_unavailable: str | None = QLORA_NEEDS_CUDA,
                  watch_poll_interval_s: float = 0.2):
         self.store = store
         self.models_dir = models_dir
-        self.cuda_available = cuda_available
+        self.qlora_unavailable = qlora_unavailable
         self.watch_poll_interval_s = watch_poll_interval_s
         self.draining = threading.Event()
 
@@ -32,7 +32,7 @@ class JobService:
             if existing is not None:
                 return existing
         spec.validated()
-        model_dir = check_resources(spec, models_dir=self.models_dir, cuda_available=self.cuda_available)
+        model_dir = check_resources(spec, models_dir=self.models_dir, qlora_unavailable=self.qlora_unavailable)
         stored = {**spec.to_json(), "model_dir": str(model_dir.resolve())}
         job, _ = self.store.create_job(stored, client_request_id=client_request_id, status=JobStatus.QUEUED)
         return job

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,8 @@ class TrainerSettings(BaseSettings):
                                             "http://127.0.0.1:8000; when set, each fine-tune is hot-loaded there "
                                             "as it succeeds")
     inference_admin_token: str | None = Field(None, description="bearer token of the inference admin endpoint")
+    training_backend: Literal["auto", "transformers", "unsloth"] = Field(
+        "auto", description="auto: Unsloth on a CUDA GPU where it is installed, plain transformers + peft otherwise")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM: time given to in-flight RPCs")
     watch_poll_interval_s: float = Field(0.2, gt=0, description="how often a Watch stream looks for new events")

@@ -37,12 +37,17 @@ def prompt_text(processor, conversation: Conversation) -> str:
                                          add_generation_prompt=True)
 
 
+class SequenceTooLongError(ValueError):
+    """A sample cannot be cut to the configured length without cutting into its image."""
+
+
 class ChatCollator:
     """Collates conversations into padded `input_ids`, `attention_mask`, `pixel_values`, `image_grid_thw`,
     `mm_token_type_ids` (what the processor returns) plus assistant-only `labels`."""
 
-    def __init__(self, processor):
+    def __init__(self, processor, *, max_length: int | None = None):
         self.processor = processor
+        self.max_length = max_length
         tokenizer = processor.tokenizer
         self.assistant_header_ids = tokenizer.encode(ASSISTANT_HEADER, add_special_tokens=False)
         self.turn_end_id = tokenizer.convert_tokens_to_ids(TURN_END)
@@ -52,7 +57,18 @@ class ChatCollator:
         images = [image.open() for c in conversations for image in c.images]
         batch = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
         batch["labels"] = self.assistant_labels(batch["input_ids"], batch["attention_mask"])
-        return dict(batch)
+        return self.truncated(dict(batch))
+
+    def truncated(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Cuts every row to `max_length` tokens (padding is on the right, so the ends of the longest answers
+        go). Image tokens cannot be cut: the vision features would no longer match their placeholders."""
+        if self.max_length is None or batch["input_ids"].shape[1] <= self.max_length:
+            return batch
+        if "mm_token_type_ids" in batch and batch["mm_token_type_ids"][:, self.max_length:].any():
+            raise SequenceTooLongError(f"a sample's image tokens reach beyond max_sequence_length "
+                                       f"{self.max_length}; raise it or use smaller images")
+        per_token = ("input_ids", "attention_mask", "labels", "mm_token_type_ids")
+        return {name: value[:, :self.max_length] if name in per_token else value for name, value in batch.items()}
 
     def assistant_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         labels = torch.full_like(input_ids, IGNORE_INDEX)

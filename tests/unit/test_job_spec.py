@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainer_service.errors import FailedPreconditionError, InvalidArgumentError
-from trainer_service.job_spec import Hyperparameters, JobSpec, check_resources, resolve_model
+from trainer_service.job_spec import QLORA_NEEDS_CUDA, Hyperparameters, JobSpec, check_resources, resolve_model
 
 
 def _field_of(spec: JobSpec) -> str:
@@ -83,17 +83,17 @@ def test_dataset_problems_surface_with_file_line_and_field(model_dir: Path, smal
                                                            tmp_path: Path) -> None:
     good = JobSpec(str(model_dir), str(small_dataset_dir / "train.jsonl"),
                    test_file=str(small_dataset_dir / "test.jsonl"))
-    assert check_resources(good, models_dir=None, cuda_available=False) == model_dir
+    assert check_resources(good, models_dir=None, qlora_unavailable=QLORA_NEEDS_CUDA) == model_dir
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
                                             {"role": "assistant", "content": ""}]}) + "\n")
     with pytest.raises(InvalidArgumentError) as info:
-        check_resources(dataclasses.replace(good, validation_file=str(bad)), models_dir=None, cuda_available=False)
+        check_resources(dataclasses.replace(good, validation_file=str(bad)), models_dir=None, qlora_unavailable=QLORA_NEEDS_CUDA)
     assert info.value.field == "validation_file"
     assert "bad.jsonl line 1, field messages[1]: the assistant's answer is empty" in str(info.value)
 
 
 def test_qlora_needs_cuda(model_dir: Path) -> None:
     with pytest.raises(FailedPreconditionError, match="needs a CUDA GPU"):
-        check_resources(JobSpec(str(model_dir), "x.jsonl", method="qlora"), models_dir=None, cuda_available=False)
+        check_resources(JobSpec(str(model_dir), "x.jsonl", method="qlora"), models_dir=None, qlora_unavailable=QLORA_NEEDS_CUDA)

@@ -38,7 +38,7 @@ def answer_questions(model, processor, samples: list[Conversation], *, batch_siz
             chunk = samples[start:start + batch_size]
             images = [image.open() for sample in chunk for image in sample.images]
             batch = processor(text=[prompt_text(processor, s) for s in chunk], images=images or None,
-                              padding=True, return_tensors="pt")
+                              padding=True, return_tensors="pt").to(model.device)
             with torch.no_grad():
                 generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
             texts = processor.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -1,6 +1,6 @@
 """`python -m trainer_service.worker --database DB --job-id ID --state-dir DIR [--artifacts-dir DIR]`: run one
-job (the launcher's child process). The inference service to notify comes from the environment
-(deploy.ADMIN_URL_ENV / ADMIN_TOKEN_ENV)."""
+job (the launcher's child process). The inference service to notify and the training backend come from the
+environment (deploy.ADMIN_URL_ENV / ADMIN_TOKEN_ENV, backends.BACKEND_ENV), so the token never shows in `ps`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV, InferenceNotifier
 from ..store import JobStore
-from .run import main_for
+from .backends import BACKEND_ENV, select_backend
 
 
 def main() -> None:
@@ -23,10 +23,14 @@ def main() -> None:
     parser.add_argument("--artifacts-dir", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker: %(message)s")
+    # First: Unsloth, when chosen, must be imported before anything imports transformers.
+    backend = select_backend(os.environ.get(BACKEND_ENV, "auto"))
+    from .run import main_for
+
     store = JobStore(args.database)
     admin_url = os.environ.get(ADMIN_URL_ENV)
     notifier = InferenceNotifier(store, admin_url, os.environ.get(ADMIN_TOKEN_ENV)) if admin_url else None
-    sys.exit(main_for(store, args.job_id, args.state_dir, artifacts_dir=args.artifacts_dir, notifier=notifier))
+    sys.exit(main_for(store, args.job_id, args.state_dir, backend=backend, artifacts_dir=args.artifacts_dir, notifier=notifier))
 
 
 if __name__ == "__main__":

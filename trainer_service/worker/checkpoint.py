@@ -35,6 +35,8 @@ def save_checkpoint(root: Path, step: int, peft_model, optimizer, scheduler, los
         peft_model.save_pretrained(staging / "adapter")
         tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
         tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():  # dropout on the GPU draws from these
+            tensors.update({f"rng.cuda.{index}": state for index, state in enumerate(torch.cuda.get_rng_state_all())})
         save_file(tensors, staging / "optimizer_and_rng.safetensors")
         state = {"step": step, "optimizer": optimizer_meta, "scheduler": _json_safe(scheduler.state_dict()),
                  "python_random": _json_safe(random.getstate()), "losses": losses}
@@ -50,10 +52,17 @@ def restore_checkpoint(checkpoint: Checkpoint, peft_model, optimizer, scheduler)
     state = json.loads((checkpoint.path / "state.json").read_text())
     tensors = load_file(checkpoint.path / "optimizer_and_rng.safetensors")
     torch.set_rng_state(tensors.pop("rng.torch"))
+    cuda_states = [tensors.pop(f"rng.cuda.{index}") for index in range(_count_prefixed(tensors, "rng.cuda."))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     random.setstate(_as_tuples(state["python_random"]))
     return state["losses"]
+
+
+def _count_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> int:
+    return sum(1 for key in tensors if key.startswith(prefix))
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:

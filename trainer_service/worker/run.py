@@ -21,7 +21,8 @@ from ..domain import JobError, JobStatus
 from ..evaluation import answer_questions, score_answers
 from ..job_spec import JobSpec
 from ..store import JobStore
-from .train import Cancelled, Progress, train
+from .backends import TrainingBackend, select_backend
+from .train import Cancelled, Progress, seed_everything, train
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +32,25 @@ def fine_tuned_model_name(model_dir: Path, suffix: str, job_id: str) -> str:
     return f"{safe_model_name(model_dir.name)}-ft-{suffix + '-' if suffix else ''}{job_id.removeprefix('ftjob-')[:8]}"
 
 
-def run_job(store: JobStore, job_id: str, state_dir: Path, *, artifacts_dir: Path | None = None,
-            notifier: InferenceNotifier | None = None) -> None:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def run_job(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingBackend | None = None,
+            artifacts_dir: Path | None = None, notifier: InferenceNotifier | None = None) -> None:
+    from transformers import AutoProcessor
 
+    backend = backend or select_backend("auto")
     job = store.get_job(job_id)
     spec = JobSpec.from_json(job.spec)
+    hyper = spec.hyperparameters
     model_dir = Path(job.spec["model_dir"])
+    store.append_event(job_id, "log", f"training with {backend.name} on {backend.placement.device} "
+                       f"({str(backend.placement.dtype).removeprefix('torch.')}"
+                       f"{', 4-bit NF4 base' if spec.method == 'qlora' else ''})")
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    model = backend.load(model_dir, quantize_4bit=spec.method == "qlora", hyper=hyper)
     train_set = load_dataset(spec.training_file, spec.dataset_format, columns=spec.columns)
     test_set = load_dataset(spec.test_file, spec.dataset_format, columns=spec.columns) if spec.test_file else []
 
     if test_set and "evaluation_before" not in job.result:
-        _evaluate(store, job_id, "before", model, processor, test_set)
+        _evaluate(store, job_id, "before", backend, model, processor, test_set)
 
     parent = os.getppid()
 
@@ -62,17 +68,29 @@ def run_job(store: JobStore, job_id: str, state_dir: Path, *, artifacts_dir: Pat
         checkpoints = store.get_job(job_id).result.get("checkpoints", [])
         store.merge_result(job_id, {"checkpoints": [*checkpoints, {"step": step, "path": str(path)}]})
 
-    peft_model, losses = train(model, processor, train_set, spec.hyperparameters, state_dir / "checkpoints" / job_id,
-                               on_progress, on_checkpoint, should_stop)
-    after = _evaluate(store, job_id, "after", peft_model, processor, test_set) if test_set else None
+    seed_everything(hyper.seed)
+    peft_model = backend.add_lora(model, hyper)
+    losses = train(peft_model, processor, train_set, hyper, state_dir / "checkpoints" / job_id, backend,
+                   on_progress, on_checkpoint, should_stop)
+    after = _evaluate(store, job_id, "after", backend, peft_model, processor, test_set) if test_set else None
     name = fine_tuned_model_name(model_dir, spec.suffix, job_id)
     artifact_dir = (artifacts_dir or state_dir / "artifacts") / name
-    _write_artifacts(artifact_dir, peft_model, processor, losses, manifest={
+    manifest = {
         "fine_tuned_model": name, "base_model": str(model_dir), "base_model_config_sha256":
-        model_config_digest(model_dir), "job_id": job_id, "created_at": time.time(),
-        "hyperparameters": dataclasses.asdict(spec.hyperparameters), "training_file": spec.training_file,
+        model_config_digest(model_dir), "job_id": job_id, "created_at": time.time(), "method": spec.method,
+        "training_backend": backend.name, "hyperparameters": dataclasses.asdict(hyper),
+        "training_file": spec.training_file,
         "evaluation_before": store.get_job(job_id).result.get("evaluation_before"), "evaluation_after": after,
-    })
+    }
+    with built_atomically(artifact_dir) as staging:
+        peft_model.save_pretrained(staging / ADAPTER_DIR)  # adapter_config.json + adapter_model.safetensors
+        del model, peft_model  # the merge reloads the base in full precision: free the training copy first
+        if backend.placement.device.type == "cuda":
+            torch.cuda.empty_cache()
+        merge_to_16bit(model_dir, staging / ADAPTER_DIR, staging / MERGED_DIR, backend.placement.device)
+        processor.save_pretrained(staging / MERGED_DIR)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        _plot_losses(losses, staging / LOSS_PLOT_FILE)
     if notifier is not None:
         notifier.notify(job_id, name)
     store.transition(job_id, JobStatus.SUCCEEDED, f"succeeded: {name}", result={
@@ -81,23 +99,26 @@ def run_job(store: JobStore, job_id: str, state_dir: Path, *, artifacts_dir: Pat
     })
 
 
-def _evaluate(store: JobStore, job_id: str, phase: str, model, processor, test_set) -> dict:
+def merge_to_16bit(model_dir: Path, adapter_dir: Path, merged_dir: Path, device: torch.device) -> None:
+    """The base reloaded in fp32 (never the 4-bit copy QLoRA trained on), the adapter folded in, then saved in
+    bf16: what `vllm serve` and transformers load as they are, whichever backend trained it."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32, device_map={"": device})
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.to(torch.bfloat16).save_pretrained(merged_dir)
+
+
+def _evaluate(store: JobStore, job_id: str, phase: str, backend: TrainingBackend, model, processor,
+              test_set) -> dict:
+    backend.for_inference(model)
     answers = answer_questions(model, processor, test_set)
     scores = dataclasses.asdict(score_answers([a.prediction for a in answers], [a.reference for a in answers]))
     store.append_event(job_id, "evaluation", f"{phase}: exact match {scores['exact_match']:.3f}",
                        {"phase": phase, "scores": scores})
     store.merge_result(job_id, {f"evaluation_{phase}": scores})
     return scores
-
-
-def _write_artifacts(artifact_dir: Path, peft_model, processor, losses: list[float], manifest: dict) -> None:
-    with built_atomically(artifact_dir) as staging:
-        peft_model.save_pretrained(staging / ADAPTER_DIR)  # adapter_config.json + adapter_model.safetensors
-        merged = peft_model.merge_and_unload().to(torch.bfloat16)
-        merged.save_pretrained(staging / MERGED_DIR)
-        processor.save_pretrained(staging / MERGED_DIR)
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        _plot_losses(losses, staging / LOSS_PLOT_FILE)
 
 
 def _plot_losses(losses: list[float], path: Path) -> None:
@@ -115,11 +136,11 @@ def _plot_losses(losses: list[float], path: Path) -> None:
     plt.close(figure)
 
 
-def main_for(store: JobStore, job_id: str, state_dir: Path, *, artifacts_dir: Path | None = None,
-             notifier: InferenceNotifier | None = None) -> int:
+def main_for(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingBackend | None = None,
+             artifacts_dir: Path | None = None, notifier: InferenceNotifier | None = None) -> int:
     """Exit codes the launcher reads: 0 finished (succeeded, or stopped because cancelled), 3 failed for good."""
     try:
-        run_job(store, job_id, state_dir, artifacts_dir=artifacts_dir, notifier=notifier)
+        run_job(store, job_id, state_dir, backend=backend, artifacts_dir=artifacts_dir, notifier=notifier)
     except Cancelled:
         logger.info("job %s stopped: cancelled or the service went away", job_id)
     except Exception as error:  # noqa: BLE001 - every failure is reported on the job, then the process ends

@@ -15,8 +15,8 @@ from vlmforge.chat_format import ChatCollator
 from vlmforge.data.types import Conversation
 
 from ..job_spec import Hyperparameters
+from .backends import Placement, TrainingBackend
 from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
-from .lora_targets import target_modules
 
 
 @dataclass(frozen=True)
@@ -70,19 +70,21 @@ def schedule(hyper: Hyperparameters, steps: int) -> Callable[[int], float]:
     return factor
 
 
-def train(model, processor, train_set: list[Conversation], hyper: Hyperparameters, checkpoint_dir: Path,
-          on_progress: Callable[[Progress], None], on_checkpoint: Callable[[int, Path], None],
-          should_stop: Callable[[], bool]):
-    """Returns (peft model, losses). Resumes from the newest checkpoint in `checkpoint_dir` if there is one."""
-    from peft import LoraConfig, get_peft_model
+def seed_everything(seed: int) -> None:
+    """Before the adapters are made, so their initial weights are the same on every run of a spec."""
+    torch.manual_seed(seed)  # CPU and every CUDA device
+    random.seed(seed)
 
-    torch.manual_seed(hyper.seed)
-    random.seed(hyper.seed)
-    config = LoraConfig(r=hyper.lora_rank, lora_alpha=hyper.lora_alpha, lora_dropout=hyper.lora_dropout,
-                        target_modules=target_modules(hyper))
-    peft_model = get_peft_model(model, config)
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad],
-                                  lr=hyper.learning_rate, weight_decay=hyper.weight_decay)
+
+def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperparameters, checkpoint_dir: Path,
+          backend: TrainingBackend, on_progress: Callable[[Progress], None],
+          on_checkpoint: Callable[[int, Path], None], should_stop: Callable[[], bool]) -> list[float]:
+    """Trains `peft_model` in place; returns the loss of every step. Resumes from the newest checkpoint in
+    `checkpoint_dir` if there is one."""
+    placement = backend.placement
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=hyper.learning_rate, weight_decay=hyper.weight_decay,
+                                  fused=placement.device.type == "cuda")
     steps = total_steps(hyper, len(train_set))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(hyper, steps))
     losses: list[float] = []
@@ -92,8 +94,8 @@ def train(model, processor, train_set: list[Conversation], hyper: Hyperparameter
         losses = restore_checkpoint(resumed, peft_model, optimizer, scheduler)
         start_step = resumed.step
 
-    collate = ChatCollator(processor)
-    peft_model.train()
+    collate = ChatCollator(processor, max_length=hyper.max_sequence_length)
+    backend.for_training(peft_model)
     started = time.perf_counter()
     tokens_seen = 0
     for step in range(start_step, steps):
@@ -104,10 +106,10 @@ def train(model, processor, train_set: list[Conversation], hyper: Hyperparameter
         for micro in range(hyper.gradient_accumulation_steps):
             batch = collate([train_set[i] for i in batch_indices(step, micro, hyper, len(train_set))])
             tokens_seen += int(batch["attention_mask"].sum())
-            loss = peft_model(**batch).loss / hyper.gradient_accumulation_steps
+            loss = peft_model(**_to_device(batch, placement)).loss / hyper.gradient_accumulation_steps
             loss.backward()
             step_loss += loss.item()
-        torch.nn.utils.clip_grad_norm_(peft_model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -126,4 +128,11 @@ def train(model, processor, train_set: list[Conversation], hyper: Hyperparameter
         if done % hyper.checkpoint_every_steps == 0 and done < steps:
             saved = save_checkpoint(checkpoint_dir, done, peft_model, optimizer, scheduler, losses)
             on_checkpoint(done, saved.path)
-    return peft_model, losses
+    return losses
+
+
+def _to_device(batch: dict[str, torch.Tensor], placement: Placement) -> dict[str, torch.Tensor]:
+    """Token ids stay integers; pixels take the model's precision."""
+    return {name: value.to(placement.device, dtype=placement.dtype if value.is_floating_point() else None,
+                           non_blocking=True)
+            for name, value in batch.items()}

@@ -1,0 +1,67 @@
+"""The worker's training loop on the tiny model: backend choice on this CPU machine, the gradient checkpointing
+switch, and `max_sequence_length` (CUDA, QLoRA and Unsloth are measured on a GPU: see BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer_service.errors import FailedPreconditionError
+from trainer_service.job_spec import Hyperparameters
+from trainer_service.worker.backends import Placement, TransformersBackend, select_backend
+from trainer_service.worker.train import seed_everything, train
+from vlmforge.chat_format import ChatCollator, SequenceTooLongError
+from vlmforge.data import load_dataset
+
+CPU = Placement(torch.device("cpu"), torch.float32)
+
+
+def test_this_machine_trains_with_transformers_in_fp32() -> None:
+    assert Placement.detect() == CPU
+    assert isinstance(select_backend("auto", CPU), TransformersBackend)
+    assert isinstance(select_backend("transformers", CPU), TransformersBackend)
+    with pytest.raises(FailedPreconditionError, match="CUDA"):
+        select_backend("unsloth", CPU)
+
+
+def _losses(model_dir: Path, data_dir: Path, tmp_path: Path, hyper: Hyperparameters) -> list[float]:
+    from transformers import AutoProcessor
+
+    backend = TransformersBackend(CPU)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = backend.load(model_dir, quantize_4bit=False, hyper=hyper)
+    seed_everything(hyper.seed)
+    peft_model = backend.add_lora(model, hyper)
+    return train(peft_model, processor, load_dataset(data_dir / "train.jsonl"), hyper, tmp_path, backend,
+                 on_progress=lambda _: None, on_checkpoint=lambda *_: None, should_stop=lambda: False)
+
+
+def test_gradient_checkpointing_changes_memory_not_the_losses(tiny_model_dir: Path, small_dataset_dir: Path,
+                                                               tmp_path: Path) -> None:
+    hyper = Hyperparameters(max_steps=3, batch_size=2, learning_rate=1e-3, checkpoint_every_steps=100)
+    plain = _losses(tiny_model_dir, small_dataset_dir, tmp_path / "plain", hyper)
+    checkpointed = _losses(tiny_model_dir, small_dataset_dir, tmp_path / "gc",
+                           dataclasses.replace(hyper, gradient_checkpointing=True))
+    assert len(plain) == 3
+    assert plain[-1] != plain[0], "training moved the loss"
+    assert checkpointed == pytest.approx(plain, rel=1e-4)
+
+
+def test_max_sequence_length_cuts_answers_but_never_images(tiny_model_dir: Path, small_dataset_dir: Path) -> None:
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    samples = load_dataset(small_dataset_dir / "train.jsonl")[:4]
+    full = ChatCollator(processor)(samples)
+    image_end = int(full["mm_token_type_ids"].nonzero()[:, 1].max()) + 1
+    assert full["input_ids"].shape[1] > image_end + 2
+
+    cut = ChatCollator(processor, max_length=image_end + 2)(samples)
+    assert cut["input_ids"].shape[1] == image_end + 2
+    assert cut["labels"].shape == cut["attention_mask"].shape == cut["input_ids"].shape
+    assert torch.equal(cut["pixel_values"], full["pixel_values"])
+    with pytest.raises(SequenceTooLongError, match="image tokens"):
+        ChatCollator(processor, max_length=image_end - 1)(samples)

@@ -1,0 +1,162 @@
+"""How a job's base model is loaded and given its LoRA adapters.
+
+Two backends take the same job spec: plain transformers + peft (everywhere) and Unsloth (CUDA, where it is
+installed). The training loop, checkpoints, evaluation and artifacts are shared; only loading, adapter
+injection and the train/inference mode switch differ. QLoRA loads the base in 4 bits (NF4, bitsandbytes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import torch
+
+from ..errors import FailedPreconditionError
+from ..job_spec import Hyperparameters
+from .lora_targets import target_modules
+
+logger = logging.getLogger(__name__)
+
+BackendChoice = Literal["auto", "transformers", "unsloth"]
+BACKEND_ENV = "VLMFORGE_TRAINER_TRAINING_BACKEND"  # how the service hands its setting to the worker
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the base model lives and in which precision: bf16 on GPUs that have it, fp32 otherwise (CPU
+    bf16 is slow and drifts; fp16 would need loss scaling)."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def detect(cls) -> Placement:
+        if torch.cuda.is_available():
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+            return cls(torch.device("cuda", torch.cuda.current_device()), dtype)
+        return cls(torch.device("cpu"), torch.float32)
+
+
+class TrainingBackend(Protocol):
+    name: str
+    placement: Placement
+
+    def load(self, model_dir: Path, *, quantize_4bit: bool, hyper: Hyperparameters): ...
+    def add_lora(self, model, hyper: Hyperparameters): ...
+    def for_training(self, model) -> None: ...
+    def for_inference(self, model) -> None: ...
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, placement: Placement):
+        self.placement = placement
+
+    def load(self, model_dir: Path, *, quantize_4bit: bool, hyper: Hyperparameters):
+        from transformers import AutoModelForImageTextToText
+
+        options = {"dtype": self.placement.dtype}
+        if self.placement.device.type == "cuda":
+            options["device_map"] = {"": self.placement.device}
+        if quantize_4bit:
+            options["quantization_config"] = _four_bit_config(self.placement.dtype)
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, **options)
+        if quantize_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hyper.gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif hyper.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()  # the frozen embeddings' output must carry grad for checkpointing
+        return model
+
+    def add_lora(self, model, hyper: Hyperparameters):
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=hyper.lora_rank, lora_alpha=hyper.lora_alpha, lora_dropout=hyper.lora_dropout,
+                            target_modules=target_modules(hyper))
+        return get_peft_model(model, config)
+
+    def for_training(self, model) -> None:
+        model.train()
+
+    def for_inference(self, model) -> None:
+        model.eval()
+
+
+class UnslothBackend:
+    """Unsloth's FastVisionModel: its own kernels and offloaded gradient checkpointing; same adapters (PEFT)."""
+
+    name = "unsloth"
+
+    def __init__(self, placement: Placement):
+        self.placement = placement
+
+    def load(self, model_dir: Path, *, quantize_4bit: bool, hyper: Hyperparameters):
+        from unsloth import FastVisionModel
+
+        model, _ = FastVisionModel.from_pretrained(
+            str(model_dir), dtype=self.placement.dtype, load_in_4bit=quantize_4bit,
+            use_gradient_checkpointing="unsloth" if hyper.gradient_checkpointing else False,
+            max_seq_length=hyper.max_sequence_length, local_files_only=True)
+        return model
+
+    def add_lora(self, model, hyper: Hyperparameters):
+        from unsloth import FastVisionModel
+
+        explicit = {"target_modules": list(hyper.lora_target_modules)} if hyper.lora_target_modules else {}
+        return FastVisionModel.get_peft_model(
+            model, r=hyper.lora_rank, lora_alpha=hyper.lora_alpha, lora_dropout=hyper.lora_dropout, bias="none",
+            finetune_vision_layers=hyper.finetune_vision_layers,
+            finetune_language_layers=hyper.finetune_language_layers,
+            finetune_attention_modules=hyper.finetune_attention_modules,
+            finetune_mlp_modules=hyper.finetune_mlp_modules, random_state=hyper.seed,
+            use_gradient_checkpointing="unsloth" if hyper.gradient_checkpointing else False, **explicit)
+
+    def for_training(self, model) -> None:
+        from unsloth import FastVisionModel
+
+        FastVisionModel.for_training(model)
+
+    def for_inference(self, model) -> None:
+        from unsloth import FastVisionModel
+
+        FastVisionModel.for_inference(model)
+
+
+def unsloth_installed() -> bool:
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def bitsandbytes_installed() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def select_backend(choice: BackendChoice, placement: Placement | None = None) -> TrainingBackend:
+    """`auto`: Unsloth on CUDA when it is installed, plain transformers + peft otherwise."""
+    placement = placement or Placement.detect()
+    on_cuda = placement.device.type == "cuda"
+    if choice == "unsloth" and not (on_cuda and unsloth_installed()):
+        raise FailedPreconditionError("the Unsloth backend needs a CUDA GPU and the unsloth package")
+    if choice == "unsloth" or (choice == "auto" and on_cuda and unsloth_installed()):
+        # Unsloth patches transformers when it is imported: it must come first, and never phone home.
+        os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+        import unsloth  # noqa: F401
+
+        return UnslothBackend(placement)
+    return TransformersBackend(placement)
+
+
+def _four_bit_config(compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    # The QLoRA paper's recipe: NF4 weights, double-quantised constants, matmuls in the compute dtype.
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
