@@ -62,6 +62,6 @@ class JobEvent:
     job_id: str
     sequence: int  # per job, 1, 2, 3, ... with no gaps
     created_at: float
-    kind: str  # status_changed | progress | evaluation | checkpoint
+    kind: str  # status_changed | progress | evaluation | checkpoint | deployment | log
     message: str
     payload: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,132 @@
+"""Training throughput and peak GPU memory of the trainer's backends, side by side in one run on one model
+directory: plain transformers + peft against Unsloth, LoRA and QLoRA, with and without gradient checkpointing.
+Each configuration runs in its own process (Unsloth patches transformers when imported) through the worker's
+own loading, adapter and training code, on the same synthetic batches: one random RGB image and a fixed
+number of text tokens per sample, LoRA on every linear layer (language + vision).
+
+    python bench/train_throughput.py --model-dir DIR [--configs transformers:lora:gc,unsloth:lora:gc,...]
+    python -m vlmforge.model_shapes DIR --shape 2b --tokenizer-from TINY_MODEL_DIR   # a 2B-shaped DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_CONFIGS = ("transformers:lora:nogc,unsloth:lora:nogc,transformers:lora:gc,unsloth:lora:gc,"
+                   "transformers:qlora:gc,unsloth:qlora:gc")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="backend:method:gc|nogc, comma separated")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    parser.add_argument("--warmup-steps", type=int, default=5)
+    parser.add_argument("--text-tokens", type=int, default=64)
+    parser.add_argument("--image-size-px", type=int, default=448)
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(_measure(args, args.child)))
+        return
+    results = {}
+    for config in args.configs.split(","):
+        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", config], capture_output=True,
+                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+        if child.returncode or not lines:
+            print(f"{config}: failed (exit {child.returncode})\n{child.stderr[-3000:]}", file=sys.stderr)
+            continue
+        results[config] = json.loads(lines[-1].removeprefix("RESULT "))
+        print(f"{config}: {results[config]['samples_per_second']:.2f} samples/s, "
+              f"{results[config]['peak_gib']:.1f} GiB", flush=True)
+    _print_table(results, args)
+
+
+def _measure(args, config: str) -> dict:
+    import torch
+
+    from trainer_service.job_spec import Hyperparameters
+    from trainer_service.worker.backends import select_backend
+    from trainer_service.worker.train import seed_everything, train
+
+    backend_name, method, checkpointing = config.split(":")
+    backend = select_backend(backend_name)  # first: Unsloth must be imported before transformers
+    from transformers import AutoProcessor
+
+    hyper = Hyperparameters(max_steps=args.warmup_steps + args.steps, batch_size=args.batch_size,
+                            learning_rate=2e-4, lora_rank=args.lora_rank, lora_alpha=args.lora_rank,
+                            gradient_checkpointing=checkpointing == "gc", checkpoint_every_steps=10**6)
+    processor = AutoProcessor.from_pretrained(args.model_dir)
+    loaded_at = time.perf_counter()
+    model = backend.load(args.model_dir, quantize_4bit=method == "qlora", hyper=hyper)
+    seed_everything(hyper.seed)
+    peft_model = backend.add_lora(model, hyper)
+    load_s = time.perf_counter() - loaded_at
+    samples = _samples(processor, args.batch_size * hyper.max_steps, args.text_tokens, args.image_size_px)
+    step_ends: list[float] = []
+    torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as checkpoints:
+        losses = train(peft_model, processor, samples, hyper, Path(checkpoints), backend,
+                       on_progress=lambda _: step_ends.append(time.perf_counter()),
+                       on_checkpoint=lambda *_: None, should_stop=lambda: False)
+    timed = step_ends[args.warmup_steps - 1:]
+    return {"samples_per_second": args.batch_size * (len(timed) - 1) / (timed[-1] - timed[0]),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "load_s": load_s, "losses": losses,
+            "trainable_parameters": sum(p.numel() for p in peft_model.parameters() if p.requires_grad)}
+
+
+def _samples(processor, count: int, text_tokens: int, image_size_px: int):
+    """Distinct random images; question + answer cut to `text_tokens` tokens of real words in total."""
+    import numpy as np
+    from PIL import Image
+
+    from vlmforge.data.types import Conversation, ImagePart, ImageRef, Message, TextPart
+
+    words = ("What colour is the tallest bar in this chart and how many shapes are there at the top left "
+             "corner of the picture ") * 8
+    ids = processor.tokenizer.encode(words, add_special_tokens=False)
+    question = processor.tokenizer.decode(ids[:text_tokens - text_tokens // 4])
+    answer = processor.tokenizer.decode(ids[:text_tokens // 4])
+    generator = np.random.default_rng(0)
+    samples = []
+    for index in range(count):
+        pixels = generator.integers(0, 256, (image_size_px, image_size_px, 3), dtype=np.uint8)
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format="PNG")
+        image = ImagePart(ImageRef(data=png.getvalue()))
+        samples.append(Conversation((Message("user", (image, TextPart(question))),
+                                     Message("assistant", (TextPart(answer),))), source=f"synthetic:{index}"))
+    return samples
+
+
+def _print_table(results: dict[str, dict], args) -> None:
+    import torch
+
+    print(f"\n{torch.cuda.get_device_name()}, batch {args.batch_size}, {args.image_size_px}px image + "
+          f"{args.text_tokens} text tokens per sample, LoRA r={args.lora_rank} on every linear layer, "
+          f"{args.steps} timed steps after {args.warmup_steps}")
+    print("| backend | method | gradient checkpointing | samples/s | peak GiB | vs transformers, same method + mode |")
+    print("|---|---|---|---|---|---|")
+    for config, result in results.items():
+        backend, method, checkpointing = config.split(":")
+        baseline = results.get(f"transformers:{method}:{checkpointing}")
+        ratio = f"{result['samples_per_second'] / baseline['samples_per_second']:.2f}x" if baseline else "-"
+        print(f"| {backend} | {method} | {'on' if checkpointing == 'gc' else 'off'} | "
+              f"{result['samples_per_second']:.2f} | {result['peak_gib']:.1f} | {ratio} |")
+    for config, result in results.items():
+        print(f"{config} first losses: {', '.join(f'{loss:.4f}' for loss in result['losses'][:5])}")
+
+
+if __name__ == "__main__":
+    main()
