@@ -93,7 +93,8 @@ async def _measure(name: str, args, artifacts: Path, image_url: str, scratch: Pa
     try:
         await _wait_healthy(base, process)
         client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
-        await _one(client, image_url, args.output_tokens)  # warm-up
+        # Warm-up at the highest concurrency: the first bursts after a start run markedly slower.
+        await _level(client, image_url, args.output_tokens, max(CONCURRENCY), 2)
         levels = {c: await _level(client, image_url, args.output_tokens, c, args.requests_per_client)
                   for c in CONCURRENCY}
         loads = await _adapter_loads(name, base, args.adapters, artifacts)

@@ -45,7 +45,7 @@ class Hyperparameters:
     finetune_attention_modules: bool = True
     finetune_mlp_modules: bool = True
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
-    eval_every_steps: int = 0  # 0: evaluate only before and after
+    eval_every_steps: int = 0  # score the validation file every N steps; 0: only the test file, before and after
     checkpoint_every_steps: int = 50
 
     def validated(self) -> Hyperparameters:

@@ -65,3 +65,25 @@ def test_max_sequence_length_cuts_answers_but_never_images(tiny_model_dir: Path,
     assert torch.equal(cut["pixel_values"], full["pixel_values"])
     with pytest.raises(SequenceTooLongError, match="image tokens"):
         ChatCollator(processor, max_length=image_end - 1)(samples)
+
+
+def test_eval_every_steps_scores_the_validation_file_as_events(tiny_model_dir: Path, small_dataset_dir: Path,
+                                                               tmp_path: Path) -> None:
+    from trainer_service.domain import JobStatus
+    from trainer_service.job_spec import JobSpec
+    from trainer_service.jobs import JobService
+    from trainer_service.store import JobStore
+    from trainer_service.worker.run import run_job
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job = JobService(store).create(JobSpec(
+        str(tiny_model_dir), str(small_dataset_dir / "train.jsonl"),
+        validation_file=str(small_dataset_dir / "validation.jsonl"),
+        hyperparameters=Hyperparameters(max_steps=2, batch_size=2, eval_every_steps=1)))
+    store.transition(job.id, JobStatus.RUNNING, "running")
+    run_job(store, job.id, tmp_path, backend=TransformersBackend(CPU))
+
+    evaluations = [e.payload for e in store.events_after(job.id) if e.kind == "evaluation"]
+    assert [(e["phase"], e["step"]) for e in evaluations] == [("validation", 1), ("validation", 2)]
+    assert all(0 <= e["scores"]["exact_match"] <= 1 and e["scores"]["examples"] == 8 for e in evaluations)
+    assert store.get_job(job.id).status is JobStatus.SUCCEEDED

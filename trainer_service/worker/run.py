@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from vlmforge.data import load_dataset
 from ..deploy import InferenceNotifier
 from ..domain import JobError, JobStatus
 from ..evaluation import answer_questions, score_answers
-from ..job_spec import JobSpec
+from ..job_spec import Hyperparameters, JobSpec
 from ..store import JobStore
 from .backends import TrainingBackend, select_backend
 from .train import Cancelled, Progress, seed_everything, train
@@ -48,30 +49,23 @@ def run_job(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingB
     model = backend.load(model_dir, quantize_4bit=spec.method == "qlora", hyper=hyper)
     train_set = load_dataset(spec.training_file, spec.dataset_format, columns=spec.columns)
     test_set = load_dataset(spec.test_file, spec.dataset_format, columns=spec.columns) if spec.test_file else []
+    validation_set = (load_dataset(spec.validation_file, spec.dataset_format, columns=spec.columns)
+                      if spec.validation_file and hyper.eval_every_steps else [])
 
     if test_set and "evaluation_before" not in job.result:
         _evaluate(store, job_id, "before", backend, model, processor, test_set)
 
-    parent = os.getppid()
-
-    def should_stop() -> bool:
-        # Cancelled by the client, or the service that launched us is gone (it requeues us when it returns).
-        return os.getppid() != parent or store.get_job(job_id).status is not JobStatus.RUNNING
-
-    def on_progress(progress: Progress) -> None:
-        store.record_progress(job_id, progress.step, progress.total_steps,
-                              f"step {progress.step}/{progress.total_steps} loss {progress.loss:.4f}",
-                              dataclasses.asdict(progress))
-
-    def on_checkpoint(step: int, path: Path) -> None:
-        store.append_event(job_id, "checkpoint", f"checkpoint at step {step}", {"step": step, "path": str(path)})
-        checkpoints = store.get_job(job_id).result.get("checkpoints", [])
-        store.merge_result(job_id, {"checkpoints": [*checkpoints, {"step": step, "path": str(path)}]})
-
     seed_everything(hyper.seed)
     peft_model = backend.add_lora(model, hyper)
+
+    def validate() -> None:
+        if validation_set:
+            _evaluate(store, job_id, "validation", backend, peft_model, processor, validation_set, step=reporter.step)
+            backend.for_training(peft_model)
+
+    reporter = _JobReporter(store, job_id, hyper, validate)
     losses = train(peft_model, processor, train_set, hyper, state_dir / "checkpoints" / job_id, backend,
-                   on_progress, on_checkpoint, should_stop)
+                   reporter.on_progress, reporter.on_checkpoint, reporter.should_stop)
     after = _evaluate(store, job_id, "after", backend, peft_model, processor, test_set) if test_set else None
     name = fine_tuned_model_name(model_dir, spec.suffix, job_id)
     artifact_dir = (artifacts_dir or state_dir / "artifacts") / name
@@ -99,6 +93,36 @@ def run_job(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingB
     })
 
 
+class _JobReporter:
+    """The training loop's callbacks: progress and checkpoints into the store, validation every
+    `eval_every_steps`, and whether to stop (cancelled, or the launching service is gone)."""
+
+    def __init__(self, store: JobStore, job_id: str, hyper: Hyperparameters, validate: Callable[[], None]):
+        self.store, self.job_id, self.hyper, self.validate = store, job_id, hyper, validate
+        self.parent_pid = os.getppid()
+        self.step = 0
+
+    def should_stop(self) -> bool:
+        # A service that comes back requeues the job, which then resumes from its last checkpoint.
+        gone = os.getppid() != self.parent_pid
+        return gone or self.store.get_job(self.job_id).status is not JobStatus.RUNNING
+
+    def on_progress(self, progress: Progress) -> None:
+        self.step = progress.step
+        self.store.record_progress(self.job_id, progress.step, progress.total_steps,
+                                   f"step {progress.step}/{progress.total_steps} loss {progress.loss:.4f}",
+                                   dataclasses.asdict(progress))
+        every = self.hyper.eval_every_steps
+        if every and progress.step % every == 0:
+            self.validate()
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        self.store.append_event(self.job_id, "checkpoint", f"checkpoint at step {step}",
+                                {"step": step, "path": str(path)})
+        checkpoints = self.store.get_job(self.job_id).result.get("checkpoints", [])
+        self.store.merge_result(self.job_id, {"checkpoints": [*checkpoints, {"step": step, "path": str(path)}]})
+
+
 def merge_to_16bit(model_dir: Path, adapter_dir: Path, merged_dir: Path, device: torch.device) -> None:
     """The base reloaded in fp32 (never the 4-bit copy QLoRA trained on), the adapter folded in, then saved in
     bf16: what `vllm serve` and transformers load as they are, whichever backend trained it."""
@@ -111,13 +135,17 @@ def merge_to_16bit(model_dir: Path, adapter_dir: Path, merged_dir: Path, device:
 
 
 def _evaluate(store: JobStore, job_id: str, phase: str, backend: TrainingBackend, model, processor,
-              test_set) -> dict:
+              samples, *, step: int = 0) -> dict:
+    """`before` / `after` score the test file and are kept on the job; `validation` (every eval_every_steps)
+    scores the validation file and is an event only."""
     backend.for_inference(model)
-    answers = answer_questions(model, processor, test_set)
+    answers = answer_questions(model, processor, samples)
     scores = dataclasses.asdict(score_answers([a.prediction for a in answers], [a.reference for a in answers]))
-    store.append_event(job_id, "evaluation", f"{phase}: exact match {scores['exact_match']:.3f}",
-                       {"phase": phase, "scores": scores})
-    store.merge_result(job_id, {f"evaluation_{phase}": scores})
+    at_step = f" at step {step}" if step else ""
+    store.append_event(job_id, "evaluation", f"{phase}{at_step}: exact match {scores['exact_match']:.3f}",
+                       {"phase": phase, "step": step, "scores": scores})
+    if phase != "validation":
+        store.merge_result(job_id, {f"evaluation_{phase}": scores})
     return scores
 
 
