@@ -1,11 +1,12 @@
 """Jobs really run: a gRPC server on port 0 with the local launcher fine-tunes the tiny model in a worker
 process, writes the adapter and the merged model, and survives a SIGKILL of the worker by resuming from its
-checkpoint with no gap in the event stream."""
+checkpoints (five SIGKILLs in a row) with no gap in the event stream."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -71,25 +72,32 @@ def test_a_job_runs_to_success_and_writes_loadable_artifacts(service, tiny_model
     assert AutoProcessor.from_pretrained(merged).tokenizer.chat_template
 
 
-def test_a_sigkilled_worker_resumes_from_its_checkpoint(service, tiny_model_dir, small_dataset_dir) -> None:
+def test_five_sigkills_at_random_steps_end_in_one_success_from_checkpoints(service, tiny_model_dir,
+                                                                           small_dataset_dir) -> None:
     client, launcher, _ = service
-    job = client.CreateFineTuningJob(_request(tiny_model_dir, small_dataset_dir, max_steps=8,
+    kill_at = sorted(random.Random(5).sample(range(2, 12), 5))  # steps after which the worker is killed
+    job = client.CreateFineTuningJob(_request(tiny_model_dir, small_dataset_dir, max_steps=12,
                                               checkpoint_every_steps=2))
-    killed = False
-    events = []
-    for event in client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=300):
+    events, killed = [], []
+    for event in client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=600):
         events.append(event)
-        if not killed and event.HasField("checkpoint") and event.checkpoint.step == 4:
+        step = event.progress.step if event.HasField("progress") else None
+        if step in kill_at and step not in killed:
             os.kill(launcher.current_worker_pid, signal.SIGKILL)
-            killed = True
+            killed.append(step)
     final = client.GetFineTuningJob(pb.GetFineTuningJobRequest(id=job.id))
-    assert killed and final.status == pb.JOB_STATUS_SUCCEEDED, final.error.message
+    assert killed == kill_at and final.status == pb.JOB_STATUS_SUCCEEDED, final.error.message
     assert [e.sequence for e in events] == list(range(1, len(events) + 1)), "no gap, no duplicate"
-    steps = [e.progress.step for e in events if e.HasField("progress")]
-    assert steps[-1] == 8 and steps.count(1) == 1, "resumed from the checkpoint, never restarted from step 1"
     statuses = [e.status_changed.status for e in events if e.HasField("status_changed")]
-    assert statuses.count(pb.JOB_STATUS_RUNNING) == 2 and statuses[-1] == pb.JOB_STATUS_SUCCEEDED
+    assert statuses.count(pb.JOB_STATUS_RUNNING) == 6 and statuses.count(pb.JOB_STATUS_SUCCEEDED) == 1
+    assert statuses[-1] == pb.JOB_STATUS_SUCCEEDED
     assert sum(e.HasField("evaluation") and e.evaluation.phase == "before" for e in events) == 1
+    # Each run after a kill starts right after the newest checkpoint, never from step 1 again.
+    steps = [e.progress.step for e in events if e.HasField("progress")]
+    restarts = [later for earlier, later in zip(steps, steps[1:]) if later <= earlier]
+    assert len(restarts) <= 5 and steps.count(1) == 1 and steps[-1] == 12
+    checkpoints = {e.checkpoint.step for e in events if e.HasField("checkpoint")}
+    assert all(step - 1 in checkpoints for step in restarts)
 
 
 def test_cancel_stops_the_worker_within_seconds(service, tiny_model_dir, small_dataset_dir) -> None:

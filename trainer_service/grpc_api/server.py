@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from vlmforge.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 from ..jobs import JobService
+from .malformed import MalformedRequestInterceptor
 from .servicer import FineTuningServicer
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["FineTuningService"].full_name
@@ -35,7 +36,7 @@ def create_server(jobs: JobService, address: str, *, max_message_bytes: int, max
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-                         options=options)
+                         options=options, interceptors=[MalformedRequestInterceptor()])
     trainer_pb2_grpc.add_FineTuningServiceServicer_to_server(FineTuningServicer(jobs), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -119,8 +119,9 @@ class _JobReporter:
     def on_checkpoint(self, step: int, path: Path) -> None:
         self.store.append_event(self.job_id, "checkpoint", f"checkpoint at step {step}",
                                 {"step": step, "path": str(path)})
-        checkpoints = self.store.get_job(self.job_id).result.get("checkpoints", [])
-        self.store.merge_result(self.job_id, {"checkpoints": [*checkpoints, {"step": step, "path": str(path)}]})
+        # A step redone after a resume is saved again: keep one entry per step.
+        kept = [c for c in self.store.get_job(self.job_id).result.get("checkpoints", []) if c["step"] != step]
+        self.store.merge_result(self.job_id, {"checkpoints": [*kept, {"step": step, "path": str(path)}]})
 
 
 def merge_to_16bit(model_dir: Path, adapter_dir: Path, merged_dir: Path, device: torch.device) -> None:
