@@ -53,11 +53,11 @@ def main() -> None:
             report = asyncio.run(_run(f"http://127.0.0.1:{int(ready.group(1))}", image_url, args))
         finally:
             exit_code = stop(process)
-        errors = [line for line in (Path(scratch) / "inference.log").read_text().splitlines()
-                  if "ERROR" in line or "Error" in line]
-    _print(report, args, exit_code)
-    if errors:
-        print("service log, error lines (last 20):", *errors[-20:], sep="\n  ")
+        log = (Path(scratch) / "inference.log").read_text().splitlines()
+    failed = _print(report, args, exit_code)
+    first_error = next((index for index, line in enumerate(log) if " ERROR " in line), None)
+    if failed and first_error is not None:
+        print("service log around its first ERROR line:", *log[max(0, first_error - 15):first_error + 40], sep="\n  ")
 
 
 async def _run(base: str, image_url: str, args) -> dict:
@@ -132,7 +132,8 @@ def _pct(values: list[float], percentile: int) -> float:
     return values[min(len(values) - 1, round(percentile / 100 * (len(values) - 1)))]
 
 
-def _print(report: dict, args, exit_code: int) -> None:
+def _print(report: dict, args, exit_code: int) -> int:
+    """Prints the report; returns how many requests did not get a complete answer."""
     outcomes = report["outcomes"]
     statuses = Counter(o["status"] for o in outcomes)
     complete = [o for o in outcomes if o["status"] == 200 and o["tokens"] == args.output_tokens]
@@ -158,6 +159,7 @@ def _print(report: dict, args, exit_code: int) -> None:
     print(f"churn: {len(churn)} operations, statuses {dict(Counter(status for _, status, _ in churn))}, "
           f"p50 {1000 * statistics.median(s for _, _, s in churn):.0f} ms" if churn else "churn: none")
     print(f"service exit code after SIGTERM: {exit_code}")
+    return len(outcomes) - len(complete)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ def vllm_argv(settings: InferenceSettings) -> list[str]:
             "--limit-mm-per-prompt", json.dumps({"image": settings.max_images_per_request, "video": 0}),
             "--allowed-media-domains", NO_MEDIA_DOMAIN, "--disable-fastapi-docs",
             "--gpu-memory-utilization", str(settings.gpu_memory_utilization or _default_memory_share()),
-            "--shutdown-timeout", str(settings.drain_timeout_s)]
+            "--shutdown-timeout", str(settings.drain_timeout_s),
+            "--mm-processor-cache-gb", str(settings.mm_processor_cache_gb)]
     if settings.vision_tower_lora:
         argv.append("--enable-tower-connector-lora")
     if settings.max_model_len:

@@ -45,6 +45,10 @@ class InferenceSettings(BaseSettings):
     max_model_len: int | None = Field(None, ge=16, description="context length; default: the model's")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="share of accelerator memory "
                                                  "for vLLM; on CPU the share of RAM (default 0.15 there)")
+    mm_processor_cache_gb: float = Field(0.0, ge=0, description="vLLM's cache of preprocessed images, kept in "
+                                         "step between the API process and the engine. Off by default: under "
+                                         "concurrent load with repeated images the two copies drift apart in "
+                                         "vLLM 0.32 and requests fail with 500 (bench/load_mixed.py)")
     drain_timeout_s: int = Field(30, ge=0, description="on SIGTERM: time running requests get to finish "
                                                         "(vLLM --shutdown-timeout); 0 aborts them")
     vllm_args: str = Field("", description="more vLLM engine flags, as on its command line, e.g. "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 
 from pydantic_settings import CliApp
@@ -19,7 +20,7 @@ from .launcher import LocalLauncher
 from .metrics import serve_metrics
 from .settings import TrainerSettings
 from .store import JobStore
-from .worker.backends import BACKEND_ENV
+from .worker.backends import BACKEND_ENV, Placement, backend_unavailable
 
 logger = logging.getLogger("trainer_service")
 
@@ -27,6 +28,8 @@ logger = logging.getLogger("trainer_service")
 def main() -> None:
     settings = CliApp.run(TrainerSettings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if reason := backend_unavailable(settings.training_backend, Placement.detect()):
+        sys.exit(f"--training-backend {settings.training_backend}: {reason}")
     store = JobStore(settings.database_path)
     jobs = JobService(store, models_dir=settings.models_dir, qlora_unavailable=_qlora_unavailable(),
                       watch_poll_interval_s=settings.watch_poll_interval_s)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import pickle
 import re
 import shutil
 import threading
@@ -49,9 +50,18 @@ def artifacts(tiny_model_dir: Path, small_dataset_dir: Path, tmp_path_factory) -
     _edit_json(root / "rank-too-high" / "adapter" / "adapter_config.json", r=128)
     _edit_json(root / "other-base" / "manifest.json", base_model_config_sha256="0" * 64)
     (root / "bad-config" / "adapter" / "adapter_config.json").write_text("{broken")
-    (root / "pickled" / "adapter" / "adapter_model.bin").write_bytes(b"\x80\x04K\x01.")
+    (root / "pickled" / "adapter" / "adapter_model.bin").write_bytes(pickle.dumps(_TouchWhenUnpickled(
+        state / "pickle-payload-ran")))  # loading it with torch.load / pickle would create that file
     (tmp_path_factory.mktemp("outside") / "x").mkdir()
     return root, name
+
+
+class _TouchWhenUnpickled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
 
 
 def _edit_json(path: Path, **changes) -> None:
@@ -180,14 +190,16 @@ def test_bad_adapters_are_refused_with_why_by_push_and_by_request(server, client
     _ask(client, image_url)
 
 
-def test_bad_adapter_loads_do_not_disturb_requests_already_running(server, client, image_url) -> None:
+def test_bad_adapter_loads_do_not_disturb_requests_already_running(server, client, image_url, artifacts) -> None:
     with ThreadPoolExecutor(8) as pool:
-        good = [pool.submit(_ask, client, image_url, "push-one") for _ in range(6)]
+        good = [pool.submit(_ask, client, image_url, "push-one") for _ in range(12)]
         bad = [pool.submit(_admin, server, "POST", "/adapters", json={"name": name})
-               for name in ("rank-too-high", "other-base", "bad-config", "pickled", "nope") * 2]
-        assert all(reply.result().status_code in (400, 404) for reply in bad)
+               for name in ("rank-too-high", "other-base", "bad-config", "pickled", "nope") * 5]
+        assert len(bad) == 25 and all(reply.result().status_code in (400, 404) for reply in bad)
         for answer in good:
             answer.result()
+    root, _ = artifacts
+    assert not (root.parent / "pickle-payload-ran").exists(), "the pickle was never unpickled"
 
 
 def test_admin_and_api_without_the_right_token_get_401(server: str, image_url: str) -> None:

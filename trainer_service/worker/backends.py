@@ -139,13 +139,19 @@ def bitsandbytes_installed() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
+def backend_unavailable(choice: BackendChoice, placement: Placement) -> str | None:
+    """Why `choice` cannot train on this machine; None when it can. Checked by the service at start too."""
+    if choice == "unsloth" and not (placement.device.type == "cuda" and unsloth_installed()):
+        return "the Unsloth backend needs a CUDA GPU and the unsloth package"
+    return None
+
+
 def select_backend(choice: BackendChoice, placement: Placement | None = None) -> TrainingBackend:
     """`auto`: Unsloth on CUDA when it is installed, plain transformers + peft otherwise."""
     placement = placement or Placement.detect()
-    on_cuda = placement.device.type == "cuda"
-    if choice == "unsloth" and not (on_cuda and unsloth_installed()):
-        raise FailedPreconditionError("the Unsloth backend needs a CUDA GPU and the unsloth package")
-    if choice == "unsloth" or (choice == "auto" and on_cuda and unsloth_installed()):
+    if reason := backend_unavailable(choice, placement):
+        raise FailedPreconditionError(reason)
+    if choice == "unsloth" or (choice == "auto" and placement.device.type == "cuda" and unsloth_installed()):
         # Unsloth patches transformers when it is imported: it must come first, and never phone home.
         os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
         import unsloth  # noqa: F401
