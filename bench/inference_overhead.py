@@ -201,7 +201,8 @@ def guard_cost_s(image_url: str, iterations: int = 2000) -> float:
 def _print(results: dict[str, list[dict]], args, guard_s: float) -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{args.output_tokens} output tokens, one image, {args.rounds} rounds (median of rounds)")
-    print("| clients | server | requests/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | requests/s by round |")
+    print("| clients | server | requests/s | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms "
+          "| requests/s by round |")
     print("|---|---|---|---|---|---|---|---|")
     for concurrency in CONCURRENCY:
         medians = {name: {key: statistics.median(run["levels"][concurrency][key] for run in runs)

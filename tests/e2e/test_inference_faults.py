@@ -41,7 +41,8 @@ def image_url(small_dataset_dir: Path) -> str:
 
 
 def _body(image_url: str, max_tokens: int) -> dict:
-    return {"model": "tiny", "stream": True, "stream_options": {"include_usage": True}, "max_tokens": max_tokens, "min_tokens": max_tokens, "ignore_eos": True,
+    return {"model": "tiny", "stream": True, "stream_options": {"include_usage": True}, "max_tokens": max_tokens,
+            "min_tokens": max_tokens, "ignore_eos": True,
             "temperature": 0, "messages": [{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": "Describe it."}]}]}
 

@@ -5,6 +5,7 @@ Training itself (the launcher and worker) is not part of the server yet, so jobs
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import grpc
@@ -150,3 +151,16 @@ def test_health_and_reflection(channel) -> None:
     (answer,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {service.name for service in answer.list_services_response.service}
     assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
+
+
+def test_the_image_healthcheck_command_follows_serving(server) -> None:
+    from trainer_service import healthcheck
+
+    running, _ = server
+    address = f"127.0.0.1:{running.port}"
+    assert healthcheck.main([address]) == 0
+    running.set_serving(False)
+    assert healthcheck.main([address]) == 1
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        assert healthcheck.main([f"127.0.0.1:{unused.getsockname()[1]}", "--timeout-s", "0.5"]) == 1

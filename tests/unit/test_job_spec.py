@@ -89,11 +89,13 @@ def test_dataset_problems_surface_with_file_line_and_field(model_dir: Path, smal
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
                                             {"role": "assistant", "content": ""}]}) + "\n")
     with pytest.raises(InvalidArgumentError) as info:
-        check_resources(dataclasses.replace(good, validation_file=str(bad)), models_dir=None, qlora_unavailable=QLORA_NEEDS_CUDA)
+        check_resources(dataclasses.replace(good, validation_file=str(bad)), models_dir=None,
+                        qlora_unavailable=QLORA_NEEDS_CUDA)
     assert info.value.field == "validation_file"
     assert "bad.jsonl line 1, field messages[1]: the assistant's answer is empty" in str(info.value)
 
 
 def test_qlora_needs_cuda(model_dir: Path) -> None:
     with pytest.raises(FailedPreconditionError, match="needs a CUDA GPU"):
-        check_resources(JobSpec(str(model_dir), "x.jsonl", method="qlora"), models_dir=None, qlora_unavailable=QLORA_NEEDS_CUDA)
+        check_resources(JobSpec(str(model_dir), "x.jsonl", method="qlora"), models_dir=None,
+                        qlora_unavailable=QLORA_NEEDS_CUDA)

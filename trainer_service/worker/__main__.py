@@ -30,7 +30,8 @@ def main() -> None:
     store = JobStore(args.database)
     admin_url = os.environ.get(ADMIN_URL_ENV)
     notifier = InferenceNotifier(store, admin_url, os.environ.get(ADMIN_TOKEN_ENV)) if admin_url else None
-    sys.exit(main_for(store, args.job_id, args.state_dir, backend=backend, artifacts_dir=args.artifacts_dir, notifier=notifier))
+    sys.exit(main_for(store, args.job_id, args.state_dir, backend=backend, artifacts_dir=args.artifacts_dir,
+                      notifier=notifier))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ injection and the train/inference mode switch differ. QLoRA loads the base in 4 
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,6 @@ import torch
 from ..errors import FailedPreconditionError
 from ..job_spec import Hyperparameters
 from .lora_targets import target_modules
-
-logger = logging.getLogger(__name__)
 
 BackendChoice = Literal["auto", "transformers", "unsloth"]
 BACKEND_ENV = "VLMFORGE_TRAINER_TRAINING_BACKEND"  # how the service hands its setting to the worker
