@@ -94,7 +94,7 @@ def test_a_client_leaving_mid_stream_aborts_its_engine_request(service, image_ur
         lines = reply.iter_lines()
         while not next(lines).startswith("data: "):
             pass
-        assert _running_requests(base) == 1
+        _wait(lambda: _running_requests(base) == 1, 15, "the engine to report the request running")
     # The connection is closed: vLLM must notice and abort the request instead of generating 4,000 tokens.
     _wait(lambda: _running_requests(base) == 0, 15, "the running-requests gauge to return to 0")
     follow_up = _Stream(base, _body(image_url, 4))

@@ -246,3 +246,12 @@ def test_missing_file_and_unknown_suffix(tmp_path: Path) -> None:
     assert _error(tmp_path / "nope.jsonl") == "nope.jsonl: file not found"
     (tmp_path / "data.xml").write_text("<x/>")
     assert "cannot tell the format of a .xml file" in _error(tmp_path / "data.xml")
+
+
+@pytest.mark.parametrize("dataset_format", [None, "conversation", "openai", "sharegpt", "table"])
+def test_a_directory_or_binary_file_is_a_format_error_not_a_crash(tmp_path: Path, dataset_format) -> None:
+    (tmp_path / "not-a-dataset").mkdir()
+    (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
+    for path in (tmp_path / "not-a-dataset", tmp_path / "binary.jsonl"):
+        with pytest.raises(DatasetFormatError):
+            load_dataset(path, dataset_format)

@@ -30,19 +30,28 @@ def load_dataset(
     path = Path(path)
     if not path.exists():
         raise DatasetFormatError(path, "file not found")
-    chosen = DatasetFormat(dataset_format) if dataset_format else detect_format(path)
-    if chosen is DatasetFormat.TABLE:
-        conversations = table.load(path, columns, system_prompt)
-    else:
-        loaders = {
-            DatasetFormat.CONVERSATION: conversation_jsonl.load,
-            DatasetFormat.OPENAI: openai_jsonl.load,
-            DatasetFormat.SHAREGPT: sharegpt.load,
-        }
-        conversations = loaders[chosen](path)
+    try:
+        chosen = DatasetFormat(dataset_format) if dataset_format else detect_format(path)
+        conversations = _load(path, chosen, columns, system_prompt)
+    except UnicodeDecodeError:
+        raise DatasetFormatError(path, "is not UTF-8 text") from None
+    except OSError as err:  # a directory where a file is expected, no permission, ...
+        raise DatasetFormatError(path, f"cannot be read as a dataset ({err.strerror or type(err).__name__})") from None
     if not conversations:
         raise DatasetFormatError(path, "dataset is empty")
     return conversations
+
+
+def _load(path: Path, chosen: DatasetFormat, columns: ColumnMapping | None,
+          system_prompt: str | None) -> list[Conversation]:
+    if chosen is DatasetFormat.TABLE:
+        return table.load(path, columns, system_prompt)
+    loaders = {
+        DatasetFormat.CONVERSATION: conversation_jsonl.load,
+        DatasetFormat.OPENAI: openai_jsonl.load,
+        DatasetFormat.SHAREGPT: sharegpt.load,
+    }
+    return loaders[chosen](path)
 
 
 def detect_format(path: Path) -> DatasetFormat:
