@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from pydantic_settings import CliApp
 
@@ -47,9 +48,11 @@ def main() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
-    logger.info("draining: NOT_SERVING, no new jobs, %.0f s for in-flight calls", settings.drain_timeout_s)
+    logger.info("draining: NOT_SERVING and no new jobs for %.0f s, then %.0f s for in-flight calls",
+                settings.drain_announce_s, settings.drain_timeout_s)
     running.set_serving(False)
     jobs.draining.set()
+    time.sleep(settings.drain_announce_s)  # still answering: health checks see NOT_SERVING, new jobs UNAVAILABLE
     running.server.stop(settings.drain_timeout_s).wait()
     launcher.stop()
     store.close()

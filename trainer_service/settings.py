@@ -29,6 +29,9 @@ class TrainerSettings(BaseSettings):
     training_backend: Literal["auto", "transformers", "unsloth"] = Field(
         "auto", description="auto: Unsloth on a CUDA GPU where it is installed, plain transformers + peft otherwise")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted")
+    drain_announce_s: float = Field(2.0, ge=0, description="on SIGTERM: how long health says NOT_SERVING (new jobs "
+                                    "get UNAVAILABLE) before the server stops taking calls, so probes and load "
+                                    "balancers see it")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM: time given to in-flight RPCs")
     watch_poll_interval_s: float = Field(0.2, gt=0, description="how often a Watch stream looks for new events")
 
