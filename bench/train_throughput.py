@@ -34,14 +34,18 @@ def main() -> None:
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--image-size-px", type=int, default=448)
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--gpus", default="1", help="GPU counts to run each configuration on, e.g. 1,2 (DDP)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(_measure(args, args.child)))
         return
     results = {}
-    for config in args.configs.split(","):
-        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", config], capture_output=True,
+    for config in [f"{c}:{g}gpu" for c in args.configs.split(",") for g in args.gpus.split(",")]:
+        gpus = int(config.rpartition(":")[2].removesuffix("gpu"))
+        runner = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                     f"--nproc-per-node={gpus}"]
+        child = subprocess.run([*runner, __file__, *sys.argv[1:], "--child", config], capture_output=True,
                                text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
         if child.returncode or not lines:
@@ -58,9 +62,12 @@ def _measure(args, config: str) -> dict:
 
     from trainer_service.job_spec import Hyperparameters
     from trainer_service.worker.backends import select_backend
+    from trainer_service.worker.distributed import Ranks
     from trainer_service.worker.train import seed_everything, train
 
-    backend_name, method, checkpointing = config.split(":")
+    backend_name, method, checkpointing, _ = config.split(":")
+    ranks = Ranks.from_environment()
+    ranks.start()
     backend = select_backend(backend_name)  # first: Unsloth must be imported before transformers
     from transformers import AutoProcessor
 
@@ -73,15 +80,20 @@ def _measure(args, config: str) -> dict:
     seed_everything(hyper.seed)
     peft_model = backend.add_lora(model, hyper)
     load_s = time.perf_counter() - loaded_at
-    samples = _samples(processor, args.batch_size * hyper.max_steps, args.text_tokens, args.image_size_px)
+    samples = _samples(processor, args.batch_size * hyper.max_steps * ranks.world_size, args.text_tokens,
+                       args.image_size_px)
     step_ends: list[float] = []
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as checkpoints:
         losses = train(peft_model, processor, samples, hyper, Path(checkpoints), backend,
                        on_progress=lambda _: step_ends.append(time.perf_counter()),
-                       on_checkpoint=lambda *_: None, should_stop=lambda: False)
+                       on_checkpoint=lambda *_: None, should_stop=lambda: False, ranks=ranks)
+    ranks.finish()
+    if not ranks.is_main:
+        sys.exit(0)
     timed = step_ends[args.warmup_steps - 1:]
-    return {"samples_per_second": args.batch_size * (len(timed) - 1) / (timed[-1] - timed[0]),
+    samples_per_step = args.batch_size * ranks.world_size
+    return {"samples_per_second": samples_per_step * (len(timed) - 1) / (timed[-1] - timed[0]),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "load_s": load_s, "losses": losses,
             "trainable_parameters": sum(p.numel() for p in peft_model.parameters() if p.requires_grad)}
 
@@ -116,13 +128,14 @@ def _print_table(results: dict[str, dict], args) -> None:
     print(f"\n{torch.cuda.get_device_name()}, batch {args.batch_size}, {args.image_size_px}px image + "
           f"{args.text_tokens} text tokens per sample, LoRA r={args.lora_rank} on every linear layer, "
           f"{args.steps} timed steps after {args.warmup_steps}")
-    print("| backend | method | gradient checkpointing | samples/s | peak GiB | vs transformers, same method + mode |")
-    print("|---|---|---|---|---|---|")
+    print("| backend | method | gradient checkpointing | GPUs | samples/s | peak GiB (rank 0) "
+          "| vs transformers, same method + mode + GPUs |")
+    print("|---|---|---|---|---|---|---|")
     for config, result in results.items():
-        backend, method, checkpointing = config.split(":")
-        baseline = results.get(f"transformers:{method}:{checkpointing}")
+        backend, method, checkpointing, gpus = config.split(":")
+        baseline = results.get(f"transformers:{method}:{checkpointing}:{gpus}")
         ratio = f"{result['samples_per_second'] / baseline['samples_per_second']:.2f}x" if baseline else "-"
-        print(f"| {backend} | {method} | {'on' if checkpointing == 'gc' else 'off'} | "
+        print(f"| {backend} | {method} | {'on' if checkpointing == 'gc' else 'off'} | {gpus.removesuffix('gpu')} | "
               f"{result['samples_per_second']:.2f} | {result['peak_gib']:.1f} | {ratio} |")
     for config, result in results.items():
         print(f"{config} first losses: {', '.join(f'{loss:.4f}' for loss in result['losses'][:5])}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,16 +26,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gpus", type=int, default=1, help="above 1: the worker runs under torchrun (DDP) in "
+                        "child processes, with the command line the service's launcher uses")
     args = parser.parse_args()
 
-    from trainer_service.worker.backends import select_backend
+    from trainer_service.worker.backends import BACKEND_ENV, select_backend
 
-    backend = select_backend(args.backend)  # first: Unsloth must be imported before transformers
+    # In this process only with one GPU; first: Unsloth must be imported before transformers.
+    backend = select_backend(args.backend) if args.gpus == 1 else None
     import torch
 
     from trainer_service.domain import JobStatus
     from trainer_service.job_spec import Hyperparameters, JobSpec
     from trainer_service.jobs import JobService
+    from trainer_service.launcher import worker_command
     from trainer_service.store import JobStore
     from trainer_service.worker.run import run_job
 
@@ -46,7 +52,11 @@ def main() -> None:
             JobSpec(str(args.model), str(args.train_file), method=args.method, hyperparameters=hyper))
         store.transition(job.id, JobStatus.RUNNING, "bench")
         started = time.perf_counter()
-        run_job(store, job.id, state, backend=backend)
+        if backend is not None:
+            run_job(store, job.id, state, backend=backend)
+        else:
+            subprocess.run(worker_command(store.path, job.id, state, state / "artifacts", args.gpus), check=True,
+                           env={**os.environ, BACKEND_ENV: args.backend})
         job_s = time.perf_counter() - started
         peak_gib = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
         done = store.get_job(job.id)
@@ -56,6 +66,7 @@ def main() -> None:
         answer = _answer(merged, args.train_file)
         print(json.dumps({
             "status": done.status.value, "backend": manifest["training_backend"], "method": manifest["method"],
+            "gpus": args.gpus,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "job_seconds": round(job_s, 1), "peak_gpu_gib": round(peak_gib, 2),
             "samples_per_second_last": round(progress[-1]["samples_per_second"], 2),

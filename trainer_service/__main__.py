@@ -38,7 +38,7 @@ def main() -> None:
                             max_message_bytes=settings.max_message_bytes)
     metrics_port = serve_metrics(store, settings.metrics_host, settings.metrics_port)
     launcher = LocalLauncher(store, settings.state_dir, artifacts_dir=settings.artifact_store,
-                             worker_env=_worker_env(settings))
+                             worker_env=_worker_env(settings), gpus_per_job=settings.gpus_per_job)
     launcher.start()
     running.set_serving(True)
     logger.info("trainer listening on %s:%d, metrics on :%d/metrics, state in %s", settings.grpc_host,

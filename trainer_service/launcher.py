@@ -1,5 +1,5 @@
-"""Where jobs run. The local launcher runs one worker process at a time (one CPU/GPU slot), FIFO; a
-Kubernetes launcher will implement the same two methods."""
+"""Where jobs run. The local launcher runs one job at a time (one slot: the CPU, or `gpus_per_job` GPUs through
+torchrun), FIFO; a Kubernetes launcher will implement the same two methods."""
 
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ from .store import JobStore
 logger = logging.getLogger(__name__)
 
 
+SERVICE_PID_ENV = "VLMFORGE_TRAINER_SERVICE_PID"  # workers stop when this process is gone
+
+
+def worker_command(database: Path, job_id: str, state_dir: Path, artifacts_dir: Path, gpus: int) -> list[str]:
+    """The worker's command line: one process, or torchrun with one process per GPU (DDP) when gpus > 1."""
+    worker = ["-m", "trainer_service.worker", "--database", str(database), "--job-id", job_id,
+              "--state-dir", str(state_dir), "--artifacts-dir", str(artifacts_dir)]
+    if gpus > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *worker]
+    return [sys.executable, *worker]
+
+
 class Launcher(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -24,12 +36,13 @@ class Launcher(Protocol):
 
 class LocalLauncher:
     def __init__(self, store: JobStore, state_dir: Path, *, artifacts_dir: Path | None = None,
-                 worker_env: dict[str, str] | None = None, poll_interval_s: float = 0.5,
+                 worker_env: dict[str, str] | None = None, gpus_per_job: int = 1, poll_interval_s: float = 0.5,
                  max_attempts: int = 10, cancel_grace_s: float = 5.0):
         self.store = store
         self.state_dir = Path(state_dir)
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else self.state_dir / "artifacts"
-        self.worker_env = worker_env or {}
+        self.worker_env = {**(worker_env or {}), SERVICE_PID_ENV: str(os.getpid())}
+        self.gpus_per_job = gpus_per_job
         self.poll_interval_s = poll_interval_s
         self.max_attempts = max_attempts
         self.cancel_grace_s = cancel_grace_s
@@ -88,8 +101,7 @@ class LocalLauncher:
 
     def _launch(self, job_id: str) -> None:
         self.store.transition(job_id, JobStatus.RUNNING, "running")
-        command = [sys.executable, "-m", "trainer_service.worker", "--database", str(self.store.path),
-                   "--job-id", job_id, "--state-dir", str(self.state_dir), "--artifacts-dir", str(self.artifacts_dir)]
+        command = worker_command(self.store.path, job_id, self.state_dir, self.artifacts_dir, self.gpus_per_job)
         log = open(self.state_dir / f"worker-{job_id}.log", "ab")  # noqa: SIM115 - handed to the child
         self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                          env={**os.environ, **self.worker_env})

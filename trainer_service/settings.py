@@ -28,6 +28,8 @@ class TrainerSettings(BaseSettings):
     inference_admin_token: str | None = Field(None, description="bearer token of the inference admin endpoint")
     training_backend: Literal["auto", "transformers", "unsloth"] = Field(
         "auto", description="auto: Unsloth on a CUDA GPU where it is installed, plain transformers + peft otherwise")
+    gpus_per_job: int = Field(1, ge=1, description="GPUs each job trains on; above 1 the worker runs under "
+                              "torchrun with one process per GPU (DDP)")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted")
     drain_announce_s: float = Field(2.0, ge=0, description="on SIGTERM: how long health says NOT_SERVING (new jobs "
                                     "get UNAVAILABLE) before the server stops taking calls, so probes and load "

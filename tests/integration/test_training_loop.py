@@ -87,3 +87,20 @@ def test_eval_every_steps_scores_the_validation_file_as_events(tiny_model_dir: P
     assert [(e["phase"], e["step"]) for e in evaluations] == [("validation", 1), ("validation", 2)]
     assert all(0 <= e["scores"]["exact_match"] <= 1 and e["scores"]["examples"] == 8 for e in evaluations)
     assert store.get_job(job.id).status is JobStatus.SUCCEEDED
+
+
+def test_ranks_split_each_step_into_slices_of_the_same_samples_one_process_would_take() -> None:
+    from trainer_service.launcher import worker_command
+    from trainer_service.worker.distributed import Ranks
+    from trainer_service.worker.train import batch_indices, total_steps
+
+    per_rank = Hyperparameters(batch_size=4, gradient_accumulation_steps=2, seed=7)
+    one_process = Hyperparameters(batch_size=8, gradient_accumulation_steps=2, seed=7)
+    for step in (0, 5, 31):  # 31 crosses into a second epoch of 100 samples
+        single = [i for micro in (0, 1) for i in batch_indices(step, micro, one_process, 100)]
+        ranks = [[i for micro in (0, 1) for i in batch_indices(step, micro, per_rank, 100, Ranks(rank, 2, rank))]
+                 for rank in (0, 1)]
+        assert len(ranks[0]) == len(ranks[1]) == 8 and sorted(ranks[0] + ranks[1]) == sorted(single)
+    assert total_steps(Hyperparameters(batch_size=4, epochs=1), 100, world_size=2) == 13
+    assert worker_command(Path("j.db"), "ftjob-1", Path("s"), Path("a"), 1)[1:3] == ["-m", "trainer_service.worker"]
+    assert "--nproc-per-node=2" in worker_command(Path("j.db"), "ftjob-1", Path("s"), Path("a"), 2)

@@ -112,3 +112,32 @@ def test_cancel_stops_the_worker_within_seconds(service, tiny_model_dir, small_d
         time.sleep(0.1)
     assert launcher.current_worker_pid is None
     assert client.GetFineTuningJob(pb.GetFineTuningJobRequest(id=job.id)).status == pb.JOB_STATUS_CANCELLED
+
+
+def test_a_job_on_two_processes_trains_with_ddp_and_reports_once_per_step(tiny_model_dir, small_dataset_dir,
+                                                                           tmp_path) -> None:
+    """`gpus_per_job=2`: the launcher runs the worker under torchrun, two processes with DDP, as on a 2-GPU
+    machine; without CUDA here they talk over gloo."""
+    from trainer_service.domain import JobStatus
+    from trainer_service.job_spec import Hyperparameters, JobSpec
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job = JobService(store).create(JobSpec(str(tiny_model_dir), str(small_dataset_dir / "train.jsonl"),
+                                           hyperparameters=Hyperparameters(max_steps=4, batch_size=2,
+                                                                           checkpoint_every_steps=2)))
+    launcher = LocalLauncher(store, tmp_path, poll_interval_s=0.1, gpus_per_job=2)
+    launcher.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not store.get_job(job.id).status.is_terminal and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        launcher.stop()
+    final = store.get_job(job.id)
+    assert final.status is JobStatus.SUCCEEDED, (final.error, (tmp_path / f"worker-{job.id}.log").read_text()[-3000:])
+    events = store.events_after(job.id, limit=10_000)
+    progress = [e.payload for e in events if e.kind == "progress"]
+    assert [p["step"] for p in progress] == [1, 2, 3, 4], "rank 0 alone reports, once per step"
+    assert progress[-1]["epoch"] == pytest.approx(4 * 2 * 2 / 48), "each step took a batch on each process"
+    assert "x 2 processes" in next(e.message for e in events if e.kind == "log")
+    assert (Path(final.result["adapter_path"]) / "adapter_model.safetensors").is_file()

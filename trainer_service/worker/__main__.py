@@ -13,6 +13,7 @@ from pathlib import Path
 from ..deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV, InferenceNotifier
 from ..store import JobStore
 from .backends import BACKEND_ENV, select_backend
+from .distributed import Ranks
 
 
 def main() -> None:
@@ -23,15 +24,21 @@ def main() -> None:
     parser.add_argument("--artifacts-dir", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker: %(message)s")
-    # First: Unsloth, when chosen, must be imported before anything imports transformers.
+    ranks = Ranks.from_environment()
+    ranks.start()  # under torchrun: this process's GPU and the process group, before the model is placed
+    # Then Unsloth, when chosen, must be imported before anything imports transformers.
     backend = select_backend(os.environ.get(BACKEND_ENV, "auto"))
     from .run import main_for
 
     store = JobStore(args.database)
     admin_url = os.environ.get(ADMIN_URL_ENV)
     notifier = InferenceNotifier(store, admin_url, os.environ.get(ADMIN_TOKEN_ENV)) if admin_url else None
-    sys.exit(main_for(store, args.job_id, args.state_dir, backend=backend, artifacts_dir=args.artifacts_dir,
-                      notifier=notifier))
+    try:
+        code = main_for(store, args.job_id, args.state_dir, backend=backend, artifacts_dir=args.artifacts_dir,
+                        notifier=notifier, ranks=ranks)
+    finally:
+        ranks.finish()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

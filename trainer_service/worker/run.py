@@ -18,11 +18,13 @@ from vlmforge.build_cache import built_atomically
 from vlmforge.data import load_dataset
 
 from ..deploy import InferenceNotifier
+from ..launcher import SERVICE_PID_ENV
 from ..domain import JobError, JobStatus
 from ..evaluation import answer_questions, score_answers
 from ..job_spec import Hyperparameters, JobSpec
 from ..store import JobStore
 from .backends import TrainingBackend, select_backend
+from .distributed import Ranks
 from .train import Cancelled, Progress, seed_everything, train
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,9 @@ def fine_tuned_model_name(model_dir: Path, suffix: str, job_id: str) -> str:
 
 
 def run_job(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingBackend | None = None,
-            artifacts_dir: Path | None = None, notifier: InferenceNotifier | None = None) -> None:
+            artifacts_dir: Path | None = None, notifier: InferenceNotifier | None = None,
+            ranks: Ranks = Ranks()) -> None:
+    """Rank 0 does everything; other ranks (torchrun) only train their slice of each batch."""
     from transformers import AutoProcessor
 
     backend = backend or select_backend("auto")
@@ -42,9 +46,11 @@ def run_job(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingB
     spec = JobSpec.from_json(job.spec)
     hyper = spec.hyperparameters
     model_dir = Path(job.spec["model_dir"])
-    store.append_event(job_id, "log", f"training with {backend.name} on {backend.placement.device} "
-                       f"({str(backend.placement.dtype).removeprefix('torch.')}"
-                       f"{', 4-bit NF4 base' if spec.method == 'qlora' else ''})")
+    if ranks.is_main:
+        gpus = f" x {ranks.world_size} processes" if ranks.distributed else ""
+        store.append_event(job_id, "log", f"training with {backend.name} on {backend.placement.device}{gpus} "
+                           f"({str(backend.placement.dtype).removeprefix('torch.')}"
+                           f"{', 4-bit NF4 base' if spec.method == 'qlora' else ''})")
     processor = AutoProcessor.from_pretrained(model_dir)
     model = backend.load(model_dir, quantize_4bit=spec.method == "qlora", hyper=hyper)
     train_set = load_dataset(spec.training_file, spec.dataset_format, columns=spec.columns)
@@ -52,7 +58,7 @@ def run_job(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingB
     validation_set = (load_dataset(spec.validation_file, spec.dataset_format, columns=spec.columns)
                       if spec.validation_file and hyper.eval_every_steps else [])
 
-    if test_set and "evaluation_before" not in job.result:
+    if ranks.is_main and test_set and "evaluation_before" not in job.result:
         _evaluate(store, job_id, "before", backend, model, processor, test_set)
 
     seed_everything(hyper.seed)
@@ -65,7 +71,10 @@ def run_job(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingB
 
     reporter = _JobReporter(store, job_id, hyper, validate)
     losses = train(peft_model, processor, train_set, hyper, state_dir / "checkpoints" / job_id, backend,
-                   reporter.on_progress, reporter.on_checkpoint, reporter.should_stop)
+                   reporter.on_progress, reporter.on_checkpoint,
+                   reporter.should_stop if ranks.is_main else lambda: False, ranks)
+    if not ranks.is_main:
+        return
     after = _evaluate(store, job_id, "after", backend, peft_model, processor, test_set) if test_set else None
     name = fine_tuned_model_name(model_dir, spec.suffix, job_id)
     artifact_dir = (artifacts_dir or state_dir / "artifacts") / name
@@ -100,11 +109,13 @@ class _JobReporter:
     def __init__(self, store: JobStore, job_id: str, hyper: Hyperparameters, validate: Callable[[], None]):
         self.store, self.job_id, self.hyper, self.validate = store, job_id, hyper, validate
         self.parent_pid = os.getppid()
+        # Under torchrun the parent is torchrun, which outlives a killed service: the launcher names itself.
+        self.service_pid = int(os.environ.get(SERVICE_PID_ENV, self.parent_pid))
         self.step = 0
 
     def should_stop(self) -> bool:
         # A service that comes back requeues the job, which then resumes from its last checkpoint.
-        gone = os.getppid() != self.parent_pid
+        gone = os.getppid() != self.parent_pid or not _process_exists(self.service_pid)
         return gone or self.store.get_job(self.job_id).status is not JobStatus.RUNNING
 
     def on_progress(self, progress: Progress) -> None:
@@ -122,6 +133,16 @@ class _JobReporter:
         # A step redone after a resume is saved again: keep one entry per step.
         kept = [c for c in self.store.get_job(self.job_id).result.get("checkpoints", []) if c["step"] != step]
         self.store.merge_result(self.job_id, {"checkpoints": [*kept, {"step": step, "path": str(path)}]})
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def merge_to_16bit(model_dir: Path, adapter_dir: Path, merged_dir: Path, device: torch.device) -> None:
@@ -166,15 +187,17 @@ def _plot_losses(losses: list[float], path: Path) -> None:
 
 
 def main_for(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingBackend | None = None,
-             artifacts_dir: Path | None = None, notifier: InferenceNotifier | None = None) -> int:
+             artifacts_dir: Path | None = None, notifier: InferenceNotifier | None = None,
+             ranks: Ranks = Ranks()) -> int:
     """Exit codes the launcher reads: 0 finished (succeeded, or stopped because cancelled), 3 failed for good."""
     try:
-        run_job(store, job_id, state_dir, backend=backend, artifacts_dir=artifacts_dir, notifier=notifier)
+        run_job(store, job_id, state_dir, backend=backend, artifacts_dir=artifacts_dir, notifier=notifier,
+                ranks=ranks)
     except Cancelled:
         logger.info("job %s stopped: cancelled or the service went away", job_id)
     except Exception as error:  # noqa: BLE001 - every failure is reported on the job, then the process ends
         logger.exception("job %s failed", job_id)
-        if not store.get_job(job_id).status.is_terminal:
+        if ranks.is_main and not store.get_job(job_id).status.is_terminal:
             store.transition(job_id, JobStatus.FAILED, f"failed: {type(error).__name__}",
                              error=JobError("training_failed", f"{type(error).__name__}: {error}"))
         return 3
