@@ -110,7 +110,7 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
         step_loss = 0.0
         for micro in range(hyper.gradient_accumulation_steps):
             batch = collate([train_set[i] for i in batch_indices(step, micro, hyper, len(train_set), ranks)])
-            tokens_seen += int(batch["attention_mask"].sum()) * ranks.world_size
+            tokens_seen += int(batch["attention_mask"].sum()) * ranks.world_size  # other ranks: assumed alike
             loss = model(**_to_device(batch, placement)).loss / hyper.gradient_accumulation_steps
             loss.backward()
             step_loss += loss.item()
