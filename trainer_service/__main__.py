@@ -47,7 +47,10 @@ def main() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    # With a timeout: a signal may land on any thread, and its Python handler only runs once the main thread
+    # wakes up; a bare wait() can sleep through SIGTERM forever.
+    while not stop.wait(0.5):
+        pass
     logger.info("draining: NOT_SERVING and no new jobs for %.0f s, then %.0f s for in-flight calls",
                 settings.drain_announce_s, settings.drain_timeout_s)
     running.set_serving(False)

@@ -38,15 +38,19 @@ def _start_service(state_dir: Path, *flags: str) -> tuple[subprocess.Popen, int]
     raise TimeoutError("trainer did not start")
 
 
+def _create(client, tiny_model_dir: Path, small_dataset_dir: Path, *, max_steps: int) -> pb.FineTuningJob:
+    return client.CreateFineTuningJob(pb.CreateFineTuningJobRequest(
+        model=str(tiny_model_dir), training_file=str(small_dataset_dir / "train.jsonl"),
+        hyperparameters=pb.Hyperparameters(max_steps=max_steps, batch_size=2, checkpoint_every_steps=2)))
+
+
 def test_sigkill_of_the_service_mid_job_resumes_after_restart(tiny_model_dir, small_dataset_dir, tmp_path) -> None:
     service, port = _start_service(tmp_path)
     events: list[pb.FineTuningJobEvent] = []
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             client = trainer_pb2_grpc.FineTuningServiceStub(channel)
-            job = client.CreateFineTuningJob(pb.CreateFineTuningJobRequest(
-                model=str(tiny_model_dir), training_file=str(small_dataset_dir / "train.jsonl"),
-                hyperparameters=pb.Hyperparameters(max_steps=10, batch_size=2, checkpoint_every_steps=2)))
+            job = _create(client, tiny_model_dir, small_dataset_dir, max_steps=10)
             for event in client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=240):
                 events.append(event)
                 if event.HasField("checkpoint") and event.checkpoint.step == 4:
@@ -82,9 +86,7 @@ def test_sigterm_mid_job_reports_not_serving_exits_0_and_leaves_the_job_to_resum
     service, port = _start_service(tmp_path, "--drain-timeout-s", "3")
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         client = trainer_pb2_grpc.FineTuningServiceStub(channel)
-        job = client.CreateFineTuningJob(pb.CreateFineTuningJobRequest(
-            model=str(tiny_model_dir), training_file=str(small_dataset_dir / "train.jsonl"),
-            hyperparameters=pb.Hyperparameters(max_steps=10_000, batch_size=2, checkpoint_every_steps=2)))
+        job = _create(client, tiny_model_dir, small_dataset_dir, max_steps=10_000)
         for event in client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=240):
             if event.HasField("checkpoint"):
                 break
