@@ -137,6 +137,8 @@ def test_a_job_on_two_processes_trains_with_ddp_and_reports_once_per_step(tiny_m
     assert final.status is JobStatus.SUCCEEDED, (final.error, (tmp_path / f"worker-{job.id}.log").read_text()[-3000:])
     events = store.events_after(job.id, limit=10_000)
     progress = [e.payload for e in events if e.kind == "progress"]
+    attempts = [e for e in events if e.kind == "status_changed" and e.payload["status"] == "running"]
+    assert len(attempts) == 1, "both processes ended cleanly the first time (no relaunch)"
     assert [p["step"] for p in progress] == [1, 2, 3, 4], "rank 0 alone reports, once per step"
     assert progress[-1]["epoch"] == pytest.approx(4 * 2 * 2 / 48), "each step took a batch on each process"
     assert "x 2 processes" in next(e.message for e in events if e.kind == "log")

@@ -36,6 +36,8 @@ def main() -> None:
     try:
         code = main_for(store, args.job_id, args.state_dir, backend=backend, artifacts_dir=args.artifacts_dir,
                         notifier=notifier, ranks=ranks)
+        if code == 0:
+            ranks.barrier()  # rank 0 evaluates and writes while the others wait; then all leave together
     finally:
         ranks.finish()
     sys.exit(code)
