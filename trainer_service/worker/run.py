@@ -64,9 +64,9 @@ def run_job(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingB
     seed_everything(hyper.seed)
     peft_model = backend.add_lora(model, hyper)
 
-    def validate() -> None:
+    def validate(step: int) -> None:
         if validation_set:
-            _evaluate(store, job_id, "validation", backend, peft_model, processor, validation_set, step=reporter.step)
+            _evaluate(store, job_id, "validation", backend, peft_model, processor, validation_set, step=step)
             backend.for_training(peft_model)
 
     reporter = _JobReporter(store, job_id, hyper, validate)
@@ -106,12 +106,11 @@ class _JobReporter:
     """The training loop's callbacks: progress and checkpoints into the store, validation every
     `eval_every_steps`, and whether to stop (cancelled, or the launching service is gone)."""
 
-    def __init__(self, store: JobStore, job_id: str, hyper: Hyperparameters, validate: Callable[[], None]):
+    def __init__(self, store: JobStore, job_id: str, hyper: Hyperparameters, validate: Callable[[int], None]):
         self.store, self.job_id, self.hyper, self.validate = store, job_id, hyper, validate
         self.parent_pid = os.getppid()
         # Under torchrun the parent is torchrun, which outlives a killed service: the launcher names itself.
         self.service_pid = int(os.environ.get(SERVICE_PID_ENV, self.parent_pid))
-        self.step = 0
 
     def should_stop(self) -> bool:
         # A service that comes back requeues the job, which then resumes from its last checkpoint.
@@ -119,13 +118,12 @@ class _JobReporter:
         return gone or self.store.get_job(self.job_id).status is not JobStatus.RUNNING
 
     def on_progress(self, progress: Progress) -> None:
-        self.step = progress.step
         self.store.record_progress(self.job_id, progress.step, progress.total_steps,
                                    f"step {progress.step}/{progress.total_steps} loss {progress.loss:.4f}",
                                    dataclasses.asdict(progress))
         every = self.hyper.eval_every_steps
         if every and progress.step % every == 0:
-            self.validate()
+            self.validate(progress.step)
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         self.store.append_event(self.job_id, "checkpoint", f"checkpoint at step {step}",
