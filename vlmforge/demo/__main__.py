@@ -81,8 +81,9 @@ def _run(args, run_dir: Path, services: ExitStack) -> int:
     with console.status("starting the inference service (vLLM) and the trainer service..."):
         inference, ready = start_and_wait(
             ["-m", "inference_service", "--base-model", str(args.model.resolve()), "--artifacts-dir",
-             str(artifacts_dir), "--port", "0", "--admin-token", admin_token], run_dir / "inference.log",
-            INFERENCE_READY, timeout_s=600)
+             str(artifacts_dir), "--port", "0"], run_dir / "inference.log", INFERENCE_READY, timeout_s=600,
+            # In the environment, not on the command line: out of `ps`, and a token starting with "-" is no flag.
+            env={**os.environ, "VLMFORGE_INFERENCE_ADMIN_TOKEN": admin_token})
         services.callback(_stop, "inference service", inference)
         inference_url = ready.group(1).decode()
         trainer, ready = start_and_wait(
