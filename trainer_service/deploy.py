@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from .store import JobStore
+from .store import JobRecords
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ ADMIN_TOKEN_ENV = "VLMFORGE_TRAINER_INFERENCE_ADMIN_TOKEN"
 
 
 class InferenceNotifier:
-    def __init__(self, store: JobStore, admin_url: str, admin_token: str | None, *, timeout_s: float = 30.0,
+    def __init__(self, store: JobRecords, admin_url: str, admin_token: str | None, *, timeout_s: float = 30.0,
                  attempts: int = 3, retry_delay_s: float = 2.0):
         self.store = store
         self.load_url = admin_url.rstrip("/") + "/admin/v1/adapters"

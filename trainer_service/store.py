@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .domain import ALLOWED_TRANSITIONS, Job, JobError, JobEvent, JobStatus
 from .errors import InvalidTransitionError, JobNotFoundError
@@ -45,6 +45,20 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (job_id, sequence)
 );
 """
+
+
+class JobRecords(Protocol):
+    """What a worker needs of the store: JobStore on the same machine, worker.remote_store.RemoteJobStore from a
+    Kubernetes Job."""
+
+    def get_job(self, job_id: str) -> Job: ...
+    def append_event(self, job_id: str, kind: str, message: str,
+                     payload: dict[str, Any] | None = None) -> JobEvent: ...
+    def record_progress(self, job_id: str, trained_steps: int, total_steps: int, message: str,
+                        payload: dict[str, Any]) -> JobEvent: ...
+    def merge_result(self, job_id: str, result: dict[str, Any]) -> None: ...
+    def transition(self, job_id: str, status: JobStatus, message: str, *, error: JobError | None = None,
+                   result: dict[str, Any] | None = None) -> Job: ...
 
 
 class JobStore:

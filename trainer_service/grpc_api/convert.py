@@ -126,6 +126,14 @@ def event_to_pb(event: JobEvent) -> pb.FineTuningJobEvent:
     return message
 
 
+def status_to_pb(status: JobStatus) -> int:
+    return _STATUS_TO_PB[status]
+
+
+def status_from_pb(value: int, field: str = "status") -> JobStatus:
+    return _enum(_STATUS_FROM_PB, value, field)
+
+
 def _enum(table: dict, value: int, field: str):
     if value not in table:
         raise InvalidArgumentError(field, f"unknown enum value {value}")

@@ -1,6 +1,8 @@
-"""`python -m trainer_service.worker --database DB --job-id ID --state-dir DIR [--artifacts-dir DIR]`: run one
-job (the launcher's child process). The inference service to notify and the training backend come from the
-environment (deploy.ADMIN_URL_ENV / ADMIN_TOKEN_ENV, backends.BACKEND_ENV), so the token never shows in `ps`."""
+"""`python -m trainer_service.worker (--database DB | --trainer-address HOST:PORT) --job-id ID --state-dir DIR
+[--artifacts-dir DIR]`: run one job. The local launcher's child opens the job store itself (--database); a
+Kubernetes Job on another node reports through the trainer's worker API (--trainer-address). The inference
+service to notify, the training backend and the worker API token come from the environment
+(deploy.ADMIN_URL_ENV / ADMIN_TOKEN_ENV, backends.BACKEND_ENV, WORKER_API_TOKEN_ENV), so no secret shows in `ps`."""
 
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ from ..deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV, InferenceNotifier
 from ..store import JobStore
 from .backends import BACKEND_ENV, select_backend
 from .distributed import Ranks
+from .remote_store import WORKER_API_TOKEN_ENV, RemoteJobStore
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m trainer_service.worker", description=__doc__)
-    parser.add_argument("--database", type=Path, required=True)
+    store_location = parser.add_mutually_exclusive_group(required=True)
+    store_location.add_argument("--database", type=Path, help="the job store's SQLite file (same machine)")
+    store_location.add_argument("--trainer-address", help="the trainer's worker API, e.g. vlmforge-trainer:50052")
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--artifacts-dir", type=Path)
@@ -30,7 +35,8 @@ def main() -> None:
     backend = select_backend(os.environ.get(BACKEND_ENV, "auto"))
     from .run import main_for
 
-    store = JobStore(args.database)
+    store = (JobStore(args.database) if args.database else
+             RemoteJobStore(args.trainer_address, token=os.environ.get(WORKER_API_TOKEN_ENV)))
     admin_url = os.environ.get(ADMIN_URL_ENV)
     notifier = InferenceNotifier(store, admin_url, os.environ.get(ADMIN_TOKEN_ENV)) if admin_url else None
     try:

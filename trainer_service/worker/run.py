@@ -22,7 +22,7 @@ from ..launcher import SERVICE_PID_ENV
 from ..domain import JobError, JobStatus
 from ..evaluation import answer_questions, score_answers
 from ..job_spec import Hyperparameters, JobSpec
-from ..store import JobStore
+from ..store import JobRecords
 from .backends import TrainingBackend, select_backend
 from .distributed import Ranks
 from .train import Cancelled, Progress, seed_everything, train
@@ -35,7 +35,7 @@ def fine_tuned_model_name(model_dir: Path, suffix: str, job_id: str) -> str:
     return f"{safe_model_name(model_dir.name)}-ft-{suffix + '-' if suffix else ''}{job_id.removeprefix('ftjob-')[:8]}"
 
 
-def run_job(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingBackend | None = None,
+def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: TrainingBackend | None = None,
             artifacts_dir: Path | None = None, notifier: InferenceNotifier | None = None,
             ranks: Ranks = Ranks()) -> None:
     """Rank 0 does everything; other ranks (torchrun) only train their slice of each batch."""
@@ -106,16 +106,20 @@ class _JobReporter:
     """The training loop's callbacks: progress and checkpoints into the store, validation every
     `eval_every_steps`, and whether to stop (cancelled, or the launching service is gone)."""
 
-    def __init__(self, store: JobStore, job_id: str, hyper: Hyperparameters, validate: Callable[[int], None]):
+    def __init__(self, store: JobRecords, job_id: str, hyper: Hyperparameters, validate: Callable[[int], None]):
         self.store, self.job_id, self.hyper, self.validate = store, job_id, hyper, validate
         self.parent_pid = os.getppid()
-        # Under torchrun the parent is torchrun, which outlives a killed service: the launcher names itself.
-        self.service_pid = int(os.environ.get(SERVICE_PID_ENV, self.parent_pid))
+        # The local launcher names itself: under torchrun the parent is torchrun, which outlives a killed
+        # service. A Kubernetes Job has no service process to watch; it outlives trainer restarts on purpose.
+        service_pid = os.environ.get(SERVICE_PID_ENV)
+        self.service_pid = int(service_pid) if service_pid else None
 
     def should_stop(self) -> bool:
         # A service that comes back requeues the job, which then resumes from its last checkpoint.
-        gone = os.getppid() != self.parent_pid or not _process_exists(self.service_pid)
-        return gone or self.store.get_job(self.job_id).status is not JobStatus.RUNNING
+        if self.service_pid is not None and (os.getppid() != self.parent_pid
+                                             or not _process_exists(self.service_pid)):
+            return True
+        return self.store.get_job(self.job_id).status is not JobStatus.RUNNING
 
     def on_progress(self, progress: Progress) -> None:
         self.store.record_progress(self.job_id, progress.step, progress.total_steps,
@@ -154,7 +158,7 @@ def merge_to_16bit(model_dir: Path, adapter_dir: Path, merged_dir: Path, device:
     merged.to(torch.bfloat16).save_pretrained(merged_dir)
 
 
-def _evaluate(store: JobStore, job_id: str, phase: str, backend: TrainingBackend, model, processor,
+def _evaluate(store: JobRecords, job_id: str, phase: str, backend: TrainingBackend, model, processor,
               samples, *, step: int = 0) -> dict:
     """`before` / `after` score the test file and are kept on the job; `validation` (every eval_every_steps)
     scores the validation file and is an event only."""
@@ -184,7 +188,7 @@ def _plot_losses(losses: list[float], path: Path) -> None:
     plt.close(figure)
 
 
-def main_for(store: JobStore, job_id: str, state_dir: Path, *, backend: TrainingBackend | None = None,
+def main_for(store: JobRecords, job_id: str, state_dir: Path, *, backend: TrainingBackend | None = None,
              artifacts_dir: Path | None = None, notifier: InferenceNotifier | None = None,
              ranks: Ranks = Ranks()) -> int:
     """Exit codes the launcher reads: 0 finished (succeeded, or stopped because cancelled), 3 failed for good."""
