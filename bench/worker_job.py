@@ -55,8 +55,8 @@ def main() -> None:
         if backend is not None:
             run_job(store, job.id, state, backend=backend)
         else:
-            subprocess.run(worker_command(store.path, job.id, state, state / "artifacts", args.gpus), check=True,
-                           env={**os.environ, BACKEND_ENV: args.backend})
+            command = worker_command(job.id, state, state / "artifacts", args.gpus, database=store.path)
+            subprocess.run(command, check=True, env={**os.environ, BACKEND_ENV: args.backend})
         job_s = time.perf_counter() - started
         peak_gib = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
         done = store.get_job(job.id)

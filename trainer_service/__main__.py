@@ -10,13 +10,18 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path, PurePosixPath
 
 from pydantic_settings import CliApp
 
 from .deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV
 from .grpc_api.server import create_server
-from .job_spec import QLORA_NEEDS_BITSANDBYTES, QLORA_NEEDS_CUDA
+from .grpc_api.reporting import create_worker_api_server
+from .job_spec import NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_BITSANDBYTES, QLORA_NEEDS_CUDA
 from .jobs import JobService
+from .kubernetes.api import KubernetesJobsApi
+from .kubernetes.launcher import KubernetesLauncher
+from .kubernetes.manifest import WorkerJobTemplate
 from .launcher import LocalLauncher
 from .metrics import serve_metrics
 from .settings import TrainerSettings
@@ -24,21 +29,33 @@ from .store import JobStore
 from .worker.backends import BACKEND_ENV, Placement, backend_unavailable
 
 logger = logging.getLogger("trainer_service")
+SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def main() -> None:
     settings = CliApp.run(TrainerSettings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if reason := backend_unavailable(settings.training_backend, Placement.detect()):
+    # Under Kubernetes the backend runs on the GPU nodes, not in this pod.
+    if settings.launcher == "local" and (reason := backend_unavailable(settings.training_backend,
+                                                                       Placement.detect())):
         sys.exit(f"--training-backend {settings.training_backend}: {reason}")
     store = JobStore(settings.database_path)
-    jobs = JobService(store, models_dir=settings.models_dir, qlora_unavailable=_qlora_unavailable(),
+    on_kubernetes = settings.launcher == "kubernetes"
+    jobs = JobService(store, models_dir=settings.models_dir, qlora_unavailable=_qlora_unavailable(settings),
+                      node_placement_unavailable=None if on_kubernetes else NODE_PLACEMENT_NEEDS_KUBERNETES,
+                      worker_visible_root=settings.shared_mount_path if on_kubernetes else None,
                       watch_poll_interval_s=settings.watch_poll_interval_s)
     running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
                             max_message_bytes=settings.max_message_bytes)
+    worker_api = None
+    if settings.worker_api_port is not None:
+        worker_api, worker_api_port = create_worker_api_server(
+            store, f"{settings.grpc_host}:{settings.worker_api_port}", token=_secret(settings.worker_api_token))
+        logger.info("worker API on %s:%d", settings.grpc_host, worker_api_port)
     metrics_port = serve_metrics(store, settings.metrics_host, settings.metrics_port)
-    launcher = LocalLauncher(store, settings.state_dir, artifacts_dir=settings.artifact_store,
-                             worker_env=_worker_env(settings), gpus_per_job=settings.gpus_per_job)
+    launcher = _kubernetes_launcher(store, settings) if on_kubernetes else LocalLauncher(
+        store, settings.state_dir, artifacts_dir=settings.artifact_store, worker_env=_worker_env(settings),
+        gpus_per_job=settings.gpus_per_job)
     launcher.start()
     running.set_serving(True)
     logger.info("trainer listening on %s:%d, metrics on :%d/metrics, state in %s", settings.grpc_host,
@@ -58,8 +75,28 @@ def main() -> None:
     time.sleep(settings.drain_announce_s)  # still answering: health checks see NOT_SERVING, new jobs UNAVAILABLE
     running.server.stop(settings.drain_timeout_s).wait()
     launcher.stop()
+    if worker_api is not None:
+        worker_api.stop(settings.drain_timeout_s).wait()
     store.close()
     logger.info("stopped")
+
+
+def _kubernetes_launcher(store: JobStore, settings: TrainerSettings) -> KubernetesLauncher:
+    namespace = settings.kubernetes_namespace or Path(SERVICE_ACCOUNT_NAMESPACE_FILE).read_text().strip()
+    template = WorkerJobTemplate(
+        namespace=namespace, image=settings.worker_image, worker_api_address=settings.worker_api_address,
+        shared_pvc=settings.shared_pvc, shared_mount_path=PurePosixPath(settings.shared_mount_path),
+        artifacts_dir=PurePosixPath(settings.artifact_store), secret_name=settings.secret_name,
+        service_account=settings.worker_service_account, training_backend=settings.training_backend,
+        inference_admin_url=settings.inference_admin_url, default_gpus=settings.gpus_per_job,
+        cpu_request=settings.worker_cpu_request, memory_request=settings.worker_memory,
+        max_pod_failures=settings.worker_max_pod_failures, ttl_after_finished_s=7 * 24 * 3600)
+    return KubernetesLauncher(store, KubernetesJobsApi(namespace), template,
+                              max_concurrent_jobs=settings.max_concurrent_jobs)
+
+
+def _secret(value) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def _worker_env(settings: TrainerSettings) -> dict[str, str]:
@@ -71,11 +108,13 @@ def _worker_env(settings: TrainerSettings) -> dict[str, str]:
     return env
 
 
-def _qlora_unavailable() -> str | None:
+def _qlora_unavailable(settings: TrainerSettings) -> str | None:
     import torch
 
     from .worker.backends import bitsandbytes_installed
 
+    if settings.launcher == "kubernetes":
+        return None  # workers run on GPU nodes with the trainer's image; this pod has no GPU to look at
     if not torch.cuda.is_available():
         return QLORA_NEEDS_CUDA
     return None if bitsandbytes_installed() else QLORA_NEEDS_BITSANDBYTES

@@ -20,6 +20,13 @@ SUFFIX_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 SCHEDULERS = ("cosine", "linear", "constant")
 METHODS = ("lora", "qlora")
 MAX_METADATA_PAIRS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS = 16, 64, 512  # OpenAI's limits
+MAX_GPUS_PER_JOB = 64
+# Kubernetes label syntax: an optional DNS-subdomain prefix and a name of at most 63 characters.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY_PATTERN = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$")
+LABEL_VALUE_PATTERN = re.compile(rf"^({_LABEL_NAME})?$")
+TOLERATION_OPERATORS = ("Equal", "Exists")
+TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,50 @@ class Hyperparameters:
 
 
 @dataclass(frozen=True)
+class Toleration:
+    key: str = ""
+    operator: str = "Equal"
+    value: str = ""
+    effect: str = ""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a job trains. gpu_count 0 takes the trainer's default; node_selector and tolerations go on the
+    Kubernetes launcher's worker Job (the local launcher has one machine and refuses them)."""
+
+    gpu_count: int = 0
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+
+    @property
+    def selects_nodes(self) -> bool:
+        return bool(self.node_selector or self.tolerations)
+
+    def validated(self) -> Placement:
+        _check(0 <= self.gpu_count <= MAX_GPUS_PER_JOB, "gpu_count", f"must be between 0 and {MAX_GPUS_PER_JOB}",
+               prefix="placement.")
+        for key, value in self.node_selector.items():
+            _check(bool(LABEL_KEY_PATTERN.match(key)), f"node_selector[{key}]", "is not a Kubernetes label key",
+                   prefix="placement.")
+            _check(bool(LABEL_VALUE_PATTERN.match(value)), f"node_selector[{key}]",
+                   "is not a Kubernetes label value", prefix="placement.")
+        for index, toleration in enumerate(self.tolerations):
+            name = f"tolerations[{index}]"
+            _check(toleration.operator in TOLERATION_OPERATORS, name + ".operator",
+                   f"must be one of {', '.join(TOLERATION_OPERATORS)}", prefix="placement.")
+            _check(toleration.effect in TOLERATION_EFFECTS, name + ".effect",
+                   f"must be empty or one of {', '.join(TOLERATION_EFFECTS[1:])}", prefix="placement.")
+            _check(not toleration.key or bool(LABEL_KEY_PATTERN.match(toleration.key)), name + ".key",
+                   "is not a Kubernetes label key", prefix="placement.")
+            _check(toleration.operator == "Equal" or not toleration.value, name + ".value",
+                   "must be empty with operator Exists", prefix="placement.")
+            _check(toleration.operator == "Exists" or bool(toleration.key), name + ".key",
+                   "is required with operator Equal", prefix="placement.")
+        return self
+
+
+@dataclass(frozen=True)
 class JobSpec:
     model: str
     training_file: str
@@ -87,6 +138,7 @@ class JobSpec:
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     suffix: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    placement: Placement = field(default_factory=Placement)
 
     def validated(self) -> JobSpec:
         _check(bool(self.model.strip()), "model", "is required", prefix="")
@@ -101,6 +153,7 @@ class JobSpec:
             _check(len(value) <= MAX_METADATA_VALUE_CHARS, f"metadata[{key}]",
                    f"at most {MAX_METADATA_VALUE_CHARS} characters", prefix="")
         self.hyperparameters.validated()
+        self.placement.validated()
         return self
 
     @classmethod
@@ -111,6 +164,9 @@ class JobSpec:
         fields["hyperparameters"] = Hyperparameters(**hyper)
         fields["dataset_format"] = DatasetFormat(data["dataset_format"]) if data.get("dataset_format") else None
         fields["columns"] = ColumnMapping(**data["columns"]) if data.get("columns") else None
+        placement = dict(data.get("placement") or {})  # absent in jobs stored before placement existed
+        placement["tolerations"] = tuple(Toleration(**t) for t in placement.get("tolerations", ()))
+        fields["placement"] = Placement(**placement)
         return cls(**fields)
 
     def to_json(self) -> dict[str, Any]:
@@ -122,13 +178,18 @@ class JobSpec:
 QLORA_NEEDS_CUDA = ("QLoRA loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; use method LORA "
                     "on this machine")
 QLORA_NEEDS_BITSANDBYTES = "QLoRA needs the bitsandbytes package, which this trainer's environment lacks"
+NODE_PLACEMENT_NEEDS_KUBERNETES = ("placement.node_selector and placement.tolerations choose Kubernetes nodes; "
+                                   "this trainer runs jobs on its own machine (--launcher local)")
 
 
-def check_resources(spec: JobSpec, *, models_dir: Path | None, qlora_unavailable: str | None) -> Path:
+def check_resources(spec: JobSpec, *, models_dir: Path | None, qlora_unavailable: str | None,
+                    node_placement_unavailable: str | None = NODE_PLACEMENT_NEEDS_KUBERNETES) -> Path:
     """Resolves the base model directory and loads every dataset file once; returns the model directory.
-    `qlora_unavailable` is why this machine cannot run QLoRA (None: it can)."""
+    `qlora_unavailable` / `node_placement_unavailable` say why this trainer cannot do those (None: it can)."""
     if spec.method == "qlora" and qlora_unavailable:
         raise FailedPreconditionError(qlora_unavailable)
+    if spec.placement.selects_nodes and node_placement_unavailable:
+        raise FailedPreconditionError(node_placement_unavailable)
     model_dir = resolve_model(spec.model, models_dir)
     for field_name in ("training_file", "validation_file", "test_file"):
         path = getattr(spec, field_name)

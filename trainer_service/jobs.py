@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from .domain import Job, JobEvent, JobStatus
 from .errors import InvalidArgumentError, InvalidTransitionError, ServiceDrainingError
-from .job_spec import QLORA_NEEDS_CUDA, JobSpec, check_resources
+from .job_spec import NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_CUDA, JobSpec, check_resources
 from .store import JobStore
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
@@ -16,10 +17,13 @@ DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 
 class JobService:
     def __init__(self, store: JobStore, *, models_dir=None, qlora_unavailable: str | None = QLORA_NEEDS_CUDA,
-                 watch_poll_interval_s: float = 0.2):
+                 node_placement_unavailable: str | None = NODE_PLACEMENT_NEEDS_KUBERNETES,
+                 worker_visible_root: Path | None = None, watch_poll_interval_s: float = 0.2):
         self.store = store
         self.models_dir = models_dir
         self.qlora_unavailable = qlora_unavailable
+        self.node_placement_unavailable = node_placement_unavailable
+        self.worker_visible_root = worker_visible_root  # workers on other nodes see only this volume
         self.watch_poll_interval_s = watch_poll_interval_s
         self.draining = threading.Event()
 
@@ -32,10 +36,21 @@ class JobService:
             if existing is not None:
                 return existing
         spec.validated()
-        model_dir = check_resources(spec, models_dir=self.models_dir, qlora_unavailable=self.qlora_unavailable)
+        model_dir = check_resources(spec, models_dir=self.models_dir, qlora_unavailable=self.qlora_unavailable,
+                                    node_placement_unavailable=self.node_placement_unavailable)
+        if self.worker_visible_root is not None:
+            self._check_visible_to_workers(spec, model_dir)
         stored = {**spec.to_json(), "model_dir": str(model_dir.resolve())}
         job, _ = self.store.create_job(stored, client_request_id=client_request_id, status=JobStatus.QUEUED)
         return job
+
+    def _check_visible_to_workers(self, spec: JobSpec, model_dir: Path) -> None:
+        root = self.worker_visible_root.resolve()
+        paths = {"model": model_dir, **{name: Path(getattr(spec, name)) for name in
+                                        ("training_file", "validation_file", "test_file") if getattr(spec, name)}}
+        for name, path in paths.items():
+            if not path.resolve().is_relative_to(root):
+                raise InvalidArgumentError(name, f"{path} is not under {root}, the volume worker Jobs mount")
 
     def get(self, job_id: str) -> Job:
         return self.store.get_job(job_id)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .domain import JobError, JobStatus
+from .job_spec import JobSpec
 from .store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -20,13 +21,16 @@ logger = logging.getLogger(__name__)
 SERVICE_PID_ENV = "VLMFORGE_TRAINER_SERVICE_PID"  # workers stop when this process is gone
 
 
-def worker_command(database: Path, job_id: str, state_dir: Path, artifacts_dir: Path, gpus: int) -> list[str]:
-    """The worker's command line: one process, or torchrun with one process per GPU (DDP) when gpus > 1."""
-    worker = ["-m", "trainer_service.worker", "--database", str(database), "--job-id", job_id,
-              "--state-dir", str(state_dir), "--artifacts-dir", str(artifacts_dir)]
+def worker_command(job_id: str, state_dir: Path, artifacts_dir: Path, gpus: int, *, database: Path | None = None,
+                   trainer_address: str | None = None, python: str = sys.executable) -> list[str]:
+    """The worker's command line: one process, or torchrun with one process per GPU (DDP) when gpus > 1. It
+    reports into the SQLite file (`database`, same machine) or through the worker API (`trainer_address`)."""
+    store = ["--database", str(database)] if database else ["--trainer-address", str(trainer_address)]
+    worker = ["-m", "trainer_service.worker", *store, "--job-id", job_id, "--state-dir", str(state_dir),
+              "--artifacts-dir", str(artifacts_dir)]
     if gpus > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *worker]
-    return [sys.executable, *worker]
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *worker]
+    return [python, *worker]
 
 
 class Launcher(Protocol):
@@ -81,7 +85,7 @@ class LocalLauncher:
         if self._process is None:
             job = self.store.next_queued()
             if job is not None:
-                self._launch(job.id)
+                self._launch(job.id, JobSpec.from_json(job.spec).placement.gpu_count or self.gpus_per_job)
             return
         exit_code = self._process.poll()
         status = self.store.get_job(self._job_id).status
@@ -99,9 +103,9 @@ class LocalLauncher:
             else:
                 self._requeue_if_running(f"worker exited with code {exit_code}; resuming from the last checkpoint")
 
-    def _launch(self, job_id: str) -> None:
+    def _launch(self, job_id: str, gpus: int) -> None:
         self.store.transition(job_id, JobStatus.RUNNING, "running")
-        command = worker_command(self.store.path, job_id, self.state_dir, self.artifacts_dir, self.gpus_per_job)
+        command = worker_command(job_id, self.state_dir, self.artifacts_dir, gpus, database=self.store.path)
         log = open(self.state_dir / f"worker-{job_id}.log", "ab")  # noqa: SIM115 - handed to the child
         self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                          env={**os.environ, **self.worker_env})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,12 +30,49 @@ class TrainerSettings(BaseSettings):
         "auto", description="auto: Unsloth on a CUDA GPU where it is installed, plain transformers + peft otherwise")
     gpus_per_job: int = Field(1, ge=1, description="GPUs each job trains on; above 1 the worker runs under "
                               "torchrun with one process per GPU (DDP)")
+    launcher: Literal["local", "kubernetes"] = Field(
+        "local", description="where jobs run: local = worker processes on this machine, one job at a time; "
+        "kubernetes = one batch/v1 Job per fine-tune, reporting through the worker API")
+    worker_api_port: int | None = Field(None, ge=0, le=65535, description="port of the worker API (workers in "
+                                        "Kubernetes Jobs report there); required with --launcher kubernetes")
+    worker_api_address: str | None = Field(None, description="host:port at which worker pods reach the worker "
+                                           "API, e.g. vlmforge-trainer:50052")
+    worker_api_token: SecretStr | None = Field(None, description="bearer token worker pods present (the same "
+                                               "Secret key is mounted into them); unset = network policy only")
+    worker_image: str | None = Field(None, description="image of the worker Jobs: this trainer's own image")
+    kubernetes_namespace: str | None = Field(None, description="namespace of the worker Jobs; default: this "
+                                             "pod's namespace")
+    shared_pvc: str = Field("vlmforge-shared", description="ReadWriteMany claim mounted into the trainer and "
+                            "every worker at shared_mount_path: datasets, models, checkpoints, artifacts")
+    shared_mount_path: Path = Field(Path("/shared"), description="where the shared claim is mounted; job files, "
+                                    "models and the artifact store must be under it")
+    secret_name: str = Field("vlmforge-secrets", description="Secret holding worker-api-token and admin-token")
+    worker_service_account: str = Field("vlmforge-training-worker", description="service account of worker pods")
+    worker_cpu_request: str = Field("8", description="CPU each worker Job requests (a Kubernetes quantity)")
+    worker_memory: str = Field("64Gi", description="memory each worker Job requests and is limited to")
+    worker_max_pod_failures: int = Field(3, ge=0, description="worker pods that may die (OOM, lost node) before "
+                                         "the job fails; each new pod resumes from the last checkpoint")
+    max_concurrent_jobs: int = Field(4, ge=1, description="worker Jobs running at once (kubernetes launcher)")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted")
     drain_announce_s: float = Field(2.0, ge=0, description="on SIGTERM: how long health says NOT_SERVING (new jobs "
                                     "get UNAVAILABLE) before the server stops taking calls, so probes and load "
                                     "balancers see it")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM: time given to in-flight RPCs")
     watch_poll_interval_s: float = Field(0.2, gt=0, description="how often a Watch stream looks for new events")
+
+    @model_validator(mode="after")
+    def _kubernetes_launcher_is_complete(self) -> TrainerSettings:
+        if self.launcher == "kubernetes":
+            missing = [f"--{name.replace('_', '-')}" for name in ("worker_api_port", "worker_api_address",
+                                                                   "worker_image") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"--launcher kubernetes needs {', '.join(missing)}")
+            for name in ("artifact_store", "models_dir"):
+                path = getattr(self, name)
+                if path is not None and not path.is_relative_to(self.shared_mount_path):
+                    raise ValueError(f"{name} {path} must be under --shared-mount-path {self.shared_mount_path}: "
+                                     "worker pods see only that volume")
+        return self
 
     @property
     def artifact_store(self) -> Path:

@@ -102,5 +102,6 @@ def test_ranks_split_each_step_into_slices_of_the_same_samples_one_process_would
                  for rank in (0, 1)]
         assert len(ranks[0]) == len(ranks[1]) == 8 and sorted(ranks[0] + ranks[1]) == sorted(single)
     assert total_steps(Hyperparameters(batch_size=4, epochs=1), 100, world_size=2) == 13
-    assert worker_command(Path("j.db"), "ftjob-1", Path("s"), Path("a"), 1)[1:3] == ["-m", "trainer_service.worker"]
-    assert "--nproc-per-node=2" in worker_command(Path("j.db"), "ftjob-1", Path("s"), Path("a"), 2)
+    single_process = worker_command("ftjob-1", Path("s"), Path("a"), 1, database=Path("j.db"))
+    assert single_process[1:3] == ["-m", "trainer_service.worker"]
+    assert "--nproc-per-node=2" in worker_command("ftjob-1", Path("s"), Path("a"), 2, database=Path("j.db"))

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from trainer_service.errors import FailedPreconditionError, InvalidArgumentError
-from trainer_service.job_spec import QLORA_NEEDS_CUDA, Hyperparameters, JobSpec, check_resources, resolve_model
+from trainer_service.job_spec import (
+    QLORA_NEEDS_CUDA,
+    Hyperparameters,
+    JobSpec,
+    Placement,
+    Toleration,
+    check_resources,
+    resolve_model,
+)
 
 
 def _field_of(spec: JobSpec) -> str:
@@ -99,3 +107,34 @@ def test_qlora_needs_cuda(model_dir: Path) -> None:
     with pytest.raises(FailedPreconditionError, match="needs a CUDA GPU"):
         check_resources(JobSpec(str(model_dir), "x.jsonl", method="qlora"), models_dir=None,
                         qlora_unavailable=QLORA_NEEDS_CUDA)
+
+
+@pytest.mark.parametrize(("placement", "field"), [
+    (Placement(gpu_count=-1), "placement.gpu_count"),
+    (Placement(gpu_count=65), "placement.gpu_count"),
+    (Placement(node_selector={"bad key!": "x"}), "placement.node_selector[bad key!]"),
+    (Placement(node_selector={"nvidia.com/gpu.product": "H100 80GB"}), "placement.node_selector[nvidia.com/gpu.product]"),
+    (Placement(node_selector={"k": "x" * 64}), "placement.node_selector[k]"),
+    (Placement(tolerations=(Toleration("k", "Sometimes"),)), "placement.tolerations[0].operator"),
+    (Placement(tolerations=(Toleration("k", "Equal", "v", "NoWhere"),)), "placement.tolerations[0].effect"),
+    (Placement(tolerations=(Toleration("k", "Exists", "v"),)), "placement.tolerations[0].value"),
+    (Placement(tolerations=(Toleration("", "Equal", "v"),)), "placement.tolerations[0].key"),
+])
+def test_bad_placements_name_their_field(placement: Placement, field: str) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        JobSpec("m", "train.jsonl", placement=placement).validated()
+    assert info.value.field == field
+
+
+def test_a_placement_round_trips_through_the_stored_json() -> None:
+    placement = Placement(2, {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+                          (Toleration("nvidia.com/gpu", "Exists", "", "NoSchedule"),))
+    spec = JobSpec("m", "train.jsonl", placement=placement).validated()
+    assert JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    assert JobSpec.from_json({"model": "m", "training_file": "t"}).placement == Placement()  # stored before
+
+
+def test_node_placement_needs_the_kubernetes_launcher(model_dir: Path) -> None:
+    spec = JobSpec(str(model_dir), "x.jsonl", placement=Placement(node_selector={"pool": "gpu"}))
+    with pytest.raises(FailedPreconditionError, match="--launcher local"):
+        check_resources(spec, models_dir=None, qlora_unavailable=None)

@@ -12,7 +12,7 @@ from vlmforge.trainer.v1 import trainer_pb2 as pb
 
 from ..domain import Job, JobEvent, JobStatus
 from ..errors import InvalidArgumentError
-from ..job_spec import Hyperparameters, JobSpec
+from ..job_spec import Hyperparameters, JobSpec, Placement, Toleration
 
 _STATUS_TO_PB = {
     JobStatus.VALIDATING_FILES: pb.JOB_STATUS_VALIDATING_FILES,
@@ -60,8 +60,19 @@ def spec_from_pb(request: pb.CreateFineTuningJobRequest) -> tuple[JobSpec, str |
         hyperparameters=hyperparameters_from_pb(request.hyperparameters),
         suffix=request.suffix,
         metadata=dict(request.metadata),
+        placement=placement_from_pb(request.placement),
     )
     return spec, request.client_request_id or None
+
+
+def placement_from_pb(message: pb.Placement) -> Placement:
+    return Placement(message.gpu_count, dict(message.node_selector), tuple(
+        Toleration(t.key, t.operator or "Equal", t.value, t.effect) for t in message.tolerations))
+
+
+def _placement_to_pb(placement: dict) -> pb.Placement:
+    return pb.Placement(gpu_count=placement.get("gpu_count", 0), node_selector=placement.get("node_selector", {}),
+                        tolerations=[pb.Toleration(**t) for t in placement.get("tolerations", ())])
 
 
 def hyperparameters_from_pb(message: pb.Hyperparameters) -> Hyperparameters:
@@ -95,6 +106,7 @@ def job_to_pb(job: Job) -> pb.FineTuningJob:
             setattr(message.hyperparameters, name, hyper[name])
     message.hyperparameters.scheduler = _SCHEDULER_TO_PB.get(hyper.get("scheduler", "cosine"), 0)
     message.hyperparameters.lora_target_modules.extend(hyper.get("lora_target_modules", ()))
+    message.placement.CopyFrom(_placement_to_pb(spec.get("placement") or {}))
     if job.started_at:
         message.started_at.CopyFrom(_timestamp(job.started_at))
     if job.finished_at:

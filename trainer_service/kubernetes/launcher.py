@@ -1,0 +1,107 @@
+"""KubernetesLauncher: the local launcher's interface (start / stop), with Kubernetes doing the running. Each
+poll lists this trainer's worker Jobs once, reconciles every job the store has as RUNNING or CANCELLED against
+them, then submits queued jobs while fewer than `max_concurrent_jobs` run. Nothing is kept only in memory that
+a restarted trainer needs: the store and the Jobs' status are the whole state."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..domain import JobError, JobStatus
+from ..job_spec import JobSpec
+from ..store import JobStore
+from .api import WorkerJobExistsError, WorkerJobRejectedError, WorkerJobsApi
+from .manifest import WorkerJobTemplate, job_name, worker_job_manifest
+from .reconcile import WorkerJobStatus, decide
+
+logger = logging.getLogger(__name__)
+
+
+class KubernetesLauncher:
+    def __init__(self, store: JobStore, api: WorkerJobsApi, template: WorkerJobTemplate, *,
+                 max_concurrent_jobs: int = 4, poll_interval_s: float = 5.0):
+        self.store = store
+        self.api = api
+        self.template = template
+        self.max_concurrent_jobs = max_concurrent_jobs
+        self.poll_interval_s = poll_interval_s
+        self._failed_pods_seen: dict[str, int] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kubernetes-launcher", daemon=True)
+
+    def start(self) -> None:
+        # Unlike the local launcher, RUNNING jobs are not requeued: their Jobs kept running while we were away.
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops polling; worker Jobs keep running and the next trainer picks them up."""
+        self._stopping.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - an API hiccup must not end the launcher; the log has the details
+                logger.exception("kubernetes launcher poll failed")
+            if self._stopping.wait(self.poll_interval_s):
+                return
+
+    def tick(self) -> None:
+        statuses = self.api.statuses()
+        running = self.store.list_jobs([JobStatus.RUNNING], page_size=1000)[0]
+        cancelled_with_worker = [self.store.get_job(job_id) for job_id in statuses
+                                 if self._status_of(job_id) is JobStatus.CANCELLED]
+        for job in running + cancelled_with_worker:
+            worker = WorkerJobStatus.from_api(statuses[job.id]) if job.id in statuses else None
+            self._apply(job, worker)
+        self._failed_pods_seen = {k: v for k, v in self._failed_pods_seen.items() if k in statuses}
+        active = len(self.store.list_jobs([JobStatus.RUNNING], page_size=1000)[0])
+        while active < self.max_concurrent_jobs and (queued := self.store.next_queued()) is not None:
+            if self._submit(queued, exists=queued.id in statuses):
+                active += 1
+            else:
+                break
+
+    def _status_of(self, job_id: str) -> JobStatus | None:
+        try:
+            return self.store.get_job(job_id).status
+        except Exception:  # noqa: BLE001 - a Job whose job is not in this store (another trainer's) is not ours
+            return None
+
+    def _apply(self, job, worker: WorkerJobStatus | None) -> None:
+        decision = decide(job, worker, failed_pods_seen=self._failed_pods_seen.get(job.id, 0))
+        if worker is not None:
+            self._failed_pods_seen[job.id] = worker.failed_pods
+        if decision.event:
+            self.store.append_event(job.id, "log", decision.event)
+        if decision.delete_worker_job:
+            logger.info("job %s: deleting worker Job %s", job.id, job_name(job.id))
+            self.api.delete(job.id)
+        if decision.transition:
+            status, message, error = decision.transition
+            logger.info("job %s: %s", job.id, message)
+            self.store.transition(job.id, status, message, error=error)
+
+    def _submit(self, job, *, exists: bool) -> bool:
+        """Creates the worker Job; False when it could not (left QUEUED for the next poll)."""
+        if exists:  # a leftover of an attempt the trainer lost track of (it crashed between two writes)
+            self.api.delete(job.id)
+            return False
+        placement = JobSpec.from_json(job.spec).placement
+        self.store.transition(job.id, JobStatus.RUNNING, f"running as Kubernetes Job {job_name(job.id)}")
+        try:
+            self.api.create(worker_job_manifest(job.id, placement, self.template))
+        except WorkerJobRejectedError as error:
+            self.store.transition(job.id, JobStatus.FAILED, "failed: Kubernetes refused the worker Job", error=JobError(
+                "worker_job_rejected", str(error)))
+            return False
+        except WorkerJobExistsError:
+            self.store.transition(job.id, JobStatus.QUEUED, "an old worker Job of this name is still being "
+                                  "deleted; retrying")
+            return False
+        except Exception as error:
+            self.store.transition(job.id, JobStatus.QUEUED, f"could not create the worker Job: {error}; retrying")
+            raise
+        return True

@@ -1,0 +1,142 @@
+"""The batch/v1 Job that runs one fine-tune: the trainer's image running the worker (torchrun for several GPUs),
+the shared volume at the same path as in the trainer (datasets, models, checkpoints, artifacts), GPUs and node
+placement from the job, and the security context every vlmforge pod has."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from ..deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV
+from ..job_spec import Placement
+from ..launcher import worker_command
+from ..worker.backends import BACKEND_ENV
+from ..worker.remote_store import WORKER_API_TOKEN_ENV
+
+JOB_ID_LABEL = "vlmforge.dev/job-id"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "vlmforge-trainer"}
+WORKER_LABELS = {"app.kubernetes.io/name": "vlmforge", "app.kubernetes.io/part-of": "vlmforge",
+                 "app.kubernetes.io/component": "training-worker", **MANAGED_BY}
+GPU_RESOURCE = "nvidia.com/gpu"
+CONTAINER_NAME = "worker"
+EXIT_FAILED_FOR_GOOD = 3  # worker.run.main_for: the job is already FAILED; another pod would fail the same way
+
+
+@dataclass(frozen=True)
+class WorkerJobTemplate:
+    """What every worker Job shares; the trainer's settings fill it in."""
+
+    namespace: str
+    image: str
+    worker_api_address: str  # host:port of the trainer's worker API, as pods reach it
+    shared_pvc: str
+    shared_mount_path: PurePosixPath
+    artifacts_dir: PurePosixPath  # under shared_mount_path
+    secret_name: str
+    service_account: str
+    training_backend: str
+    inference_admin_url: str | None
+    default_gpus: int
+    cpu_request: str
+    memory_request: str
+    max_pod_failures: int  # pods that may die (OOM, node loss) before the Job fails; each resumes from a checkpoint
+    ttl_after_finished_s: int  # finished Jobs (and their pod logs) are kept this long
+    image_pull_policy: str = "IfNotPresent"
+
+    @property
+    def work_dir(self) -> PurePosixPath:
+        return self.shared_mount_path / "work"  # checkpoints/<job id>: any node's next pod resumes from them
+
+
+def job_name(job_id: str) -> str:
+    """A DNS-1123 label: the trainer's ids are `ftjob-` and 24 hex digits."""
+    return f"vlmforge-{job_id}".lower()[:63].rstrip("-")
+
+
+def worker_job_manifest(job_id: str, placement: Placement, template: WorkerJobTemplate) -> dict[str, Any]:
+    gpus = placement.gpu_count or template.default_gpus
+    labels = {**WORKER_LABELS, JOB_ID_LABEL: job_id}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job_name(job_id), "namespace": template.namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": template.max_pod_failures,
+            "ttlSecondsAfterFinished": template.ttl_after_finished_s,
+            # A worker that failed for good already said why; a drained or preempted node is not the job's fault.
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In",
+                                                      "values": [EXIT_FAILED_FOR_GOOD]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": _pod_spec(job_id, gpus, placement, template),
+            },
+        },
+    }
+
+
+def _pod_spec(job_id: str, gpus: int, placement: Placement, template: WorkerJobTemplate) -> dict[str, Any]:
+    tolerations = [_toleration(t) for t in placement.tolerations]
+    if gpus and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # a new pod per attempt: podFailurePolicy reads each one's exit code
+        "serviceAccountName": template.service_account,
+        "automountServiceAccountToken": False,  # workers talk to the trainer, never to the Kubernetes API
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [_container(job_id, gpus, template)],
+        "volumes": [
+            {"name": "shared", "persistentVolumeClaim": {"claimName": template.shared_pvc}},
+            {"name": "tmp", "emptyDir": {}},
+            # NCCL and the data loader share tensors through /dev/shm; the runtime's default 64 MiB is too small.
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ],
+    }
+    if placement.node_selector:
+        spec["nodeSelector"] = dict(placement.node_selector)
+    if tolerations:
+        spec["tolerations"] = tolerations
+    return spec
+
+
+def _container(job_id: str, gpus: int, template: WorkerJobTemplate) -> dict[str, Any]:
+    resources: dict[str, Any] = {"requests": {"cpu": template.cpu_request, "memory": template.memory_request},
+                                 "limits": {"memory": template.memory_request}}
+    if gpus:
+        resources["requests"][GPU_RESOURCE] = resources["limits"][GPU_RESOURCE] = str(gpus)
+    env = [{"name": BACKEND_ENV, "value": template.training_backend},
+           {"name": "HOME", "value": "/tmp"},  # caches (Hugging Face, Triton, Unsloth) on the writable emptyDir
+           _secret_env(WORKER_API_TOKEN_ENV, template.secret_name, "worker-api-token")]
+    if template.inference_admin_url:
+        env += [{"name": ADMIN_URL_ENV, "value": template.inference_admin_url},
+                _secret_env(ADMIN_TOKEN_ENV, template.secret_name, "admin-token")]
+    command = worker_command(job_id, template.work_dir, template.artifacts_dir, gpus or 1,
+                             trainer_address=template.worker_api_address, python="python")
+    return {
+        "name": CONTAINER_NAME,
+        "image": template.image,
+        "imagePullPolicy": template.image_pull_policy,
+        "command": command,
+        "workingDir": "/tmp",  # Unsloth writes its compiled kernels to the working directory
+        "env": env,
+        "resources": resources,
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "shared", "mountPath": str(template.shared_mount_path)},
+                         {"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+
+
+def _toleration(toleration) -> dict[str, str]:
+    fields = {"key": toleration.key, "operator": toleration.operator, "value": toleration.value,
+              "effect": toleration.effect}
+    return {name: value for name, value in fields.items() if value}
