@@ -36,6 +36,7 @@ class GuardConfig:
     media_policy: MediaUrlPolicy
     image_limits: ImageLimits
     media_fetch_timeout_s: float
+    admin_routes: bool  # False when the admin router has a port of its own: /admin/* is then a 404 here
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class RequestGuard:
             self._bind(scope["app"].state.request_guard)
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
         try:
-            if path.startswith(ADMIN_PREFIX.rstrip("/")):
+            if self.config.admin_routes and path.startswith(ADMIN_PREFIX.rstrip("/")):
                 await self.app(scope, receive, send)  # the admin router checks its own token
                 return
             if (method, path) not in ROUTES_SERVED:

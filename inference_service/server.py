@@ -1,5 +1,6 @@
 """Builds vLLM's own OpenAI server (engine, FastAPI app, uvicorn) and puts this service's layer in front:
-the request guard, the admin router and our metrics. `serve(settings)` runs until SIGTERM / Ctrl-C."""
+the request guard, the admin router (on vLLM's port, or on `--admin-port` alone) and our metrics.
+`serve(settings)` runs until SIGTERM / Ctrl-C."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ import asyncio
 import json
 import logging
 import shlex
+import socket
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI, Request
 from vllm.engine.protocol import EngineClient
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
 from vllm.entrypoints.launchers.app import build_app
 from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-from vllm.entrypoints.launchers.launcher import serve_http, setup_server
+from vllm.entrypoints.launchers.launcher import NoSignalServer, create_server_socket, serve_http, setup_server
+from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.v1.metrics.prometheus import get_prometheus_registry
 
@@ -72,19 +76,25 @@ def _default_memory_share() -> float:
     return 0.9 if torch.cuda.is_available() else CPU_MEMORY_SHARE
 
 
-def install(app: FastAPI, settings: InferenceSettings, engine_client: EngineClient) -> AdapterManager:
-    """Adds this service's layer to vLLM's app; returns the adapter manager it uses."""
+def install(app: FastAPI, settings: InferenceSettings, engine_client: EngineClient) -> FastAPI:
+    """Adds this service's layer to vLLM's app; returns the app serving the admin router: vLLM's own, or with
+    `admin_port` set a separate one that `serve` runs on that port."""
     metrics = InferenceMetrics(get_prometheus_registry())
     adapters = AdapterManager(
         settings.artifacts_dir, VllmAdapterEngine(app.state.openai_serving_models, settings.model_name), metrics,
         max_rank=settings.max_lora_rank, base=_base_identity(settings))
-    app.include_router(admin_router(adapters, _secret(settings.admin_token)))
+    admin_app = app
+    if settings.admin_port is not None:
+        admin_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+        admin_app.state = app.state  # vLLM's error handlers read its args, server and engine client there
+        init_exception_handler(admin_app)  # so errors are answered as on the main port
+    admin_app.include_router(admin_router(adapters, _secret(settings.admin_token)))
 
     async def rejected(_: Request, error: RequestRejected):
         metrics.rejected.labels(error.reason).inc()
         return error_response(error)
 
-    app.add_exception_handler(RequestRejected, rejected)
+    admin_app.add_exception_handler(RequestRejected, rejected)
     app.state.request_guard = GuardContext(adapters=adapters, metrics=metrics, config=GuardConfig(
         base_model_name=settings.model_name, api_key=_secret(settings.api_key),
         max_request_body_bytes=settings.max_request_body_bytes,
@@ -93,8 +103,8 @@ def install(app: FastAPI, settings: InferenceSettings, engine_client: EngineClie
         media_policy=MediaUrlPolicy(frozenset(d.lower() for d in settings.allowed_media_domains),
                                     settings.allow_private_media_addresses),
         image_limits=ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
-        media_fetch_timeout_s=settings.media_fetch_timeout_s))
-    return adapters
+        media_fetch_timeout_s=settings.media_fetch_timeout_s, admin_routes=admin_app is app))
+    return admin_app
 
 
 def _base_identity(settings: InferenceSettings) -> BaseModelIdentity:
@@ -114,25 +124,46 @@ def _secret(value) -> str | None:
 async def serve(settings: InferenceSettings) -> None:
     args = vllm_args(settings)
     _, sock = setup_server(args, reuse_port=False)
-    host, port = sock.getsockname()[:2]
-    async with build_async_engine_client(args) as engine_client:
-        supported_tasks = await engine_client.get_supported_tasks()
-        app = build_app(args, supported_tasks, engine_client.model_config)
-        await init_app_state(engine_client, app.state, args, supported_tasks)
-        install(app, settings, engine_client)
-        announcement = asyncio.create_task(_announce_when_serving(app, f"http://{host}:{port}", settings))
-        shutdown_task = await serve_http(app, sock=sock, host=args.host, port=port, log_level="warning",
-                                         access_log=False)
-    announcement.cancel()
+    # Bound before the engine starts, as vLLM binds its port: a port in use fails in seconds, not minutes.
+    admin_sock = (None if settings.admin_port is None
+                  else create_server_socket((settings.host, settings.admin_port), reuse_port=False))
     try:
+        async with build_async_engine_client(args) as engine_client:
+            supported_tasks = await engine_client.get_supported_tasks()
+            app = build_app(args, supported_tasks, engine_client.model_config)
+            await init_app_state(engine_client, app.state, args, supported_tasks)
+            admin_app = install(app, settings, engine_client)
+            admin = admin_task = None
+            if admin_sock is not None:
+                # No signal handlers of its own: uvicorn's would replace vLLM's, which drain the engine first.
+                # It stops when vLLM's server does (SIGTERM, engine death).
+                admin = NoSignalServer(uvicorn.Config(admin_app, log_level="warning", access_log=False,
+                                                      lifespan="off"))
+                admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
+            announcement = asyncio.create_task(_announce_when_serving(app, sock, admin, admin_sock, settings))
+            shutdown_task = await serve_http(app, sock=sock, host=args.host, port=sock.getsockname()[1],
+                                             log_level="warning", access_log=False)
+            announcement.cancel()
+            if admin is not None:
+                admin.should_exit = True
         await shutdown_task
+        if admin_task is not None:
+            await admin_task
     finally:
-        sock.close()
+        for listening in (sock, admin_sock):
+            if listening is not None:
+                listening.close()
 
 
-async def _announce_when_serving(app: FastAPI, url: str, settings: InferenceSettings) -> None:
-    """The line scripts wait for; uvicorn sets `started` once the socket accepts connections."""
-    while not getattr(getattr(app.state, "server", None), "started", False):
+async def _announce_when_serving(app: FastAPI, sock: socket.socket, admin: uvicorn.Server | None,
+                                 admin_sock: socket.socket | None, settings: InferenceSettings) -> None:
+    """The line scripts wait for; uvicorn sets `started` once a socket accepts connections."""
+    while not (getattr(getattr(app.state, "server", None), "started", False) and (admin is None or admin.started)):
         await asyncio.sleep(0.05)
-    logger.info("inference service listening on %s (model %s, artifacts %s)", url, settings.model_name,
-                settings.artifacts_dir)
+    logger.info("inference service listening on %s (model %s, artifacts %s)%s", _url(sock), settings.model_name,
+                settings.artifacts_dir, f", admin endpoint on {_url(admin_sock)}" if admin_sock else "")
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{host}:{port}"

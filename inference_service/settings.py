@@ -16,6 +16,9 @@ class InferenceSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address the HTTP server binds; 0.0.0.0 in a container")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one (logged at start)")
+    admin_port: int | None = Field(None, ge=0, le=65535, description="serve /admin/v1/* only on this port "
+                                   "(same host; 0 picks a free one, logged at start), so a network policy can "
+                                   "keep it to the trainer; unset = on the main port")
     base_model: str = Field(description="base model: a directory (e.g. a trainer's merged/ output) or a name "
                                         "vLLM resolves")
     served_model_name: str | None = Field(None, description="the base model's name in the API; default: the "

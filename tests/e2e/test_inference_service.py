@@ -1,7 +1,7 @@
 """The real inference service as a subprocess (vLLM CPU, the tiny model), driven with the official openai
-client: base model and adapters (pushed and lazily resolved), streaming, every refusal with its status code,
-and the server still answering after each. Images come as data: URLs or from a local server on 127.0.0.1;
-nothing leaves this machine."""
+client: base model and adapters (pushed through the admin API, on a port of its own here, and lazily resolved),
+streaming, every refusal with its status code, and the server still answering after each. Images come as data:
+URLs or from a local server on 127.0.0.1; nothing leaves this machine."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ pytestmark = pytest.mark.slow
 
 API_KEY, ADMIN_TOKEN = "test-api-key", "test-admin-token"
 READY = re.compile(rb"inference service listening on http://127\.0\.0\.1:(\d+)")
+ADMIN_READY = re.compile(rb"inference service listening on (http://127\.0\.0\.1:\d+) .*, admin endpoint on "
+                         rb"(http://127\.0\.0\.1:\d+)")
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +71,29 @@ def _edit_json(path: Path, **changes) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, artifacts, tmp_path_factory):
+def service(tiny_model_dir: Path, artifacts, tmp_path_factory):
+    """The service's URL and its admin endpoint's, on a port of its own."""
     root, _ = artifacts
     log = tmp_path_factory.mktemp("inference") / "inference.log"
     process, ready = start_and_wait(
         ["-m", "inference_service", "--base-model", str(tiny_model_dir), "--served-model-name", "tiny",
-         "--artifacts-dir", str(root), "--port", "0", "--api-key", API_KEY, "--admin-token", ADMIN_TOKEN,
+         "--artifacts-dir", str(root), "--port", "0", "--admin-port", "0", "--api-key", API_KEY,
+         "--admin-token", ADMIN_TOKEN,
          "--allowed-media-domains", '["localhost"]', "--allow-private-media-addresses", "true",
          "--max-images-per-request", "2", "--max-image-pixels", "250000", "--max-request-body-bytes", "2000000",
-         "--max-choices-per-request", "4", "--vllm-args", "--max-num-seqs 16"], log, READY)
-    yield f"http://127.0.0.1:{int(ready.group(1))}"
+         "--max-choices-per-request", "4", "--vllm-args", "--max-num-seqs 16"], log, ADMIN_READY)
+    yield ready.group(1).decode(), ready.group(2).decode()
     assert stop(process) == 0, log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(service: tuple[str, str]) -> str:
+    return service[0]
+
+
+@pytest.fixture(scope="module")
+def admin_url(service: tuple[str, str]) -> str:
+    return service[1]
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +121,9 @@ def _ask(client: openai.OpenAI, url: str, model: str = "tiny", **kwargs) -> str:
     return reply.choices[0].message.content
 
 
-def _admin(server: str, method: str, path: str, token: str | None = ADMIN_TOKEN, **kwargs) -> httpx.Response:
+def _admin(base: str, method: str, path: str, token: str | None = ADMIN_TOKEN, **kwargs) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.request(method, server + "/admin/v1" + path, headers=headers, timeout=120, **kwargs)
+    return httpx.request(method, base + "/admin/v1" + path, headers=headers, timeout=120, **kwargs)
 
 
 def test_the_base_model_answers_streamed_and_not(client: openai.OpenAI, image_url: str) -> None:
@@ -124,7 +138,7 @@ def test_the_base_model_answers_streamed_and_not(client: openai.OpenAI, image_ur
 
 
 def test_an_adapter_pushed_at_run_time_answers_while_a_base_stream_keeps_flowing(
-        client: openai.OpenAI, server: str, image_url: str, artifacts) -> None:
+        client: openai.OpenAI, admin_url: str, image_url: str, artifacts) -> None:
     def long_stream() -> list:
         return list(client.chat.completions.create(
             model="tiny", messages=_messages(image_url), max_tokens=120, stream=True,
@@ -132,7 +146,7 @@ def test_an_adapter_pushed_at_run_time_answers_while_a_base_stream_keeps_flowing
 
     with ThreadPoolExecutor(1) as pool:
         flowing = pool.submit(long_stream)
-        loaded = _admin(server, "POST", "/adapters", json={"name": "push-one"})
+        loaded = _admin(admin_url, "POST", "/adapters", json={"name": "push-one"})
         assert loaded.status_code == 200 and loaded.json()["newly_loaded"], loaded.text
         _ask(client, image_url, model="push-one")
         chunks = flowing.result(timeout=120)
@@ -140,7 +154,7 @@ def test_an_adapter_pushed_at_run_time_answers_while_a_base_stream_keeps_flowing
     assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == "length"
     models = {model.id: model for model in client.models.list().data}
     assert models["push-one"].parent == "tiny"
-    assert _admin(server, "GET", "/adapters").json()["adapters"] == sorted(
+    assert _admin(admin_url, "GET", "/adapters").json()["adapters"] == sorted(
         name for name in models if name != "tiny")
 
 
@@ -154,19 +168,19 @@ def test_an_adapter_is_loaded_lazily_on_its_first_request_streamed_and_not(clien
     assert "lazy-one" in {model.id for model in client.models.list().data}
 
 
-def test_two_concurrent_loads_of_one_adapter_load_it_once(server: str) -> None:
+def test_two_concurrent_loads_of_one_adapter_load_it_once(admin_url: str) -> None:
     with ThreadPoolExecutor(2) as pool:
-        replies = list(pool.map(lambda _: _admin(server, "POST", "/adapters", json={"name": "twice-at-once"}),
+        replies = list(pool.map(lambda _: _admin(admin_url, "POST", "/adapters", json={"name": "twice-at-once"}),
                                 range(2)))
     assert [reply.status_code for reply in replies] == [200, 200]
     assert sorted(reply.json()["newly_loaded"] for reply in replies) == [False, True]
 
 
-def test_unload_then_lazy_load_again(server: str, client, image_url) -> None:
+def test_unload_then_lazy_load_again(admin_url: str, client, image_url) -> None:
     for name in ("churn-0", "churn-1"):
-        assert _admin(server, "POST", "/adapters", json={"name": name}).status_code == 200
-        assert _admin(server, "DELETE", f"/adapters/{name}").status_code == 200
-    assert _admin(server, "DELETE", "/adapters/churn-0").status_code == 404
+        assert _admin(admin_url, "POST", "/adapters", json={"name": name}).status_code == 200
+        assert _admin(admin_url, "DELETE", f"/adapters/{name}").status_code == 200
+    assert _admin(admin_url, "DELETE", "/adapters/churn-0").status_code == 404
     _ask(client, image_url, model="churn-0")
 
 
@@ -179,9 +193,9 @@ def test_unload_then_lazy_load_again(server: str, client, image_url) -> None:
     ("..", 400, "adapter_name"),
     ("../../etc", 400, "adapter_name"),
 ])
-def test_bad_adapters_are_refused_with_why_by_push_and_by_request(server, client, image_url, name, status,
+def test_bad_adapters_are_refused_with_why_by_push_and_by_request(admin_url, client, image_url, name, status,
                                                                  reason) -> None:
-    pushed = _admin(server, "POST", "/adapters", json={"name": name})
+    pushed = _admin(admin_url, "POST", "/adapters", json={"name": name})
     assert (pushed.status_code, pushed.json()["error"]["code"]) == (status, reason), pushed.text
     assert "/" not in pushed.json()["error"]["message"].replace("'/'", "")
     expected = openai.NotFoundError if status == 404 else openai.BadRequestError
@@ -190,10 +204,11 @@ def test_bad_adapters_are_refused_with_why_by_push_and_by_request(server, client
     _ask(client, image_url)
 
 
-def test_bad_adapter_loads_do_not_disturb_requests_already_running(server, client, image_url, artifacts) -> None:
+def test_bad_adapter_loads_do_not_disturb_requests_already_running(admin_url, client, image_url,
+                                                                   artifacts) -> None:
     with ThreadPoolExecutor(8) as pool:
         good = [pool.submit(_ask, client, image_url, "push-one") for _ in range(12)]
-        bad = [pool.submit(_admin, server, "POST", "/adapters", json={"name": name})
+        bad = [pool.submit(_admin, admin_url, "POST", "/adapters", json={"name": name})
                for name in ("rank-too-high", "other-base", "bad-config", "pickled", "nope") * 5]
         assert len(bad) == 25 and all(reply.result().status_code in (400, 404) for reply in bad)
         for answer in good:
@@ -202,13 +217,27 @@ def test_bad_adapter_loads_do_not_disturb_requests_already_running(server, clien
     assert not (root.parent / "pickle-payload-ran").exists(), "the pickle was never unpickled"
 
 
-def test_admin_and_api_without_the_right_token_get_401(server: str, image_url: str) -> None:
-    assert _admin(server, "GET", "/adapters", token=None).status_code == 401
-    assert _admin(server, "GET", "/adapters", token=API_KEY).status_code == 401
+def test_admin_and_api_without_the_right_token_get_401(server: str, admin_url: str) -> None:
+    assert _admin(admin_url, "GET", "/adapters", token=None).status_code == 401
+    assert _admin(admin_url, "GET", "/adapters", token=API_KEY).status_code == 401
     for key in ("wrong", ADMIN_TOKEN):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=server + "/v1", api_key=key, max_retries=0).models.list()
     assert httpx.get(server + "/health").status_code == 200  # probes need no key
+
+
+def test_the_admin_api_is_served_on_its_own_port_only(server: str, admin_url: str) -> None:
+    """So that a network policy on that port can keep it to the trainer."""
+    assert server != admin_url
+    for method, path, body in (("GET", "/adapters", None), ("POST", "/adapters", {"name": "push-one"}),
+                               ("DELETE", "/adapters/push-one", None)):
+        on_main = _admin(server, method, path, json=body)
+        assert (on_main.status_code, on_main.json()["error"]["code"]) == (404, "unsupported_endpoint"), on_main.text
+    assert _admin(admin_url, "GET", "/adapters").status_code == 200
+    no_name = _admin(admin_url, "POST", "/adapters", json={})
+    assert no_name.status_code == 400 and "error" in no_name.json(), no_name.text  # vLLM's error shape here too
+    for path in ("/v1/models", "/health", "/metrics", "/docs", "/openapi.json"):
+        assert httpx.get(admin_url + path, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 404
 
 
 class _Images(http.server.BaseHTTPRequestHandler):
