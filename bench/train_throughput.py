@@ -1,10 +1,13 @@
-"""Training throughput and peak GPU memory of the trainer's backends, side by side in one run on one model
-directory: plain transformers + peft against Unsloth, LoRA and QLoRA, with and without gradient checkpointing.
-Each configuration runs in its own process (Unsloth patches transformers when imported) through the worker's
-own loading, adapter and training code, on the same synthetic batches: one random RGB image and a fixed
-number of text tokens per sample, LoRA on every linear layer (language + vision).
+"""Training throughput and peak GPU memory, side by side in one run on one model directory: the baseline
+`plain` (transformers + peft in the loop a notebook writes: collate inline, `model(**batch).loss`, backward,
+step) against the trainer's own loop on its two backends (`transformers`: batches prepared by DataLoader
+workers while the GPU trains, LM head only on answer tokens; `unsloth`), LoRA and QLoRA, with and without
+gradient checkpointing. Each configuration runs in its own process (Unsloth patches transformers when
+imported) with the worker's loading and adapter code, on the same synthetic batches: one random RGB image and
+a fixed number of text tokens per sample, LoRA on every linear layer (language + vision). Ratios and the
+largest loss difference are against `plain` in the same method, mode and GPU count.
 
-    python bench/train_throughput.py --model-dir DIR [--configs transformers:lora:gc,unsloth:lora:gc,...]
+    python bench/train_throughput.py --model-dir DIR [--configs plain:lora:gc,transformers:lora:gc,...]
     python -m vlmforge.model_shapes DIR --shape 2b --tokenizer-from TINY_MODEL_DIR   # a 2B-shaped DIR
 """
 
@@ -20,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_CONFIGS = ("transformers:lora:nogc,unsloth:lora:nogc,transformers:lora:gc,unsloth:lora:gc,"
-                   "transformers:qlora:gc,unsloth:qlora:gc")
+DEFAULT_CONFIGS = ("plain:lora:nogc,transformers:lora:nogc,unsloth:lora:nogc,plain:lora:gc,transformers:lora:gc,"
+                   "unsloth:lora:gc,plain:qlora:gc,transformers:qlora:gc,unsloth:qlora:gc")
 
 
 def main() -> None:
@@ -68,7 +71,7 @@ def _measure(args, config: str) -> dict:
     backend_name, method, checkpointing, _ = config.split(":")
     ranks = Ranks.from_environment()
     ranks.start()
-    backend = select_backend(backend_name)  # first: Unsloth must be imported before transformers
+    backend = select_backend("transformers" if backend_name == "plain" else backend_name)  # Unsloth: first
     from transformers import AutoProcessor
 
     hyper = Hyperparameters(max_steps=args.warmup_steps + args.steps, batch_size=args.batch_size,
@@ -84,10 +87,14 @@ def _measure(args, config: str) -> dict:
                        args.image_size_px)
     step_ends: list[float] = []
     torch.cuda.reset_peak_memory_stats()
-    with tempfile.TemporaryDirectory() as checkpoints:
-        losses = train(peft_model, processor, samples, hyper, Path(checkpoints), backend,
-                       on_progress=lambda _: step_ends.append(time.perf_counter()),
-                       on_checkpoint=lambda *_: None, should_stop=lambda: False, ranks=ranks)
+    if backend_name == "plain":
+        losses = _plain_loop(peft_model, processor, samples, hyper, backend, ranks,
+                             on_step=lambda: step_ends.append(time.perf_counter()))
+    else:
+        with tempfile.TemporaryDirectory() as checkpoints:
+            losses = train(peft_model, processor, samples, hyper, Path(checkpoints), backend,
+                           on_progress=lambda _: step_ends.append(time.perf_counter()),
+                           on_checkpoint=lambda *_: None, should_stop=lambda: False, ranks=ranks)
     ranks.finish()
     if not ranks.is_main:
         sys.exit(0)
@@ -96,6 +103,33 @@ def _measure(args, config: str) -> dict:
     return {"samples_per_second": samples_per_step * (len(timed) - 1) / (timed[-1] - timed[0]),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "load_s": load_s, "losses": losses,
             "trainable_parameters": sum(p.numel() for p in peft_model.parameters() if p.requires_grad)}
+
+
+def _plain_loop(peft_model, processor, samples, hyper, backend, ranks, on_step) -> list[float]:
+    """The baseline: what a transformers + peft script does, on the same batches, optimizer and schedule."""
+    import torch
+
+    from trainer_service.worker.train import _to_device, batch_indices, schedule
+    from vlmforge.chat_format import ChatCollator
+
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=hyper.learning_rate, weight_decay=hyper.weight_decay, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(hyper, hyper.max_steps))
+    collate = ChatCollator(processor, max_length=hyper.max_sequence_length)
+    backend.for_training(peft_model)
+    model = ranks.wrap(peft_model)
+    losses = []
+    for step in range(hyper.max_steps):
+        batch = collate([samples[i] for i in batch_indices(step, 0, hyper, len(samples), ranks)])
+        loss = model(**_to_device(batch, backend.placement)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(ranks.mean(loss.item()))
+        on_step()
+    return losses
 
 
 def _samples(processor, count: int, text_tokens: int, image_size_px: int):
@@ -128,15 +162,18 @@ def _print_table(results: dict[str, dict], args) -> None:
     print(f"\n{torch.cuda.get_device_name()}, batch {args.batch_size}, {args.image_size_px}px image + "
           f"{args.text_tokens} text tokens per sample, LoRA r={args.lora_rank} on every linear layer, "
           f"{args.steps} timed steps after {args.warmup_steps}")
-    print("| backend | method | gradient checkpointing | GPUs | samples/s | peak GiB (rank 0) "
-          "| vs transformers, same method + mode + GPUs |")
-    print("|---|---|---|---|---|---|---|")
+    print("| loop / backend | method | gradient checkpointing | GPUs | samples/s | peak GiB (rank 0) "
+          "| vs plain | largest loss difference vs plain |")
+    print("|---|---|---|---|---|---|---|---|")
     for config, result in results.items():
         backend, method, checkpointing, gpus = config.split(":")
-        baseline = results.get(f"transformers:{method}:{checkpointing}:{gpus}")
+        baseline = results.get(f"plain:{method}:{checkpointing}:{gpus}")
         ratio = f"{result['samples_per_second'] / baseline['samples_per_second']:.2f}x" if baseline else "-"
+        drift = "-"
+        if baseline and backend != "plain":
+            drift = f"{max(abs(a - b) / abs(b) for a, b in zip(result['losses'], baseline['losses'])):.2%}"
         print(f"| {backend} | {method} | {'on' if checkpointing == 'gc' else 'off'} | {gpus.removesuffix('gpu')} | "
-              f"{result['samples_per_second']:.2f} | {result['peak_gib']:.1f} | {ratio} |")
+              f"{result['samples_per_second']:.2f} | {result['peak_gib']:.1f} | {ratio} | {drift} |")
     for config, result in results.items():
         print(f"{config} first losses: {', '.join(f'{loss:.4f}' for loss in result['losses'][:5])}")
 

@@ -105,3 +105,32 @@ def test_ranks_split_each_step_into_slices_of_the_same_samples_one_process_would
     single_process = worker_command("ftjob-1", Path("s"), Path("a"), 1, database=Path("j.db"))
     assert single_process[1:3] == ["-m", "trainer_service.worker"]
     assert "--nproc-per-node=2" in worker_command("ftjob-1", Path("s"), Path("a"), 2, database=Path("j.db"))
+
+
+def test_the_answer_only_loss_equals_the_models_own_loss_and_gradients(tiny_model_dir: Path,
+                                                                       small_dataset_dir: Path) -> None:
+    """The LM head runs on answer positions only; the loss and every LoRA gradient must not change."""
+    from transformers import AutoProcessor
+
+    from trainer_service.worker.train import answer_only_loss
+
+    hyper = Hyperparameters()
+    backend = TransformersBackend(CPU)
+    seed_everything(0)
+    model = backend.add_lora(backend.load(tiny_model_dir, quantize_4bit=False, hyper=hyper), hyper)
+    backend.for_training(model)
+    samples = load_dataset(small_dataset_dir / "train.jsonl")[:4]
+    batch = ChatCollator(AutoProcessor.from_pretrained(tiny_model_dir))(samples)
+    assert (batch["labels"] != -100).sum() < batch["labels"].numel() / 4, "answers are a small part of the batch"
+
+    def loss_and_gradients(compute) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    expected_loss, expected_gradients = loss_and_gradients(lambda: model(**batch).loss)
+    loss, gradients = loss_and_gradients(lambda: answer_only_loss(model, batch))
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for got, expected in zip(gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

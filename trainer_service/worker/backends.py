@@ -42,6 +42,7 @@ class Placement:
 class TrainingBackend(Protocol):
     name: str
     placement: Placement
+    fused_loss: bool  # computes its loss without materialising every position's logits (else train.py does)
 
     def load(self, model_dir: Path, *, quantize_4bit: bool, hyper: Hyperparameters): ...
     def add_lora(self, model, hyper: Hyperparameters): ...
@@ -51,6 +52,7 @@ class TrainingBackend(Protocol):
 
 class TransformersBackend:
     name = "transformers"
+    fused_loss = False
 
     def __init__(self, placement: Placement):
         self.placement = placement
@@ -92,6 +94,7 @@ class UnslothBackend:
     """Unsloth's FastVisionModel: its own kernels and offloaded gradient checkpointing; same adapters (PEFT)."""
 
     name = "unsloth"
+    fused_loss = True  # Unsloth's patched forward fuses the LM head with the cross-entropy
 
     def __init__(self, placement: Placement):
         self.placement = placement
