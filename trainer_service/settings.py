@@ -28,8 +28,9 @@ class TrainerSettings(BaseSettings):
     inference_admin_token: str | None = Field(None, description="bearer token of the inference admin endpoint")
     training_backend: Literal["auto", "transformers", "unsloth"] = Field(
         "auto", description="auto: Unsloth on a CUDA GPU where it is installed, plain transformers + peft otherwise")
-    gpus_per_job: int = Field(1, ge=1, description="GPUs each job trains on; above 1 the worker runs under "
-                              "torchrun with one process per GPU (DDP)")
+    gpus_per_job: int = Field(1, ge=0, description="GPUs each job trains on (a job's placement.gpu_count "
+                              "overrides it); above 1 the worker runs under torchrun with one process per GPU "
+                              "(DDP); 0 = CPU (worker Jobs then request no GPU)")
     launcher: Literal["local", "kubernetes"] = Field(
         "local", description="where jobs run: local = worker processes on this machine, one job at a time; "
         "kubernetes = one batch/v1 Job per fine-tune, reporting through the worker API")

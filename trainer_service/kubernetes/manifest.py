@@ -86,6 +86,7 @@ def _pod_spec(job_id: str, gpus: int, placement: Placement, template: WorkerJobT
         "restartPolicy": "Never",  # a new pod per attempt: podFailurePolicy reads each one's exit code
         "serviceAccountName": template.service_account,
         "automountServiceAccountToken": False,  # workers talk to the trainer, never to the Kubernetes API
+        "enableServiceLinks": False,  # else Service variables like VLMFORGE_INFERENCE_PORT=tcp://... leak in
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container(job_id, gpus, template)],

