@@ -9,6 +9,7 @@ import logging
 import threading
 
 from ..domain import JobError, JobStatus
+from ..errors import JobNotFoundError
 from ..job_spec import JobSpec
 from ..store import JobStore
 from .api import WorkerJobExistsError, WorkerJobRejectedError, WorkerJobsApi
@@ -67,7 +68,7 @@ class KubernetesLauncher:
     def _status_of(self, job_id: str) -> JobStatus | None:
         try:
             return self.store.get_job(job_id).status
-        except Exception:  # noqa: BLE001 - a Job whose job is not in this store (another trainer's) is not ours
+        except JobNotFoundError:  # a Job of another trainer's store sharing the namespace: not ours
             return None
 
     def _apply(self, job, worker: WorkerJobStatus | None) -> None:
@@ -94,8 +95,8 @@ class KubernetesLauncher:
         try:
             self.api.create(worker_job_manifest(job.id, placement, self.template))
         except WorkerJobRejectedError as error:
-            self.store.transition(job.id, JobStatus.FAILED, "failed: Kubernetes refused the worker Job", error=JobError(
-                "worker_job_rejected", str(error)))
+            self.store.transition(job.id, JobStatus.FAILED, "failed: Kubernetes refused the worker Job",
+                                  error=JobError("worker_job_rejected", str(error)))
             return False
         except WorkerJobExistsError:
             self.store.transition(job.id, JobStatus.QUEUED, "an old worker Job of this name is still being "
