@@ -1,7 +1,8 @@
 """Training throughput and peak GPU memory, side by side in one run on one model directory: the baseline
 `plain` (transformers + peft in the loop a notebook writes: collate inline, `model(**batch).loss`, backward,
 step) against the trainer's own loop on its two backends (`transformers`: batches prepared by DataLoader
-workers while the GPU trains, LM head only on answer tokens; `unsloth`), LoRA and QLoRA, with and without
+workers while the GPU trains, LM head only on answer tokens, LoRA matmuls in bf16 under autocast; `fp32lora`:
+the same with PEFT's fp32 LoRA matmuls; `unsloth`), LoRA and QLoRA, with and without
 gradient checkpointing. Each configuration runs in its own process (Unsloth patches transformers when
 imported) with the worker's loading and adapter code, on the same synthetic batches: one random RGB image and
 a fixed number of text tokens per sample, LoRA on every linear layer (language + vision). Ratios and the
@@ -23,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+PROFILE_MARK = "\n=== profile ===\n"
 DEFAULT_CONFIGS = ("plain:lora:nogc,transformers:lora:nogc,unsloth:lora:nogc,plain:lora:gc,transformers:lora:gc,"
                    "unsloth:lora:gc,plain:qlora:gc,transformers:qlora:gc,unsloth:qlora:gc")
 
@@ -38,6 +40,8 @@ def main() -> None:
     parser.add_argument("--image-size-px", type=int, default=448)
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--gpus", default="1", help="GPU counts to run each configuration on, e.g. 1,2 (DDP)")
+    parser.add_argument("--profile", action="store_true", help="also print each configuration's top CUDA "
+                        "operations over 3 steps after the warm-up (torch.profiler)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -54,6 +58,8 @@ def main() -> None:
         if child.returncode or not lines:
             print(f"{config}: failed (exit {child.returncode})\n{child.stderr[-3000:]}", file=sys.stderr)
             continue
+        if args.profile and PROFILE_MARK in child.stdout:
+            print(f"{config}, 3 profiled steps:\n{child.stdout.split(PROFILE_MARK)[1]}")
         results[config] = json.loads(lines[-1].removeprefix("RESULT "))
         print(f"{config}: {results[config]['samples_per_second']:.2f} samples/s, "
               f"{results[config]['peak_gib']:.1f} GiB", flush=True)
@@ -64,14 +70,16 @@ def _measure(args, config: str) -> dict:
     import torch
 
     from trainer_service.job_spec import Hyperparameters
-    from trainer_service.worker.backends import select_backend
+    from trainer_service.worker.backends import TransformersBackend, select_backend
     from trainer_service.worker.distributed import Ranks
     from trainer_service.worker.train import seed_everything, train
 
     backend_name, method, checkpointing, _ = config.split(":")
     ranks = Ranks.from_environment()
     ranks.start()
-    backend = select_backend("transformers" if backend_name == "plain" else backend_name)  # Unsloth: first
+    backend = select_backend("transformers" if backend_name in ("plain", "fp32lora") else backend_name)  # Unsloth 1st
+    if backend_name == "fp32lora":  # the trainer's loop with PEFT's fp32 LoRA matmuls (no autocast)
+        backend = TransformersBackend(backend.placement, mixed_precision=False)
     from transformers import AutoProcessor
 
     hyper = Hyperparameters(max_steps=args.warmup_steps + args.steps, batch_size=args.batch_size,
@@ -86,23 +94,42 @@ def _measure(args, config: str) -> dict:
     samples = _samples(processor, args.batch_size * hyper.max_steps * ranks.world_size, args.text_tokens,
                        args.image_size_px)
     step_ends: list[float] = []
+    profiler = _profiler(args.warmup_steps) if args.profile and ranks.is_main else None
+
+    def on_step() -> None:
+        step_ends.append(time.perf_counter())
+        if profiler is not None:
+            profiler.step()
+
     torch.cuda.reset_peak_memory_stats()
     if backend_name == "plain":
-        losses = _plain_loop(peft_model, processor, samples, hyper, backend, ranks,
-                             on_step=lambda: step_ends.append(time.perf_counter()))
+        losses = _plain_loop(peft_model, processor, samples, hyper, backend, ranks, on_step=on_step)
     else:
         with tempfile.TemporaryDirectory() as checkpoints:
             losses = train(peft_model, processor, samples, hyper, Path(checkpoints), backend,
-                           on_progress=lambda _: step_ends.append(time.perf_counter()),
+                           on_progress=lambda _: on_step(),
                            on_checkpoint=lambda *_: None, should_stop=lambda: False, ranks=ranks)
     ranks.finish()
     if not ranks.is_main:
         sys.exit(0)
+    if profiler is not None:
+        profiler.stop()
+        table = profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
+        print(f"{PROFILE_MARK}{table}{PROFILE_MARK}")
     timed = step_ends[args.warmup_steps - 1:]
     samples_per_step = args.batch_size * ranks.world_size
     return {"samples_per_second": samples_per_step * (len(timed) - 1) / (timed[-1] - timed[0]),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "load_s": load_s, "losses": losses,
             "trainable_parameters": sum(p.numel() for p in peft_model.parameters() if p.requires_grad)}
+
+
+def _profiler(warmup_steps: int):
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                       schedule=schedule(wait=warmup_steps, warmup=1, active=3, repeat=1))
+    profiler.start()
+    return profiler
 
 
 def _plain_loop(peft_model, processor, samples, hyper, backend, ranks, on_step) -> list[float]:
@@ -116,7 +143,7 @@ def _plain_loop(peft_model, processor, samples, hyper, backend, ranks, on_step) 
     optimizer = torch.optim.AdamW(trainable, lr=hyper.learning_rate, weight_decay=hyper.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(hyper, hyper.max_steps))
     collate = ChatCollator(processor, max_length=hyper.max_sequence_length)
-    backend.for_training(peft_model)
+    peft_model.train()
     model = ranks.wrap(peft_model)
     losses = []
     for step in range(hyper.max_steps):

@@ -7,6 +7,7 @@ injection and the train/inference mode switch differ. QLoRA loads the base in 4 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -48,14 +49,17 @@ class TrainingBackend(Protocol):
     def add_lora(self, model, hyper: Hyperparameters): ...
     def for_training(self, model) -> None: ...
     def for_inference(self, model) -> None: ...
+    def compute_precision(self): ...
 
 
 class TransformersBackend:
     name = "transformers"
     fused_loss = False
 
-    def __init__(self, placement: Placement):
+    def __init__(self, placement: Placement, *, mixed_precision: bool | None = None):
         self.placement = placement
+        self._mixed_precision = (placement.device.type == "cuda" and placement.dtype == torch.bfloat16
+                                 if mixed_precision is None else mixed_precision)
 
     def load(self, model_dir: Path, *, quantize_4bit: bool, hyper: Hyperparameters):
         from transformers import AutoModelForImageTextToText
@@ -85,9 +89,28 @@ class TransformersBackend:
 
     def for_training(self, model) -> None:
         model.train()
+        # Under autocast the LoRA matmuls run in bf16 on the fp32 adapter weights (the optimizer keeps fp32
+        # masters), as transformers' Trainer does with bf16=True. PEFT's own cast would otherwise copy every
+        # adapted layer's input to fp32 and run its LoRA matmuls in fp32: a fifth of a 2B step on an H100.
+        _set_lora_input_casting(model, enabled=not self._mixed_precision)
 
     def for_inference(self, model) -> None:
         model.eval()
+        _set_lora_input_casting(model, enabled=True)  # generation runs without autocast
+
+    def compute_precision(self):
+        """The context the training forward and loss run in."""
+        if self._mixed_precision:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _set_lora_input_casting(model, *, enabled: bool) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = enabled
 
 
 class UnslothBackend:
@@ -129,6 +152,9 @@ class UnslothBackend:
         from unsloth import FastVisionModel
 
         FastVisionModel.for_inference(model)
+
+    def compute_precision(self):
+        return contextlib.nullcontext()  # Unsloth's kernels pick their own precision
 
 
 def unsloth_installed() -> bool:

@@ -117,7 +117,8 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
             batch = next(batches)
             tokens_seen += int(batch["attention_mask"].sum()) * ranks.world_size  # other ranks: assumed alike
             batch = _to_device(batch, placement)
-            loss = model(**batch).loss if backend.fused_loss else answer_only_loss(model, batch)
+            with backend.compute_precision():
+                loss = model(**batch).loss if backend.fused_loss else answer_only_loss(model, batch)
             loss = loss / hyper.gradient_accumulation_steps
             loss.backward()
             step_loss += loss.item()
