@@ -31,3 +31,12 @@ def tiny_model_dir(small_dataset_dir: Path) -> Path:
     from vlmforge.tiny_model.build import build_tiny_model
 
     return build_tiny_model(small_dataset_dir.parent / "tiny-qwen2-vl", small_dataset_dir, QUICK_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl_dir(small_dataset_dir: Path) -> Path:
+    """The same recipe in the Qwen2.5-VL family (gated vision MLP, windowed vision attention)."""
+    from vlmforge.tiny_model.build import build_tiny_model
+
+    return build_tiny_model(small_dataset_dir.parent / "tiny-qwen2_5-vl", small_dataset_dir,
+                            dataclasses.replace(QUICK_MODEL, family="qwen2_5_vl"))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmforge.data import ColumnMapping, DatasetFormat, DatasetFormatError, load_dataset
+from vlmforge.families import UnsupportedModelError, family_for_model_dir
 
 from .errors import FailedPreconditionError, InvalidArgumentError
 
@@ -51,6 +52,7 @@ class Hyperparameters:
     finetune_language_layers: bool = True
     finetune_attention_modules: bool = True
     finetune_mlp_modules: bool = True
+    finetune_projector: bool = True  # LoRA on the multimodal projector (Qwen's patch merger, LLaVA's projector)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
     eval_every_steps: int = 0  # score the validation file every N steps; 0: only the test file, before and after
     checkpoint_every_steps: int = 50
@@ -191,6 +193,12 @@ def check_resources(spec: JobSpec, *, models_dir: Path | None, qlora_unavailable
     if spec.placement.selects_nodes and node_placement_unavailable:
         raise FailedPreconditionError(node_placement_unavailable)
     model_dir = resolve_model(spec.model, models_dir)
+    try:
+        family_for_model_dir(model_dir)
+    except UnsupportedModelError as error:
+        raise InvalidArgumentError("model", str(error)) from None
+    except (OSError, ValueError):
+        raise InvalidArgumentError("model", f"{spec.model!r}: config.json is not readable JSON") from None
     for field_name in ("training_file", "validation_file", "test_file"):
         path = getattr(spec, field_name)
         if not path:

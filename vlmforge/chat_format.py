@@ -1,7 +1,8 @@
-"""Turning `Conversation`s into what a Qwen2-VL-style processor eats, for training and for evaluation prompts.
+"""Turning `Conversation`s into what a VLM processor eats, for training and for evaluation prompts.
 
-Labels cover only the assistant turns (answer tokens and their `<|im_end|>`), as TRL's
-`assistant_only_loss` does: the model is taught to answer, not to repeat the question.
+Labels cover only the assistant turns (answer tokens and their turn end, `<|im_end|>` in ChatML), as TRL's
+`assistant_only_loss` does: the model is taught to answer, not to repeat the question. Where the turns start
+and end is the model family's (vlmforge.families).
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from typing import Any
 import torch
 
 from .data.types import Conversation, ImagePart, Message
+from .families import QWEN2_VL, ModelFamily
 
 IGNORE_INDEX = -100
-ASSISTANT_HEADER = "<|im_start|>assistant\n"
-TURN_END = "<|im_end|>"
 
 
 def to_hf_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
@@ -45,12 +45,12 @@ class ChatCollator:
     """Collates conversations into padded `input_ids`, `attention_mask`, `pixel_values`, `image_grid_thw`,
     `mm_token_type_ids` (what the processor returns) plus assistant-only `labels`."""
 
-    def __init__(self, processor, *, max_length: int | None = None):
+    def __init__(self, processor, *, family: ModelFamily = QWEN2_VL, max_length: int | None = None):
         self.processor = processor
         self.max_length = max_length
         tokenizer = processor.tokenizer
-        self.assistant_header_ids = tokenizer.encode(ASSISTANT_HEADER, add_special_tokens=False)
-        self.turn_end_id = tokenizer.convert_tokens_to_ids(TURN_END)
+        self.assistant_header_ids = tokenizer.encode(family.assistant_header, add_special_tokens=False)
+        self.turn_end_id = tokenizer.convert_tokens_to_ids(family.turn_end)
 
     def __call__(self, conversations: list[Conversation]) -> dict[str, torch.Tensor]:
         texts = [self.processor.apply_chat_template(to_hf_messages(c.messages), tokenize=False) for c in conversations]

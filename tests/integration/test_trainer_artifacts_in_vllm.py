@@ -1,6 +1,7 @@
-"""What a trainer job writes is what vLLM serves: the merged 16-bit model loads as a base model, and the PEFT
-adapter (LoRA on language and vision layers) loads onto the tiny base through `enable_lora`, both answering
-a question about an image on vLLM's CPU backend."""
+"""What a trainer job writes is what transformers and vLLM serve, for every model family (vlmforge.families):
+the merged 16-bit model loads as a base model, and the PEFT adapter (LoRA on language and vision layers and
+the projector) loads onto the tiny base, in transformers and through vLLM's `enable_lora`, each answering a
+question about an image (vLLM on its CPU backend)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,17 @@ from vlmforge.data import load_dataset
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def base_model_dir(request) -> Path:
+    fixture = {"qwen2_vl": "tiny_model_dir", "qwen2_5_vl": "tiny_qwen2_5_vl_dir"}[request.param]
+    return request.getfixturevalue(fixture)
+
+
 @pytest.fixture(scope="module")
-def finished_job(tiny_model_dir: Path, small_dataset_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
+def finished_job(base_model_dir: Path, small_dataset_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
     state = tmp_path_factory.mktemp("trainer-state")
     store = JobStore(state / "jobs.sqlite3")
-    spec = JobSpec(str(tiny_model_dir), str(small_dataset_dir / "train.jsonl"),
+    spec = JobSpec(str(base_model_dir), str(small_dataset_dir / "train.jsonl"),
                    hyperparameters=Hyperparameters(max_steps=3, batch_size=2, learning_rate=1e-3))
     job = JobService(store).create(spec)
     store.transition(job.id, JobStatus.RUNNING, "running in the test process")
@@ -54,6 +61,24 @@ ENGINE = {"max_model_len": 512, "max_num_seqs": 2, "enforce_eager": True, "gpu_m
           "limit_mm_per_prompt": {"image": 1}, "seed": 0}
 
 
+def test_both_answer_in_transformers(finished_job, base_model_dir: Path, small_dataset_dir: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from trainer_service.evaluation import answer_questions
+
+    adapter, merged = finished_job
+    processor = AutoProcessor.from_pretrained(merged)
+    samples = load_dataset(small_dataset_dir / "test.jsonl")[:2]
+    with_adapter = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base_model_dir), adapter)
+    for model in (AutoModelForImageTextToText.from_pretrained(merged), with_adapter):
+        answers = answer_questions(model.eval(), processor, samples)
+        assert len(answers) == 2 and all(isinstance(a.prediction, str) for a in answers)
+    modules = {name for name, _ in with_adapter.named_modules() if name.endswith(".lora_A")}
+    for part in ("visual.blocks.0.attn.qkv", "visual.merger.mlp.0", "language_model.layers.0.mlp.up_proj"):
+        assert any(part in name for name in modules), part
+
+
 def test_the_merged_model_serves_as_a_base_model(finished_job, small_dataset_dir: Path) -> None:
     from vllm import LLM
 
@@ -61,12 +86,12 @@ def test_the_merged_model_serves_as_a_base_model(finished_job, small_dataset_dir
     _chat(LLM(model=str(merged), dtype="bfloat16", **ENGINE), small_dataset_dir)
 
 
-def test_the_adapter_loads_onto_the_base_with_vision_lora(finished_job, tiny_model_dir: Path,
+def test_the_adapter_loads_onto_the_base_with_vision_lora(finished_job, base_model_dir: Path,
                                                           small_dataset_dir: Path) -> None:
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
     adapter, _ = finished_job
-    llm = LLM(model=str(tiny_model_dir), enable_lora=True, max_lora_rank=16, max_loras=1,
+    llm = LLM(model=str(base_model_dir), enable_lora=True, max_lora_rank=16, max_loras=1,
               enable_tower_connector_lora=True, **ENGINE)
     _chat(llm, small_dataset_dir, lora_request=LoRARequest("job-adapter", 1, str(adapter)))

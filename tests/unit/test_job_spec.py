@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def test_defaults_are_valid() -> None:
 def model_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "models" / "tiny"
     directory.mkdir(parents=True)
-    (directory / "config.json").write_text("{}")
+    (directory / "config.json").write_text('{"model_type": "qwen2_vl"}')
     return directory
 
 
@@ -139,3 +140,14 @@ def test_node_placement_needs_the_kubernetes_launcher(model_dir: Path) -> None:
     spec = JobSpec(str(model_dir), "x.jsonl", placement=Placement(node_selector={"pool": "gpu"}))
     with pytest.raises(FailedPreconditionError, match="--launcher local"):
         check_resources(spec, models_dir=None, qlora_unavailable=None)
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ('{"model_type": "llama"}', "model type 'llama' is not supported (supported: qwen2_5_vl, qwen2_vl)"),
+    ("{not json", "config.json is not readable JSON"),
+])
+def test_a_model_of_an_unknown_family_is_refused_up_front(model_dir: Path, config: str, message: str) -> None:
+    (model_dir / "config.json").write_text(config)
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)) as info:
+        check_resources(JobSpec(str(model_dir), "x.jsonl"), models_dir=None, qlora_unavailable=None)
+    assert info.value.field == "model"

@@ -41,7 +41,7 @@ _SCALAR_HYPERPARAMETERS = (
     "epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "warmup_steps",
     "weight_decay", "seed", "max_sequence_length", "lora_rank", "lora_alpha", "lora_dropout",
     "finetune_vision_layers", "finetune_language_layers", "finetune_attention_modules", "finetune_mlp_modules",
-    "eval_every_steps", "checkpoint_every_steps", "gradient_checkpointing",
+    "eval_every_steps", "checkpoint_every_steps", "gradient_checkpointing", "finetune_projector",
 )
 
 

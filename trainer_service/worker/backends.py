@@ -16,6 +16,8 @@ from typing import Literal, Protocol
 
 import torch
 
+from vlmforge.families import family_for_model_type
+
 from ..errors import FailedPreconditionError
 from ..job_spec import Hyperparameters
 from .lora_targets import target_modules
@@ -83,8 +85,9 @@ class TransformersBackend:
     def add_lora(self, model, hyper: Hyperparameters):
         from peft import LoraConfig, get_peft_model
 
+        family = family_for_model_type(model.config.model_type)
         config = LoraConfig(r=hyper.lora_rank, lora_alpha=hyper.lora_alpha, lora_dropout=hyper.lora_dropout,
-                            target_modules=target_modules(hyper))
+                            target_modules=target_modules(hyper, family))
         return get_peft_model(model, config)
 
     def for_training(self, model) -> None:

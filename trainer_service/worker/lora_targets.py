@@ -1,24 +1,24 @@
-"""Which Qwen2-VL modules get LoRA adapters, from Unsloth-style switches (vision / language, attention / MLP)."""
+"""Which modules get LoRA adapters, from Unsloth-style switches (vision / language, attention / MLP) plus the
+multimodal projector, in the module names of the model's family (vlmforge.families)."""
 
 from __future__ import annotations
 
+from vlmforge.families import ModelFamily
+
 from ..job_spec import Hyperparameters
 
-_VISION_ATTENTION = r"visual\.blocks\.\d+\.attn\.(qkv|proj)"
-_VISION_MLP = r"visual\.(blocks\.\d+\.mlp\.(fc1|fc2)|merger\.mlp\.(0|2))"
-_LANGUAGE_ATTENTION = r"language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-_LANGUAGE_MLP = r"language_model\.layers\.\d+\.mlp\.(gate_proj|up_proj|down_proj)"
 
-
-def target_modules(hyper: Hyperparameters) -> str | list[str]:
+def target_modules(hyper: Hyperparameters, family: ModelFamily) -> str | list[str]:
     """A peft `target_modules` value: the explicit list when given, else a regex built from the switches."""
     if hyper.lora_target_modules:
         return list(hyper.lora_target_modules)
     parts = []
     if hyper.finetune_vision_layers:
-        parts += [p for p, on in ((_VISION_ATTENTION, hyper.finetune_attention_modules),
-                                  (_VISION_MLP, hyper.finetune_mlp_modules)) if on]
+        parts += [p for p, on in ((family.vision_attention, hyper.finetune_attention_modules),
+                                  (family.vision_mlp, hyper.finetune_mlp_modules)) if on]
     if hyper.finetune_language_layers:
-        parts += [p for p, on in ((_LANGUAGE_ATTENTION, hyper.finetune_attention_modules),
-                                  (_LANGUAGE_MLP, hyper.finetune_mlp_modules)) if on]
+        parts += [p for p, on in ((family.language_attention, hyper.finetune_attention_modules),
+                                  (family.language_mlp, hyper.finetune_mlp_modules)) if on]
+    if hyper.finetune_projector:
+        parts.append(family.projector)
     return rf".*({'|'.join(parts)})$"

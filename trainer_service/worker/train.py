@@ -14,6 +14,7 @@ import torch
 
 from vlmforge.chat_format import IGNORE_INDEX, ChatCollator
 from vlmforge.data.types import Conversation
+from vlmforge.families import family_for_model_type
 
 from ..job_spec import Hyperparameters
 from .backends import Placement, TrainingBackend
@@ -103,8 +104,9 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
 
     backend.for_training(peft_model)
     model = ranks.wrap(peft_model)
-    batches = iter(_batch_loader(train_set, ChatCollator(processor, max_length=hyper.max_sequence_length), hyper,
-                                 start_step, steps, placement, ranks))
+    collate = ChatCollator(processor, family=family_for_model_type(peft_model.config.model_type),
+                           max_length=hyper.max_sequence_length)
+    batches = iter(_batch_loader(train_set, collate, hyper, start_step, steps, placement, ranks))
     samples_per_step = hyper.batch_size * hyper.gradient_accumulation_steps * ranks.world_size
     started = time.perf_counter()
     tokens_seen = 0

@@ -1,4 +1,5 @@
-"""Builds the embedded default model: a tiny Qwen2-VL that transformers and vLLM load like the real one.
+"""Builds the embedded default model: a tiny Qwen2-VL that transformers and vLLM load like the real one (or a
+tiny Qwen2.5-VL, `TinyModelSpec(family="qwen2_5_vl")`, for the model-family tests).
 
 Steps: generate the dataset (cached), train the tokenizer on its text, assemble config + processor, pre-train
 all weights on the `pretrain` split, then write everything into the directory in one atomic rename.
@@ -13,6 +14,10 @@ from pathlib import Path
 import torch
 from transformers import (
     GenerationConfig,
+    PretrainedConfig,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
@@ -46,7 +51,7 @@ def build_tiny_model(model_dir: Path, data_dir: Path, spec: TinyModelSpec = Tiny
     tokenizer = train_tokenizer([m.text for c in pretrain_set for m in c.messages] + train_texts,
                                 spec.max_tokenizer_vocab)
     processor = make_processor(tokenizer, spec)
-    model = Qwen2VLForConditionalGeneration(make_config(tokenizer, spec))
+    model = _MODEL_CLASS[spec.family](make_config(tokenizer, spec))
     result = pretrain(model, processor, pretrain_set, spec)
 
     with built_atomically(model_dir) as staging:
@@ -57,15 +62,15 @@ def build_tiny_model(model_dir: Path, data_dir: Path, spec: TinyModelSpec = Tiny
     return model_dir
 
 
-def make_processor(tokenizer, spec: TinyModelSpec) -> Qwen2VLProcessor:
+def make_processor(tokenizer, spec: TinyModelSpec):
     pixels = spec.image_size_px * spec.image_size_px
     image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels)
     video_processor = Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels)
-    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
-                            chat_template=tokenizer.chat_template)
+    return _PROCESSOR_CLASS[spec.family](image_processor=image_processor, tokenizer=tokenizer,
+                                         video_processor=video_processor, chat_template=tokenizer.chat_template)
 
 
-def make_config(tokenizer, spec: TinyModelSpec) -> Qwen2VLConfig:
+def make_config(tokenizer, spec: TinyModelSpec) -> PretrainedConfig:
     token = tokenizer.convert_tokens_to_ids
     vocab_size = -(-len(tokenizer) // 64) * 64  # padded like Qwen's embedding tables
     text_config = {
@@ -83,6 +88,12 @@ def make_config(tokenizer, spec: TinyModelSpec) -> Qwen2VLConfig:
         "pad_token_id": token(ENDOFTEXT),
         "tie_word_embeddings": True,
     }
+    tokens = {"image_token_id": token("<|image_pad|>"), "video_token_id": token("<|video_pad|>"),
+              "vision_start_token_id": token("<|vision_start|>"), "vision_end_token_id": token("<|vision_end|>")}
+    return _CONFIG_BUILDER[spec.family](text_config, tokens, spec)
+
+
+def _qwen2_vl_config(text_config: dict, tokens: dict, spec: TinyModelSpec) -> Qwen2VLConfig:
     vision_config = {
         "depth": spec.vision_depth,
         "embed_dim": spec.vision_embed_dim,
@@ -93,13 +104,35 @@ def make_config(tokenizer, spec: TinyModelSpec) -> Qwen2VLConfig:
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    config = Qwen2VLConfig(
-        text_config=text_config, vision_config=vision_config, tie_word_embeddings=True,
-        image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
-        vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"),
-    )
+    config = Qwen2VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **tokens)
     config.architectures = ["Qwen2VLForConditionalGeneration"]
     return config
+
+
+def _qwen2_5_vl_config(text_config: dict, tokens: dict, spec: TinyModelSpec) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL's tower: gated MLP, windowed attention with full attention in the last block (the real one has
+    a window of 112 px and full attention every 8th block; a 112 px image is one window here)."""
+    vision_config = {
+        "depth": spec.vision_depth,
+        "hidden_size": spec.vision_embed_dim,
+        "intermediate_size": spec.vision_embed_dim * spec.vision_mlp_ratio,
+        "num_heads": spec.vision_heads,
+        "out_hidden_size": spec.hidden_size,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [spec.vision_depth - 1],
+    }
+    config = Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True,
+                              **tokens)
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    return config
+
+
+_CONFIG_BUILDER = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_config}
+_MODEL_CLASS = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
+_PROCESSOR_CLASS = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}
 
 
 def make_generation_config(tokenizer) -> GenerationConfig:
