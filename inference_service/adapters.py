@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 class BaseModelIdentity:
     config_sha256: str
     names: frozenset[str]  # served name, path, directory name: what an adapter without a manifest may cite
+    family_name: str = ""  # vlmforge.families, "" when the model type is not in the registry
+    # Module-name patterns this engine cannot serve LoRA on (the vision tower and projector of some families).
+    unservable_lora_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ def inspect_adapter(artifacts_dir: Path, name: str, *, max_rank: int, base: Base
         raise AdapterRejected(f"adapter `{name}` has rank {rank}, above this server's maximum {max_rank}",
                               reason="adapter_rank")
     _check_weights(adapter_dir / ADAPTER_WEIGHTS, name)
+    _check_servable_modules(adapter_dir / ADAPTER_WEIGHTS, base, name)
     manifest = _manifest(entry, name)
     _check_base(manifest, config, base, name)
     evaluation = {phase: scores for phase in ("before", "after")
@@ -99,6 +104,19 @@ def _check_weights(weights: Path, name: str) -> None:
         raise
     except Exception:  # noqa: BLE001 - safetensors raises several types for a damaged header
         raise AdapterRejected(f"adapter `{name}` has corrupt weights", reason="adapter_weights") from None
+
+
+def _check_servable_modules(weights: Path, base: BaseModelIdentity, name: str) -> None:
+    """vLLM would accept such an adapter and then fail or ignore part of it: refuse it, and say what works."""
+    if not base.unservable_lora_modules:
+        return
+    with safe_open(str(weights), framework="numpy") as tensors:  # the header only
+        modules = {key.rsplit(".lora_", 1)[0] for key in tensors.keys() if ".lora_" in key}
+    if any(re.search(pattern + "$", module) for module in modules for pattern in base.unservable_lora_modules):
+        raise AdapterRejected(
+            f"adapter `{name}` has LoRA on the vision tower or the projector, which vLLM does not serve for "
+            f"{base.family_name} models; serve its merged model instead (--base-model <artifacts>/{name}/merged), "
+            "or fine-tune with finetune_vision_layers and finetune_projector off", reason="adapter_modules")
 
 
 def _manifest(entry: Path, name: str) -> dict:

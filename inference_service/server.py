@@ -25,6 +25,7 @@ from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.v1.metrics.prometheus import get_prometheus_registry
 
 from vlmforge.artifacts import model_config_digest
+from vlmforge.families import ModelFamily, UnsupportedModelError, family_for_model_dir
 
 from .adapters import AdapterManager, BaseModelIdentity
 from .admin import admin_router
@@ -63,7 +64,7 @@ def vllm_argv(settings: InferenceSettings) -> list[str]:
             "--gpu-memory-utilization", str(settings.gpu_memory_utilization or _default_memory_share()),
             "--shutdown-timeout", str(settings.drain_timeout_s),
             "--mm-processor-cache-gb", str(settings.mm_processor_cache_gb)]
-    if settings.vision_tower_lora:
+    if serves_tower_lora(settings):
         argv.append("--enable-tower-connector-lora")
     if settings.max_model_len:
         argv += ["--max-model-len", str(settings.max_model_len)]
@@ -108,13 +109,34 @@ def install(app: FastAPI, settings: InferenceSettings, engine_client: EngineClie
 
 
 def _base_identity(settings: InferenceSettings) -> BaseModelIdentity:
+    model_dir = _base_model_dir(settings)
+    family = _base_family(settings)
+    unservable = () if serves_tower_lora(settings) or family is None else family.tower_and_projector_patterns
+    return BaseModelIdentity(model_config_digest(model_dir), frozenset(
+        {settings.model_name, settings.base_model, str(model_dir.resolve()), model_dir.name}),
+        family_name=family.name if family else "", unservable_lora_modules=unservable)
+
+
+def serves_tower_lora(settings: InferenceSettings) -> bool:
+    """LoRA on the vision tower and projector: as configured, unless vLLM cannot serve it for this family."""
+    family = _base_family(settings)
+    return settings.vision_tower_lora and (family is None or family.vllm_serves_tower_connector_lora)
+
+
+def _base_family(settings: InferenceSettings) -> ModelFamily | None:
+    try:
+        return family_for_model_dir(_base_model_dir(settings))
+    except UnsupportedModelError:
+        return None  # served as vLLM serves it; adapters are checked by vLLM alone
+
+
+def _base_model_dir(settings: InferenceSettings) -> Path:
     model_dir = Path(settings.base_model)
     if not model_dir.is_dir():  # a hub name: its config.json from the local cache (no network at run time)
         from transformers.utils import cached_file
 
         model_dir = Path(cached_file(settings.base_model, "config.json")).parent
-    return BaseModelIdentity(model_config_digest(model_dir), frozenset(
-        {settings.model_name, settings.base_model, str(model_dir.resolve()), model_dir.name}))
+    return model_dir
 
 
 def _secret(value) -> str | None:

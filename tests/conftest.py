@@ -40,3 +40,12 @@ def tiny_qwen2_5_vl_dir(small_dataset_dir: Path) -> Path:
 
     return build_tiny_model(small_dataset_dir.parent / "tiny-qwen2_5-vl", small_dataset_dir,
                             dataclasses.replace(QUICK_MODEL, family="qwen2_5_vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(small_dataset_dir: Path) -> Path:
+    """The same recipe in LLaVA-1.5's layout (CLIP tower, MLP projector, Llama, Vicuna-style turns)."""
+    from vlmforge.tiny_model.build import build_tiny_model
+
+    return build_tiny_model(small_dataset_dir.parent / "tiny-llava", small_dataset_dir,
+                            dataclasses.replace(QUICK_MODEL, family="llava"))

@@ -7,12 +7,30 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from vlmforge.families import ModelFamily, family_for_model_dir
+
 from .domain import Job, JobEvent, JobStatus
 from .errors import InvalidArgumentError, InvalidTransitionError, ServiceDrainingError
 from .job_spec import NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_CUDA, JobSpec, check_resources
 from .store import JobStore
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+
+
+def _serving_note(spec: JobSpec, family: ModelFamily) -> str | None:
+    """Said when the job is created, not discovered at deployment: vLLM cannot serve this adapter as an adapter."""
+    if family.vllm_serves_tower_connector_lora:
+        return None
+    hyper = spec.hyperparameters
+    if hyper.lora_target_modules:
+        beyond_language = any("language_model" not in target for target in hyper.lora_target_modules)
+    else:
+        beyond_language = hyper.finetune_vision_layers or hyper.finetune_projector
+    if not beyond_language:
+        return None
+    return (f"vLLM serves LoRA only on the language model of {family.name} models: the inference service will refuse "
+            "this job's adapter, so serve its merged model (merged_model_path) instead; to get a servable adapter, "
+            "fine-tune with finetune_vision_layers and finetune_projector off")
 
 
 class JobService:
@@ -42,6 +60,8 @@ class JobService:
             self._check_visible_to_workers(spec, model_dir)
         stored = {**spec.to_json(), "model_dir": str(model_dir.resolve())}
         job, _ = self.store.create_job(stored, client_request_id=client_request_id, status=JobStatus.QUEUED)
+        if note := _serving_note(spec, family_for_model_dir(model_dir)):
+            self.store.append_event(job.id, "deployment", note)
         return job
 
     def _check_visible_to_workers(self, spec: JobSpec, model_dir: Path) -> None:

@@ -49,7 +49,10 @@ class ChatCollator:
         self.processor = processor
         self.max_length = max_length
         tokenizer = processor.tokenizer
-        self.assistant_header_ids = tokenizer.encode(family.assistant_header, add_special_tokens=False)
+        # A header that follows text on the same line ("... ASSISTANT:") is a different token with the space
+        # folded in: look for both spellings.
+        self.assistant_headers = {tuple(tokenizer.encode(header, add_special_tokens=False))
+                                  for header in (family.assistant_header, " " + family.assistant_header)}
         self.turn_end_id = tokenizer.convert_tokens_to_ids(family.turn_end)
 
     def __call__(self, conversations: list[Conversation]) -> dict[str, torch.Tensor]:
@@ -72,18 +75,18 @@ class ChatCollator:
 
     def assistant_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        header = self.assistant_header_ids
         for row, ids in enumerate(input_ids.tolist()):
             position = 0
-            while position <= len(ids) - len(header):
-                if ids[position:position + len(header)] != header:
+            while position < len(ids):
+                header = next((h for h in self.assistant_headers if tuple(ids[position:position + len(h)]) == h), None)
+                if header is None:
                     position += 1
                     continue
                 start = position + len(header)
                 end = start
                 while end < len(ids) and ids[end] != self.turn_end_id:
                     end += 1
-                stop = min(end + 1, len(ids))  # the model must learn to emit <|im_end|> and stop
+                stop = min(end + 1, len(ids))  # the model must learn to emit the turn end and stop
                 labels[row, start:stop] = input_ids[row, start:stop]
                 position = stop
         return labels.masked_fill(attention_mask == 0, IGNORE_INDEX)

@@ -1,7 +1,9 @@
 """Every model family behind the same OpenAI API: the trainer fine-tunes a tiny model of the family, and the
 inference service (a real subprocess on vLLM CPU) serves the base and the resulting adapter by name through
 the official openai client. Qwen2-VL goes through this path in test_inference_service.py and the demo; this
-module runs the other families."""
+module runs the other families. Where vLLM serves no LoRA on a family's vision tower and projector (LLaVA), a
+job that trains them says so when it is created, and the service refuses its adapter with a 400 that names
+the merged model as the way out."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from trainer_service.job_spec import Hyperparameters, JobSpec
 from trainer_service.jobs import JobService
 from trainer_service.store import JobStore
 from trainer_service.worker.run import run_job
+from vlmforge.families import family_for_model_dir
 from vlmforge.processes import start_and_wait, stop
 
 pytestmark = pytest.mark.slow
@@ -24,35 +27,65 @@ pytestmark = pytest.mark.slow
 READY = re.compile(rb"inference service listening on (http://127\.0\.0\.1:\d+)")
 
 
-@pytest.fixture(scope="module", params=["qwen2_5_vl"])
+FAMILY_FIXTURES = {"qwen2_5_vl": "tiny_qwen2_5_vl_dir", "llava": "tiny_llava_dir"}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILY_FIXTURES))
 def served_family(request, small_dataset_dir: Path, tmp_path_factory):
-    """(base URL, adapter name) of a running inference service over a fresh fine-tune of the family."""
-    base_dir = request.getfixturevalue({"qwen2_5_vl": "tiny_qwen2_5_vl_dir"}[request.param])
+    """(base URL, servable adapter, job store, id of a job with LoRA on every layer) of a running inference
+    service over fresh fine-tunes of the family."""
+    base_dir = request.getfixturevalue(FAMILY_FIXTURES[request.param])
     state = tmp_path_factory.mktemp(f"state-{request.param}")
     store = JobStore(state / "jobs.sqlite3")
-    job = JobService(store).create(JobSpec(str(base_dir), str(small_dataset_dir / "train.jsonl"),
-                                           hyperparameters=Hyperparameters(max_steps=2, batch_size=2)))
-    store.transition(job.id, JobStatus.RUNNING, "running in the test process")
-    run_job(store, job.id, state)
-    adapter_name = store.get_job(job.id).result["fine_tuned_model"]
+    towers = family_for_model_dir(base_dir).vllm_serves_tower_connector_lora
+    servable = _fine_tune(store, state, base_dir, small_dataset_dir, finetune_vision_layers=towers,
+                          finetune_projector=towers)
+    every_layer = _fine_tune(store, state, base_dir, small_dataset_dir)
     log = state / "inference.log"
     process, ready = start_and_wait(
         ["-m", "inference_service", "--base-model", str(base_dir), "--served-model-name", "base",
          "--artifacts-dir", str(state / "artifacts"), "--port", "0", "--max-model-len", "1024",
          "--vllm-args", "--max-num-seqs 4"], log, READY)
-    yield ready.group(1).decode(), adapter_name
+    yield ready.group(1).decode(), store.get_job(servable).result["fine_tuned_model"], store, every_layer
     assert stop(process) == 0, log.read_text()[-3000:]
 
 
-def test_the_base_and_the_fine_tuned_adapter_answer_by_name(served_family, small_dataset_dir: Path) -> None:
-    url, adapter_name = served_family
-    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+def _fine_tune(store: JobStore, state: Path, base_dir: Path, data_dir: Path, **switches) -> str:
+    job = JobService(store).create(JobSpec(str(base_dir), str(data_dir / "train.jsonl"),
+                                           hyperparameters=Hyperparameters(max_steps=2, batch_size=2, **switches)))
+    store.transition(job.id, JobStatus.RUNNING, "running in the test process")
+    run_job(store, job.id, state)
+    return job.id
+
+
+def _messages(small_dataset_dir: Path) -> list[dict]:
     png = sorted((small_dataset_dir / "images" / "test").glob("*.png"))[0].read_bytes()
-    messages = [{"role": "user", "content": [
+    return [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
         {"type": "text", "text": "What color is the shortest bar?"}]}]
+
+
+def test_the_base_and_the_fine_tuned_adapter_answer_by_name(served_family, small_dataset_dir: Path) -> None:
+    url, adapter_name, _, _ = served_family
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
     for model in ("base", adapter_name):  # the adapter is found in the artifact store on its first request
-        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=4, temperature=0,
-                                               extra_body={"min_tokens": 4})
+        reply = client.chat.completions.create(model=model, messages=_messages(small_dataset_dir), max_tokens=4,
+                                               temperature=0, extra_body={"min_tokens": 4})
         assert reply.model == model and reply.usage.completion_tokens == 4
     assert adapter_name in {m.id for m in client.models.list()}
+
+
+def test_an_adapter_vllm_cannot_serve_is_announced_then_refused(served_family, small_dataset_dir: Path) -> None:
+    url, _, store, every_layer = served_family
+    job = store.get_job(every_layer)
+    notes = [e.message for e in store.events_after(every_layer) if e.kind == "deployment"]
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    ask = {"model": job.result["fine_tuned_model"], "messages": _messages(small_dataset_dir), "max_tokens": 2}
+    if family_for_model_dir(Path(job.spec["model_dir"])).vllm_serves_tower_connector_lora:
+        assert notes == [] and client.chat.completions.create(**ask).usage.completion_tokens >= 1
+        return
+    assert len(notes) == 1 and "serve its merged model" in notes[0]
+    with pytest.raises(openai.BadRequestError, match="serve its merged model instead"):
+        client.chat.completions.create(**ask)
+    reply = client.chat.completions.create(**{**ask, "model": "base"})  # the engine is unharmed
+    assert reply.usage.completion_tokens >= 1

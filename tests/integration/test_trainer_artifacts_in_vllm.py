@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -17,22 +18,26 @@ from trainer_service.jobs import JobService
 from trainer_service.store import JobStore
 from trainer_service.worker.run import run_job
 from vlmforge.data import load_dataset
+from vlmforge.families import family_for_model_dir
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+TINY_MODEL_FIXTURES = {"qwen2_vl": "tiny_model_dir", "qwen2_5_vl": "tiny_qwen2_5_vl_dir", "llava": "tiny_llava_dir"}
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_MODEL_FIXTURES))
 def base_model_dir(request) -> Path:
-    fixture = {"qwen2_vl": "tiny_model_dir", "qwen2_5_vl": "tiny_qwen2_5_vl_dir"}[request.param]
-    return request.getfixturevalue(fixture)
+    return request.getfixturevalue(TINY_MODEL_FIXTURES[request.param])
 
 
 @pytest.fixture(scope="module")
 def finished_job(base_model_dir: Path, small_dataset_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
     state = tmp_path_factory.mktemp("trainer-state")
     store = JobStore(state / "jobs.sqlite3")
-    spec = JobSpec(str(base_model_dir), str(small_dataset_dir / "train.jsonl"),
-                   hyperparameters=Hyperparameters(max_steps=3, batch_size=2, learning_rate=1e-3))
+    towers = family_for_model_dir(base_model_dir).vllm_serves_tower_connector_lora  # else: the language model only
+    spec = JobSpec(str(base_model_dir), str(small_dataset_dir / "train.jsonl"), hyperparameters=Hyperparameters(
+        max_steps=3, batch_size=2, learning_rate=1e-3, finetune_vision_layers=towers, finetune_projector=towers))
     job = JobService(store).create(spec)
     store.transition(job.id, JobStatus.RUNNING, "running in the test process")
     run_job(store, job.id, state)
@@ -74,9 +79,11 @@ def test_both_answer_in_transformers(finished_job, base_model_dir: Path, small_d
     for model in (AutoModelForImageTextToText.from_pretrained(merged), with_adapter):
         answers = answer_questions(model.eval(), processor, samples)
         assert len(answers) == 2 and all(isinstance(a.prediction, str) for a in answers)
-    modules = {name for name, _ in with_adapter.named_modules() if name.endswith(".lora_A")}
-    for part in ("visual.blocks.0.attn.qkv", "visual.merger.mlp.0", "language_model.layers.0.mlp.up_proj"):
-        assert any(part in name for name in modules), part
+    adapted = {name.removesuffix(".lora_A") for name, _ in with_adapter.named_modules() if name.endswith(".lora_A")}
+    family = family_for_model_dir(base_model_dir)
+    for part in ("vision_attention", "vision_mlp", "projector", "language_attention", "language_mlp"):
+        expected = family.vllm_serves_tower_connector_lora or part.startswith("language")
+        assert any(re.search(getattr(family, part) + "$", name) for name in adapted) == expected, part
 
 
 def test_the_merged_model_serves_as_a_base_model(finished_job, small_dataset_dir: Path) -> None:
@@ -92,6 +99,7 @@ def test_the_adapter_loads_onto_the_base_with_vision_lora(finished_job, base_mod
     from vllm.lora.request import LoRARequest
 
     adapter, _ = finished_job
+    towers = family_for_model_dir(base_model_dir).vllm_serves_tower_connector_lora
     llm = LLM(model=str(base_model_dir), enable_lora=True, max_lora_rank=16, max_loras=1,
-              enable_tower_connector_lora=True, **ENGINE)
+              enable_tower_connector_lora=towers, **ENGINE)
     _chat(llm, small_dataset_dir, lora_request=LoRARequest("job-adapter", 1, str(adapter)))

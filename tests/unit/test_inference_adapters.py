@@ -128,3 +128,24 @@ def test_corrupt_config_or_weights_are_refused(tmp_path: Path, damage: str) -> N
     with pytest.raises(AdapterRejected) as refused:
         _inspect(tmp_path)
     assert str(tmp_path) not in refused.value.message
+
+
+def test_lora_on_modules_this_engine_cannot_serve_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    """A LLaVA base: vLLM serves no LoRA on its CLIP tower or projector (vlmforge.families.llava)."""
+    from vlmforge.families import LLAVA
+
+    llava = BaseModelIdentity(config_sha256=BASE.config_sha256, names=BASE.names, family_name="llava",
+                              unservable_lora_modules=LLAVA.tower_and_projector_patterns)
+    adapter = _adapter(tmp_path, "language-only")
+    assert inspect_adapter(tmp_path, "language-only", max_rank=16, base=llava).rank == 8
+    for module in ("model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj",
+                   "model.vision_tower.encoder.layers.1.mlp.fc2", "model.multi_modal_projector.linear_1"):
+        name = "towers-" + module.rsplit(".", 1)[-1]
+        adapter = _adapter(tmp_path, name)
+        save_file({f"base_model.model.{module}.lora_A.weight": np.zeros((8, 4), np.float32),
+                   "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight":
+                       np.zeros((8, 4), np.float32)}, str(adapter / "adapter_model.safetensors"))
+        with pytest.raises(AdapterRejected, match=f"serve its merged model instead.*{name}/merged") as refused:
+            inspect_adapter(tmp_path, name, max_rank=16, base=llava)
+        assert refused.value.reason == "adapter_modules"
+        assert _inspect(tmp_path, name).rank == 8  # a Qwen2-VL base serves the same adapter

@@ -16,6 +16,8 @@ import torch
 from vlmforge.artifacts import ADAPTER_DIR, LOSS_PLOT_FILE, MANIFEST_FILE, MERGED_DIR, model_config_digest, safe_model_name
 from vlmforge.build_cache import built_atomically
 from vlmforge.data import load_dataset
+from vlmforge.families import family_for_model_dir
+from vlmforge.families.checkpoints import rename_weights_for_vllm
 
 from ..deploy import InferenceNotifier
 from ..launcher import SERVICE_PID_ENV
@@ -92,6 +94,9 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
             torch.cuda.empty_cache()
         merge_to_16bit(model_dir, staging / ADAPTER_DIR, staging / MERGED_DIR, backend.placement.device)
         processor.save_pretrained(staging / MERGED_DIR)
+        family = family_for_model_dir(model_dir)
+        for saved in (staging / ADAPTER_DIR, staging / MERGED_DIR):
+            rename_weights_for_vllm(saved, family)  # what transformers writes is not always what vLLM reads
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         _plot_losses(losses, staging / LOSS_PLOT_FILE)
     if notifier is not None:

@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 
 from .base import ModelFamily, UnsupportedModelError
+from .llava import LLAVA
 from .qwen2_vl import QWEN2_5_VL, QWEN2_VL
 
-FAMILIES: tuple[ModelFamily, ...] = (QWEN2_VL, QWEN2_5_VL)
+FAMILIES: tuple[ModelFamily, ...] = (QWEN2_VL, QWEN2_5_VL, LLAVA)
 _BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 
-__all__ = ["FAMILIES", "QWEN2_5_VL", "QWEN2_VL", "ModelFamily", "UnsupportedModelError", "family_for_model_dir", "family_for_model_type"]
+__all__ = ["FAMILIES", "LLAVA", "QWEN2_5_VL", "QWEN2_VL", "ModelFamily", "UnsupportedModelError",
+           "family_for_model_dir", "family_for_model_type"]
 
 
 def family_for_model_type(model_type: str) -> ModelFamily:

@@ -8,12 +8,17 @@ all weights on the `pretrain` split, then write everything into the directory in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
 import torch
 from transformers import (
+    CLIPImageProcessor,
     GenerationConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
     PretrainedConfig,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -26,11 +31,13 @@ from transformers import (
 )
 
 from ..build_cache import built_atomically, has_fingerprint
+from ..families import family_for_model_type
+from ..families.checkpoints import rename_weights_for_vllm
 from ..data import load_dataset
 from ..datagen import build_dataset
 from .pretrain import PretrainResult, pretrain
 from .spec import TinyModelSpec
-from .tokenizer import ENDOFTEXT, train_tokenizer
+from .tokenizer import ENDOFTEXT, LLAVA_STYLE, QWEN2_STYLE, train_tokenizer
 
 RECIPE_FILE = "vlmforge_tiny_model.json"
 
@@ -49,7 +56,7 @@ def build_tiny_model(model_dir: Path, data_dir: Path, spec: TinyModelSpec = Tiny
 
     torch.manual_seed(spec.seed)
     tokenizer = train_tokenizer([m.text for c in pretrain_set for m in c.messages] + train_texts,
-                                spec.max_tokenizer_vocab)
+                                spec.max_tokenizer_vocab, _TOKENIZER_STYLE[spec.family])
     processor = make_processor(tokenizer, spec)
     model = _MODEL_CLASS[spec.family](make_config(tokenizer, spec))
     result = pretrain(model, processor, pretrain_set, spec)
@@ -57,17 +64,31 @@ def build_tiny_model(model_dir: Path, data_dir: Path, spec: TinyModelSpec = Tiny
     with built_atomically(model_dir) as staging:
         model.generation_config = make_generation_config(tokenizer)
         model.save_pretrained(staging)  # safetensors
+        rename_weights_for_vllm(staging, family_for_model_type(model.config.model_type))
         processor.save_pretrained(staging)
         _write_recipe(staging, spec, result)
     return model_dir
 
 
 def make_processor(tokenizer, spec: TinyModelSpec):
+    return _PROCESSOR_BUILDER[spec.family](tokenizer, spec)
+
+
+def _qwen_processor(processor_class, tokenizer, spec: TinyModelSpec):
     pixels = spec.image_size_px * spec.image_size_px
     image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels)
     video_processor = Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels)
-    return _PROCESSOR_CLASS[spec.family](image_processor=image_processor, tokenizer=tokenizer,
-                                         video_processor=video_processor, chat_template=tokenizer.chat_template)
+    return processor_class(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                           chat_template=tokenizer.chat_template)
+
+
+def _llava_processor(tokenizer, spec: TinyModelSpec) -> LlavaProcessor:
+    side = spec.image_size_px
+    image_processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    # CLIP adds a CLS token that the "default" feature strategy drops: (side / 14)^2 image tokens.
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=tokenizer.chat_template)
 
 
 def make_config(tokenizer, spec: TinyModelSpec) -> PretrainedConfig:
@@ -84,16 +105,19 @@ def make_config(tokenizer, spec: TinyModelSpec) -> PretrainedConfig:
         "rms_norm_eps": 1e-6,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(spec.mrope_section)},
         "bos_token_id": token(ENDOFTEXT),
-        "eos_token_id": token("<|im_end|>"),
+        "eos_token_id": token(tokenizer.eos_token),
         "pad_token_id": token(ENDOFTEXT),
         "tie_word_embeddings": True,
     }
-    tokens = {"image_token_id": token("<|image_pad|>"), "video_token_id": token("<|video_pad|>"),
-              "vision_start_token_id": token("<|vision_start|>"), "vision_end_token_id": token("<|vision_end|>")}
-    return _CONFIG_BUILDER[spec.family](text_config, tokens, spec)
+    return _CONFIG_BUILDER[spec.family](text_config, token, spec)
 
 
-def _qwen2_vl_config(text_config: dict, tokens: dict, spec: TinyModelSpec) -> Qwen2VLConfig:
+def _qwen_tokens(token) -> dict:
+    return {"image_token_id": token("<|image_pad|>"), "video_token_id": token("<|video_pad|>"),
+            "vision_start_token_id": token("<|vision_start|>"), "vision_end_token_id": token("<|vision_end|>")}
+
+
+def _qwen2_vl_config(text_config: dict, token, spec: TinyModelSpec) -> Qwen2VLConfig:
     vision_config = {
         "depth": spec.vision_depth,
         "embed_dim": spec.vision_embed_dim,
@@ -104,12 +128,13 @@ def _qwen2_vl_config(text_config: dict, tokens: dict, spec: TinyModelSpec) -> Qw
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    config = Qwen2VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **tokens)
+    config = Qwen2VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True,
+                           **_qwen_tokens(token))
     config.architectures = ["Qwen2VLForConditionalGeneration"]
     return config
 
 
-def _qwen2_5_vl_config(text_config: dict, tokens: dict, spec: TinyModelSpec) -> Qwen2_5_VLConfig:
+def _qwen2_5_vl_config(text_config: dict, token, spec: TinyModelSpec) -> Qwen2_5_VLConfig:
     """Qwen2.5-VL's tower: gated MLP, windowed attention with full attention in the last block (the real one has
     a window of 112 px and full attention every 8th block; a 112 px image is one window here)."""
     vision_config = {
@@ -125,20 +150,44 @@ def _qwen2_5_vl_config(text_config: dict, tokens: dict, spec: TinyModelSpec) -> 
         "fullatt_block_indexes": [spec.vision_depth - 1],
     }
     config = Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True,
-                              **tokens)
+                              **_qwen_tokens(token))
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
     return config
 
 
-_CONFIG_BUILDER = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_config}
-_MODEL_CLASS = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
-_PROCESSOR_CLASS = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}
+def _llava_config(text_config: dict, token, spec: TinyModelSpec) -> LlavaConfig:
+    """LLaVA-1.5's layout: CLIP ViT (features of its second-to-last layer), a 2-layer GELU projector, a Llama."""
+    text_config = {**text_config, "model_type": "llama", "head_dim": spec.hidden_size // spec.attention_heads,
+                   "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+    vision_config = {
+        "model_type": "clip_vision_model",
+        "hidden_size": spec.vision_embed_dim,
+        "intermediate_size": spec.vision_embed_dim * spec.vision_mlp_ratio,
+        "num_hidden_layers": spec.vision_depth + 1,  # the last is not used (vision_feature_layer -2), as in LLaVA
+        "num_attention_heads": spec.vision_heads,
+        "image_size": spec.image_size_px,
+        "patch_size": 14,
+    }
+    config = LlavaConfig(text_config=text_config, vision_config=vision_config, image_token_index=token("<image>"),
+                         image_seq_length=(spec.image_size_px // 14) ** 2, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", tie_word_embeddings=True)
+    config.architectures = ["LlavaForConditionalGeneration"]
+    return config
+
+
+_CONFIG_BUILDER = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_config, "llava": _llava_config}
+_MODEL_CLASS = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+                "llava": LlavaForConditionalGeneration}
+_PROCESSOR_BUILDER = {"qwen2_vl": functools.partial(_qwen_processor, Qwen2VLProcessor),
+                      "qwen2_5_vl": functools.partial(_qwen_processor, Qwen2_5_VLProcessor),
+                      "llava": _llava_processor}
+_TOKENIZER_STYLE = {"qwen2_vl": QWEN2_STYLE, "qwen2_5_vl": QWEN2_STYLE, "llava": LLAVA_STYLE}
 
 
 def make_generation_config(tokenizer) -> GenerationConfig:
     token = tokenizer.convert_tokens_to_ids
-    return GenerationConfig(eos_token_id=[token("<|im_end|>"), token(ENDOFTEXT)], pad_token_id=token(ENDOFTEXT),
-                            bos_token_id=token(ENDOFTEXT), do_sample=False)
+    return GenerationConfig(eos_token_id=[token(tokenizer.eos_token), token(ENDOFTEXT)],
+                            pad_token_id=token(ENDOFTEXT), bos_token_id=token(ENDOFTEXT), do_sample=False)
 
 
 def _write_recipe(model_dir: Path, spec: TinyModelSpec, result: PretrainResult) -> None:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..chat_format import ChatCollator
 from ..data.types import Conversation
+from ..families import family_for_model_type
 from .spec import TinyModelSpec
 
 
@@ -33,7 +34,7 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, floor: float =
 
 
 def pretrain(model, processor, conversations: list[Conversation], spec: TinyModelSpec) -> PretrainResult:
-    collate = ChatCollator(processor)
+    collate = ChatCollator(processor, family=family_for_model_type(model.config.model_type))
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_learning_rate, betas=(0.9, 0.98),
                                   weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(

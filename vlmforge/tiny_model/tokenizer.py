@@ -1,13 +1,15 @@
 """A byte-level BPE tokenizer in Qwen2's mould, trained on the embedded dataset's text.
 
 Same pre-tokenizer and special tokens as Qwen2-VL, so chat templates, processors and vLLM treat it as a
-Qwen2 tokenizer; only the vocabulary is small (hundreds of tokens instead of 151k).
+Qwen2 tokenizer; only the vocabulary is small (hundreds of tokens instead of 151k). The LLaVA style swaps in
+LLaVA's special tokens (`<image>`, `</s>`) and its Vicuna-style chat template.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AddedToken, Qwen2Tokenizer
@@ -41,8 +43,35 @@ CHAT_TEMPLATE = (
 # Text every chat contains, so its pieces get merges of their own.
 _TEMPLATE_TEXT = ("system\nYou are a helpful assistant.", "user\n", "assistant\n", "\n")
 
+# LLaVA-1.5's training format (Vicuna v1): "USER: <image>\nquestion ASSISTANT: answer</s>", with a system line.
+LLAVA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                "helpful, detailed, and polite answers to the human's questions.")
+LLAVA_CHAT_TEMPLATE = (
+    '{{ "' + LLAVA_SYSTEM + '" }}{% for message in messages %}'
+    "{% if message['role'] == 'user' %}{{ ' USER: ' }}{% else %}{{ ' ASSISTANT: ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}"
+    "{% endfor %}{% endif %}{% if message['role'] == 'assistant' %}{{ '</s>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ ' ASSISTANT:' }}{% endif %}"
+)
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Qwen2Tokenizer:
+
+@dataclass(frozen=True)
+class TokenizerStyle:
+    special_tokens: tuple[str, ...]
+    eos_token: str
+    pad_token: str
+    chat_template: str
+    template_text: tuple[str, ...]
+
+
+QWEN2_STYLE = TokenizerStyle(SPECIAL_TOKENS, "<|im_end|>", ENDOFTEXT, CHAT_TEMPLATE, _TEMPLATE_TEXT)
+LLAVA_STYLE = TokenizerStyle((ENDOFTEXT, "</s>", "<image>"), "</s>", ENDOFTEXT, LLAVA_CHAT_TEMPLATE,
+                             (LLAVA_SYSTEM, " USER: ", " ASSISTANT: ", " ASSISTANT:"))
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, style: TokenizerStyle = QWEN2_STYLE) -> Qwen2Tokenizer:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated", invert=False),
@@ -53,15 +82,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Qwen2Tokenizer:
         vocab_size=vocab_size, min_frequency=2, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    bpe.train_from_iterator([*_TEMPLATE_TEXT, *texts], trainer=trainer)
+    bpe.train_from_iterator([*style.template_text, *texts], trainer=trainer)
     vocab = bpe.get_vocab()
     merges = _merges(bpe)
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None,
-                               eos_token="<|im_end|>", pad_token=ENDOFTEXT, errors="replace")
+                               eos_token=style.eos_token, pad_token=style.pad_token, errors="replace")
     tokenizer.add_special_tokens(
-        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]},
+        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in style.special_tokens]},
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = style.chat_template
     tokenizer.model_max_length = 32768
     return tokenizer
 

@@ -1,0 +1,27 @@
+"""LLaVA-1.5 (llava-hf): a CLIP vision tower, a two-layer MLP projector, a Llama / Mistral language model, and
+Vicuna-style turns: `USER: <image>\\n... ASSISTANT: answer</s>` (the format LLaVA was trained on; llava-hf's own
+chat template leaves the `</s>` out, so with it the labels run to the end of the sample)."""
+
+from __future__ import annotations
+
+from .base import ModelFamily
+
+# transformers 5 flattens CLIPVisionModel to `vision_tower.encoder...`; checkpoints saved before keep
+# `vision_tower.vision_model.encoder...`.
+_CLIP_LAYERS = r"vision_tower\.(vision_model\.)?encoder\.layers\.\d+"
+
+LLAVA = ModelFamily(
+    name="llava", model_types=frozenset({"llava"}),
+    assistant_header="ASSISTANT:", turn_end="</s>",
+    vision_attention=_CLIP_LAYERS + r"\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",
+    vision_mlp=_CLIP_LAYERS + r"\.mlp\.(fc1|fc2)",
+    projector=r"multi_modal_projector\.(linear_1|linear_2)",
+    language_attention=r"language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
+    language_mlp=r"language_model\.layers\.\d+\.mlp\.(gate_proj|up_proj|down_proj)",
+    # With --enable-tower-connector-lora, vLLM 0.32 counts the tower's tokens without CLIP's class token and every
+    # image request fails (einsum 64 vs 65), adapter or not: LoRA on the language model only.
+    vllm_serves_tower_connector_lora=False,
+    # transformers 5.17 writes the CLIP tower without its `vision_model.` level; vLLM 0.32 reads only that.
+    vllm_weight_renames=tuple((f"vision_tower.{part}.", f"vision_tower.vision_model.{part}.")
+                              for part in ("embeddings", "encoder", "pre_layrnorm", "post_layernorm")),
+)
