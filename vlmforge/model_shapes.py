@@ -1,11 +1,13 @@
-"""Qwen2-VL at its published sizes with random weights, for GPU benchmarks and checks where the real weights
+"""VLMs at their published sizes with random weights, for GPU benchmarks and checks where the real weights
 cannot be downloaded. Speed and memory depend on the shapes, not on the weight values.
 
-The numbers are those of Qwen/Qwen2-VL-2B-Instruct and -7B-Instruct's config.json. The tokenizer is the
-embedded tiny model's (any Qwen-style chat tokenizer works): its ids all fall inside the real 151,936-entry
-vocabulary, whose embedding and LM-head cost is kept.
+The numbers are those of the checkpoints' config.json: Qwen/Qwen2-VL-2B-Instruct and -7B-Instruct,
+Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct, llava-hf/llava-1.5-7b-hf. The tokenizer is an embedded tiny
+model's of the same family (`python -m vlmforge.tiny_model build DIR --family F`): its ids all fall inside the
+real vocabulary, whose embedding and LM-head cost is kept.
 
     python -m vlmforge.model_shapes OUT_DIR --shape 2b --tokenizer-from .cache/vlmforge/models/tiny-qwen2-vl
+    python -m vlmforge.model_shapes OUT_DIR --shape llava-1.5-7b --tokenizer-from TINY_LLAVA_DIR
 """
 
 from __future__ import annotations
@@ -18,14 +20,28 @@ import torch
 from .build_cache import built_atomically
 from .tiny_model.tokenizer import ENDOFTEXT
 
-QWEN2_VL_VOCAB = 151936
+QWEN_VOCAB = 151936
 QWEN2_VL_VISION = {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4, "patch_size": 14,
                    "spatial_merge_size": 2, "temporal_patch_size": 2}
-QWEN2_VL_SHAPES = {
-    "2b": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
-           "num_key_value_heads": 2, "tie_word_embeddings": True},
-    "7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
-           "num_key_value_heads": 4, "tie_word_embeddings": False},
+QWEN2_5_VL_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "patch_size": 14,
+                     "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                     "fullatt_block_indexes": [7, 15, 23, 31]}
+CLIP_L_336 = {"model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096,
+              "num_hidden_layers": 24, "num_attention_heads": 16, "image_size": 336, "patch_size": 14,
+              "projection_dim": 768}
+SHAPES = {  # shape -> (family, language model sizes)
+    "2b": ("qwen2_vl", {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                        "num_attention_heads": 12, "num_key_value_heads": 2, "tie_word_embeddings": True}),
+    "7b": ("qwen2_vl", {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                        "num_attention_heads": 28, "num_key_value_heads": 4, "tie_word_embeddings": False}),
+    "qwen2.5-vl-3b": ("qwen2_5_vl", {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+                                     "num_attention_heads": 16, "num_key_value_heads": 2,
+                                     "tie_word_embeddings": True}),
+    "qwen2.5-vl-7b": ("qwen2_5_vl", {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                                     "num_attention_heads": 28, "num_key_value_heads": 4,
+                                     "tie_word_embeddings": False}),
+    "llava-1.5-7b": ("llava", {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                               "num_attention_heads": 32, "num_key_value_heads": 32, "tie_word_embeddings": False}),
 }
 
 
@@ -33,50 +49,92 @@ def build_shaped_model(out_dir: Path, shape: str, tokenizer_from: Path, *, image
                        device: str = "cpu") -> Path:
     """Writes a loadable model directory (bf16 safetensors + processor); returns it. Cached: an existing
     directory with a config is left as it is."""
-    from transformers import (
-        AutoTokenizer,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import AutoTokenizer
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
         return out_dir
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
-    token = tokenizer.convert_tokens_to_ids
-    sizes = QWEN2_VL_SHAPES[shape]
-    text_config = {
-        **sizes, "vocab_size": QWEN2_VL_VOCAB, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-        "bos_token_id": token(ENDOFTEXT), "eos_token_id": token("<|im_end|>"), "pad_token_id": token(ENDOFTEXT),
-    }
-    config = Qwen2VLConfig(
-        text_config=text_config, vision_config={**QWEN2_VL_VISION, "hidden_size": sizes["hidden_size"]},
-        tie_word_embeddings=sizes["tie_word_embeddings"], image_token_id=token("<|image_pad|>"),
-        video_token_id=token("<|video_pad|>"), vision_start_token_id=token("<|vision_start|>"),
-        vision_end_token_id=token("<|vision_end|>"))
-    config.architectures = ["Qwen2VLForConditionalGeneration"]
-    pixels = image_size_px * image_size_px
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels),
-                                 video_processor=Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels),
-                                 tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+    family, sizes = SHAPES[shape]
+    config, model_class, processor = _BUILDERS[family](sizes, tokenizer, image_size_px)
     torch.manual_seed(0)
     with torch.device(device):
-        model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
+        model = model_class(config).to(torch.bfloat16)
     with built_atomically(out_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
     return out_dir
 
 
+def _qwen_parts(sizes: dict, tokenizer, image_size_px: int, *, processor_class, video: bool = True):
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    token = tokenizer.convert_tokens_to_ids
+    text_config = {
+        **sizes, "vocab_size": QWEN_VOCAB, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        "bos_token_id": token(ENDOFTEXT), "eos_token_id": token("<|im_end|>"), "pad_token_id": token(ENDOFTEXT),
+    }
+    tokens = {"image_token_id": token("<|image_pad|>"), "video_token_id": token("<|video_pad|>"),
+              "vision_start_token_id": token("<|vision_start|>"), "vision_end_token_id": token("<|vision_end|>")}
+    pixels = image_size_px * image_size_px
+    processor = processor_class(image_processor=Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels),
+                                video_processor=Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels),
+                                tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+    return text_config, tokens, processor
+
+
+def _qwen2_vl(sizes: dict, tokenizer, image_size_px: int):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    text_config, tokens, processor = _qwen_parts(sizes, tokenizer, image_size_px, processor_class=Qwen2VLProcessor)
+    config = Qwen2VLConfig(text_config=text_config, vision_config={**QWEN2_VL_VISION, "hidden_size":
+                                                                   sizes["hidden_size"]},
+                           tie_word_embeddings=sizes["tie_word_embeddings"], **tokens)
+    config.architectures = ["Qwen2VLForConditionalGeneration"]
+    return config, Qwen2VLForConditionalGeneration, processor
+
+
+def _qwen2_5_vl(sizes: dict, tokenizer, image_size_px: int):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    text_config, tokens, processor = _qwen_parts(sizes, tokenizer, image_size_px,
+                                                 processor_class=Qwen2_5_VLProcessor)
+    config = Qwen2_5_VLConfig(text_config=text_config, vision_config={**QWEN2_5_VL_VISION, "out_hidden_size":
+                                                                      sizes["hidden_size"]},
+                              tie_word_embeddings=sizes["tie_word_embeddings"], **tokens)
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    return config, Qwen2_5_VLForConditionalGeneration, processor
+
+
+def _llava(sizes: dict, tokenizer, image_size_px: int):
+    """LLaVA-1.5 resizes every image to CLIP's 336 px: 576 image tokens whatever `image_size_px` is."""
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    token = tokenizer.convert_tokens_to_ids
+    text_config = {**sizes, "model_type": "llama", "vocab_size": 32064, "max_position_embeddings": 4096,
+                   "rms_norm_eps": 1e-5, "bos_token_id": token(ENDOFTEXT), "eos_token_id": token("</s>"),
+                   "pad_token_id": token(ENDOFTEXT)}
+    side = CLIP_L_336["image_size"]
+    config = LlavaConfig(text_config=text_config, vision_config=CLIP_L_336, image_token_index=token("<image>"),
+                         image_seq_length=(side // 14) ** 2, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", tie_word_embeddings=False)
+    config.architectures = ["LlavaForConditionalGeneration"]
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=tokenizer.chat_template)
+    return config, LlavaForConditionalGeneration, processor
+
+
+_BUILDERS = {"qwen2_vl": _qwen2_vl, "qwen2_5_vl": _qwen2_5_vl, "llava": _llava}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--shape", choices=sorted(QWEN2_VL_SHAPES), default="2b")
-    parser.add_argument("--tokenizer-from", type=Path, required=True)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="2b")
+    parser.add_argument("--tokenizer-from", type=Path, required=True, help="a tiny model of the shape's family")
     parser.add_argument("--image-size-px", type=int, default=448)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()

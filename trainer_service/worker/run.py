@@ -94,9 +94,9 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
             torch.cuda.empty_cache()
         merge_to_16bit(model_dir, staging / ADAPTER_DIR, staging / MERGED_DIR, backend.placement.device)
         processor.save_pretrained(staging / MERGED_DIR)
-        family = family_for_model_dir(model_dir)
-        for saved in (staging / ADAPTER_DIR, staging / MERGED_DIR):
-            rename_weights_for_vllm(saved, family)  # what transformers writes is not always what vLLM reads
+        # What transformers writes is not always what vLLM reads (the adapter keeps peft's names: transformers
+        # and peft load it, and vLLM serves it where the family allows).
+        rename_weights_for_vllm(staging / MERGED_DIR, family_for_model_dir(model_dir))
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         _plot_losses(losses, staging / LOSS_PLOT_FILE)
     if notifier is not None:

@@ -1,5 +1,6 @@
-"""`python -m vlmforge.tiny_model build MODEL_DIR --data-dir DATA_DIR`: build the embedded tiny Qwen2-VL
-(cached by recipe) and print the model directory as the last line."""
+"""`python -m vlmforge.tiny_model build MODEL_DIR --data-dir DATA_DIR [--family F]`: build the embedded tiny
+Qwen2-VL (or the same recipe in another family's layout) cached by recipe, and print the model directory as
+the last line."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from .build import build_tiny_model, is_built
+from .build import FAMILIES, build_tiny_model, is_built
 from .spec import TinyModelSpec
 
 
@@ -22,9 +23,11 @@ def main(argv: list[str] | None = None) -> None:
     build.add_argument("--pretrain-steps", type=int, default=TinyModelSpec.pretrain_steps,
                        help="fewer steps build faster but give a weaker base (tests use a few)")
     build.add_argument("--seed", type=int, default=TinyModelSpec.seed)
+    build.add_argument("--family", choices=FAMILIES, default=TinyModelSpec.family)
     args = parser.parse_args(argv)
 
-    spec = dataclasses.replace(TinyModelSpec(), pretrain_steps=args.pretrain_steps, seed=args.seed)
+    spec = dataclasses.replace(TinyModelSpec(), pretrain_steps=args.pretrain_steps, seed=args.seed,
+                               family=args.family)
     if is_built(args.model_dir, spec):
         print(f"tiny model up to date ({spec.fingerprint()})")
     else:

@@ -181,6 +181,7 @@ _MODEL_CLASS = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2
 _PROCESSOR_BUILDER = {"qwen2_vl": functools.partial(_qwen_processor, Qwen2VLProcessor),
                       "qwen2_5_vl": functools.partial(_qwen_processor, Qwen2_5_VLProcessor),
                       "llava": _llava_processor}
+FAMILIES = tuple(_CONFIG_BUILDER)
 _TOKENIZER_STYLE = {"qwen2_vl": QWEN2_STYLE, "qwen2_5_vl": QWEN2_STYLE, "llava": LLAVA_STYLE}
 
 
