@@ -138,11 +138,13 @@ def _plain_loop(peft_model, processor, samples, hyper, backend, ranks, on_step) 
 
     from trainer_service.worker.train import _to_device, batch_indices, schedule
     from vlmforge.chat_format import ChatCollator
+    from vlmforge.families import family_for_model_type
 
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=hyper.learning_rate, weight_decay=hyper.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(hyper, hyper.max_steps))
-    collate = ChatCollator(processor, max_length=hyper.max_sequence_length)
+    collate = ChatCollator(processor, family=family_for_model_type(peft_model.config.model_type),
+                           max_length=hyper.max_sequence_length)
     peft_model.train()
     model = ranks.wrap(peft_model)
     losses = []
