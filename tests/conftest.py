@@ -49,3 +49,12 @@ def tiny_llava_dir(small_dataset_dir: Path) -> Path:
 
     return build_tiny_model(small_dataset_dir.parent / "tiny-llava", small_dataset_dir,
                             dataclasses.replace(QUICK_MODEL, family="llava"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_dir(small_dataset_dir: Path) -> Path:
+    """LLaVA-1.6's layout: LLaVA-1.5's plus any-resolution tiles, on a Mistral with [INST] turns."""
+    from vlmforge.tiny_model.build import build_tiny_model
+
+    return build_tiny_model(small_dataset_dir.parent / "tiny-llava-next", small_dataset_dir,
+                            dataclasses.replace(QUICK_MODEL, family="llava_next"))

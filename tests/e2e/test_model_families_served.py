@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 READY = re.compile(rb"inference service listening on (http://127\.0\.0\.1:\d+)")
 
 
-FAMILY_FIXTURES = {"qwen2_5_vl": "tiny_qwen2_5_vl_dir", "llava": "tiny_llava_dir"}
+FAMILY_FIXTURES = {"qwen2_5_vl": "tiny_qwen2_5_vl_dir", "llava": "tiny_llava_dir",
+                   "llava_next": "tiny_llava_next_dir"}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILY_FIXTURES))

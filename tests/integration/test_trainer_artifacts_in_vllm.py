@@ -23,7 +23,8 @@ from vlmforge.families import family_for_model_dir
 pytestmark = pytest.mark.slow
 
 
-TINY_MODEL_FIXTURES = {"qwen2_vl": "tiny_model_dir", "qwen2_5_vl": "tiny_qwen2_5_vl_dir", "llava": "tiny_llava_dir"}
+TINY_MODEL_FIXTURES = {"qwen2_vl": "tiny_model_dir", "qwen2_5_vl": "tiny_qwen2_5_vl_dir", "llava": "tiny_llava_dir",
+                       "llava_next": "tiny_llava_next_dir"}
 
 
 @pytest.fixture(scope="module", params=sorted(TINY_MODEL_FIXTURES))

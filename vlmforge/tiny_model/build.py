@@ -18,6 +18,10 @@ from transformers import (
     GenerationConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
     LlavaProcessor,
     PretrainedConfig,
     Qwen2_5_VLConfig,
@@ -37,7 +41,7 @@ from ..data import load_dataset
 from ..datagen import build_dataset
 from .pretrain import PretrainResult, pretrain
 from .spec import TinyModelSpec
-from .tokenizer import ENDOFTEXT, LLAVA_STYLE, QWEN2_STYLE, train_tokenizer
+from .tokenizer import ENDOFTEXT, LLAVA_STYLE, MISTRAL_STYLE, QWEN2_STYLE, train_tokenizer
 
 RECIPE_FILE = "vlmforge_tiny_model.json"
 
@@ -89,6 +93,20 @@ def _llava_processor(tokenizer, spec: TinyModelSpec) -> LlavaProcessor:
     return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
                           chat_template=tokenizer.chat_template)
+
+
+def _llava_next_processor(tokenizer, spec: TinyModelSpec) -> LlavaNextProcessor:
+    side = spec.image_size_px
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                              image_grid_pinpoints=_pinpoints(side))
+    return LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                              chat_template=tokenizer.chat_template)
+
+
+def _pinpoints(side: int) -> list[list[int]]:
+    """LLaVA-1.6's any-resolution grid at this model's tile size: up to 2x2 tiles."""
+    return [[side, side], [side, 2 * side], [2 * side, side], [2 * side, 2 * side]]
 
 
 def make_config(tokenizer, spec: TinyModelSpec) -> PretrainedConfig:
@@ -175,14 +193,28 @@ def _llava_config(text_config: dict, token, spec: TinyModelSpec) -> LlavaConfig:
     return config
 
 
-_CONFIG_BUILDER = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_config, "llava": _llava_config}
+def _llava_next_config(text_config: dict, token, spec: TinyModelSpec) -> LlavaNextConfig:
+    """LLaVA-1.6 on Mistral: the LLaVA-1.5 layout plus any-resolution tiles and an image-newline embedding."""
+    llava = _llava_config(text_config, token, spec)
+    config = LlavaNextConfig(text_config={**llava.text_config.to_dict(), "model_type": "mistral"},
+                             vision_config=llava.vision_config.to_dict(), image_token_index=token("<image>"),
+                             image_grid_pinpoints=_pinpoints(spec.image_size_px),
+                             image_seq_length=(spec.image_size_px // 14) ** 2, vision_feature_layer=-2,
+                             vision_feature_select_strategy="default", tie_word_embeddings=True)
+    config.architectures = ["LlavaNextForConditionalGeneration"]
+    return config
+
+
+_CONFIG_BUILDER = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_config, "llava": _llava_config,
+                   "llava_next": _llava_next_config}
 _MODEL_CLASS = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
-                "llava": LlavaForConditionalGeneration}
+                "llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}
 _PROCESSOR_BUILDER = {"qwen2_vl": functools.partial(_qwen_processor, Qwen2VLProcessor),
                       "qwen2_5_vl": functools.partial(_qwen_processor, Qwen2_5_VLProcessor),
-                      "llava": _llava_processor}
+                      "llava": _llava_processor, "llava_next": _llava_next_processor}
 FAMILIES = tuple(_CONFIG_BUILDER)
-_TOKENIZER_STYLE = {"qwen2_vl": QWEN2_STYLE, "qwen2_5_vl": QWEN2_STYLE, "llava": LLAVA_STYLE}
+_TOKENIZER_STYLE = {"qwen2_vl": QWEN2_STYLE, "qwen2_5_vl": QWEN2_STYLE, "llava": LLAVA_STYLE,
+                    "llava_next": MISTRAL_STYLE}
 
 
 def make_generation_config(tokenizer) -> GenerationConfig:

@@ -57,6 +57,18 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
+# LLaVA-1.6 on Mistral-7B: "[INST] <image>\nquestion [/INST] answer</s>".
+MISTRAL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}"
+    "{% endfor %}{% endif %}{{ ' [/INST]' }}{% else %}{{ ' ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}"
+    "{% endfor %}{{ '</s>' }}{% endif %}{% endfor %}"
+)
+
+
 @dataclass(frozen=True)
 class TokenizerStyle:
     special_tokens: tuple[str, ...]
@@ -67,6 +79,8 @@ class TokenizerStyle:
 
 
 QWEN2_STYLE = TokenizerStyle(SPECIAL_TOKENS, "<|im_end|>", ENDOFTEXT, CHAT_TEMPLATE, _TEMPLATE_TEXT)
+MISTRAL_STYLE = TokenizerStyle((ENDOFTEXT, "</s>", "<image>", "[INST]", "[/INST]"), "</s>", ENDOFTEXT,
+                               MISTRAL_CHAT_TEMPLATE, ("[INST] ", " [/INST]"))
 LLAVA_STYLE = TokenizerStyle((ENDOFTEXT, "</s>", "<image>"), "</s>", ENDOFTEXT, LLAVA_CHAT_TEMPLATE,
                              (LLAVA_SYSTEM, " USER: ", " ASSISTANT: ", " ASSISTANT:"))
 
