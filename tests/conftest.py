@@ -58,3 +58,12 @@ def tiny_llava_next_dir(small_dataset_dir: Path) -> Path:
 
     return build_tiny_model(small_dataset_dir.parent / "tiny-llava-next", small_dataset_dir,
                             dataclasses.replace(QUICK_MODEL, family="llava_next"))
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3_dir(small_dataset_dir: Path) -> Path:
+    """Idefics3's layout (SmolVLM's too): vision transformer, pixel-shuffle connector, Llama, <end_of_utterance>."""
+    from vlmforge.tiny_model.build import build_tiny_model
+
+    return build_tiny_model(small_dataset_dir.parent / "tiny-idefics3", small_dataset_dir,
+                            dataclasses.replace(QUICK_MODEL, family="idefics3"))

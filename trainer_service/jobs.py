@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,8 @@ def _serving_note(spec: JobSpec, family: ModelFamily) -> str | None:
         return None
     hyper = spec.hyperparameters
     if hyper.lora_target_modules:
-        beyond_language = any("language_model" not in target for target in hyper.lora_target_modules)
+        language = f"{family.language_attention}|{family.language_mlp}"
+        beyond_language = any(not re.search(language, target) for target in hyper.lora_target_modules)
     else:
         beyond_language = hyper.finetune_vision_layers or hyper.finetune_projector
     if not beyond_language:

@@ -28,7 +28,7 @@ READY = re.compile(rb"inference service listening on (http://127\.0\.0\.1:\d+)")
 
 
 FAMILY_FIXTURES = {"qwen2_5_vl": "tiny_qwen2_5_vl_dir", "llava": "tiny_llava_dir",
-                   "llava_next": "tiny_llava_next_dir"}
+                   "llava_next": "tiny_llava_next_dir", "idefics3": "tiny_idefics3_dir"}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILY_FIXTURES))

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 TINY_MODEL_FIXTURES = {"qwen2_vl": "tiny_model_dir", "qwen2_5_vl": "tiny_qwen2_5_vl_dir", "llava": "tiny_llava_dir",
-                       "llava_next": "tiny_llava_next_dir"}
+                       "llava_next": "tiny_llava_next_dir", "idefics3": "tiny_idefics3_dir"}
 
 
 @pytest.fixture(scope="module", params=sorted(TINY_MODEL_FIXTURES))

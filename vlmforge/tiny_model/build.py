@@ -16,6 +16,10 @@ import torch
 from transformers import (
     CLIPImageProcessor,
     GenerationConfig,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessor,
+    Idefics3Processor,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
@@ -41,7 +45,7 @@ from ..data import load_dataset
 from ..datagen import build_dataset
 from .pretrain import PretrainResult, pretrain
 from .spec import TinyModelSpec
-from .tokenizer import ENDOFTEXT, LLAVA_STYLE, MISTRAL_STYLE, QWEN2_STYLE, train_tokenizer
+from .tokenizer import ENDOFTEXT, IDEFICS3_STYLE, LLAVA_STYLE, MISTRAL_STYLE, QWEN2_STYLE, train_tokenizer
 
 RECIPE_FILE = "vlmforge_tiny_model.json"
 
@@ -102,6 +106,15 @@ def _llava_next_processor(tokenizer, spec: TinyModelSpec) -> LlavaNextProcessor:
     return LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
                               chat_template=tokenizer.chat_template)
+
+
+def _idefics3_processor(tokenizer, spec: TinyModelSpec) -> Idefics3Processor:
+    """One global image per picture, no splitting: (side / 14)^2 patches, pixel-shuffled 2x2 into image tokens."""
+    side = spec.image_size_px
+    image_processor = Idefics3ImageProcessor(size={"longest_edge": side}, max_image_size={"longest_edge": side},
+                                             do_image_splitting=False)
+    return Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                             image_seq_len=(side // 14) ** 2 // 4, chat_template=tokenizer.chat_template)
 
 
 def _pinpoints(side: int) -> list[list[int]]:
@@ -205,16 +218,30 @@ def _llava_next_config(text_config: dict, token, spec: TinyModelSpec) -> LlavaNe
     return config
 
 
+def _idefics3_config(text_config: dict, token, spec: TinyModelSpec) -> Idefics3Config:
+    text_config = {**text_config, "model_type": "llama", "head_dim": spec.hidden_size // spec.attention_heads,
+                   "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+    vision_config = {"hidden_size": spec.vision_embed_dim, "num_hidden_layers": spec.vision_depth,
+                     "intermediate_size": spec.vision_embed_dim * spec.vision_mlp_ratio,
+                     "num_attention_heads": spec.vision_heads, "image_size": spec.image_size_px, "patch_size": 14}
+    config = Idefics3Config(text_config=text_config, vision_config=vision_config, scale_factor=2,
+                            image_token_id=token("<image>"), pad_token_id=token(ENDOFTEXT), tie_word_embeddings=True)
+    config.architectures = ["Idefics3ForConditionalGeneration"]
+    return config
+
+
 _CONFIG_BUILDER = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_config, "llava": _llava_config,
-                   "llava_next": _llava_next_config}
+                   "llava_next": _llava_next_config, "idefics3": _idefics3_config}
 _MODEL_CLASS = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
-                "llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}
+                "llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration,
+                "idefics3": Idefics3ForConditionalGeneration}
 _PROCESSOR_BUILDER = {"qwen2_vl": functools.partial(_qwen_processor, Qwen2VLProcessor),
                       "qwen2_5_vl": functools.partial(_qwen_processor, Qwen2_5_VLProcessor),
-                      "llava": _llava_processor, "llava_next": _llava_next_processor}
+                      "llava": _llava_processor, "llava_next": _llava_next_processor,
+                      "idefics3": _idefics3_processor}
 FAMILIES = tuple(_CONFIG_BUILDER)
 _TOKENIZER_STYLE = {"qwen2_vl": QWEN2_STYLE, "qwen2_5_vl": QWEN2_STYLE, "llava": LLAVA_STYLE,
-                    "llava_next": MISTRAL_STYLE}
+                    "llava_next": MISTRAL_STYLE, "idefics3": IDEFICS3_STYLE}
 
 
 def make_generation_config(tokenizer) -> GenerationConfig:

@@ -69,6 +69,20 @@ MISTRAL_CHAT_TEMPLATE = (
 )
 
 
+# Idefics3: "<|im_start|>User:<image>question<end_of_utterance>\nAssistant: answer<end_of_utterance>\n".
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}{{ ': ' + message['content'] }}{% else %}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+# The processor also asks for <global-img> and the <row_i_col_j> tags of split images.
+_IDEFICS3_TOKENS = (ENDOFTEXT, "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+                    "<global-img>", *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)))
+
+
 @dataclass(frozen=True)
 class TokenizerStyle:
     special_tokens: tuple[str, ...]
@@ -81,6 +95,8 @@ class TokenizerStyle:
 QWEN2_STYLE = TokenizerStyle(SPECIAL_TOKENS, "<|im_end|>", ENDOFTEXT, CHAT_TEMPLATE, _TEMPLATE_TEXT)
 MISTRAL_STYLE = TokenizerStyle((ENDOFTEXT, "</s>", "<image>", "[INST]", "[/INST]"), "</s>", ENDOFTEXT,
                                MISTRAL_CHAT_TEMPLATE, ("[INST] ", " [/INST]"))
+IDEFICS3_STYLE = TokenizerStyle(_IDEFICS3_TOKENS, "<end_of_utterance>", ENDOFTEXT, IDEFICS3_CHAT_TEMPLATE,
+                                ("User:", "User: ", "\nAssistant: ", "Assistant:"))
 LLAVA_STYLE = TokenizerStyle((ENDOFTEXT, "</s>", "<image>"), "</s>", ENDOFTEXT, LLAVA_CHAT_TEMPLATE,
                              (LLAVA_SYSTEM, " USER: ", " ASSISTANT: ", " ASSISTANT:"))
 
