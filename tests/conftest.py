@@ -4,7 +4,9 @@ these tests check that the artifacts load and run everywhere, not how well the m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,36 +36,15 @@ def tiny_model_dir(small_dataset_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen2_5_vl_dir(small_dataset_dir: Path) -> Path:
-    """The same recipe in the Qwen2.5-VL family (gated vision MLP, windowed vision attention)."""
+def tiny_model_of(small_dataset_dir: Path, tiny_model_dir: Path) -> Callable[[str], Path]:
+    """The quick recipe in any family's layout (vlmforge.tiny_model.build.FAMILIES), built once a session."""
     from vlmforge.tiny_model.build import build_tiny_model
 
-    return build_tiny_model(small_dataset_dir.parent / "tiny-qwen2_5-vl", small_dataset_dir,
-                            dataclasses.replace(QUICK_MODEL, family="qwen2_5_vl"))
+    @functools.cache
+    def build(family: str) -> Path:
+        if family == QUICK_MODEL.family:
+            return tiny_model_dir
+        return build_tiny_model(small_dataset_dir.parent / f"tiny-{family}", small_dataset_dir,
+                                dataclasses.replace(QUICK_MODEL, family=family))
 
-
-@pytest.fixture(scope="session")
-def tiny_llava_dir(small_dataset_dir: Path) -> Path:
-    """The same recipe in LLaVA-1.5's layout (CLIP tower, MLP projector, Llama, Vicuna-style turns)."""
-    from vlmforge.tiny_model.build import build_tiny_model
-
-    return build_tiny_model(small_dataset_dir.parent / "tiny-llava", small_dataset_dir,
-                            dataclasses.replace(QUICK_MODEL, family="llava"))
-
-
-@pytest.fixture(scope="session")
-def tiny_llava_next_dir(small_dataset_dir: Path) -> Path:
-    """LLaVA-1.6's layout: LLaVA-1.5's plus any-resolution tiles, on a Mistral with [INST] turns."""
-    from vlmforge.tiny_model.build import build_tiny_model
-
-    return build_tiny_model(small_dataset_dir.parent / "tiny-llava-next", small_dataset_dir,
-                            dataclasses.replace(QUICK_MODEL, family="llava_next"))
-
-
-@pytest.fixture(scope="session")
-def tiny_idefics3_dir(small_dataset_dir: Path) -> Path:
-    """Idefics3's layout (SmolVLM's too): vision transformer, pixel-shuffle connector, Llama, <end_of_utterance>."""
-    from vlmforge.tiny_model.build import build_tiny_model
-
-    return build_tiny_model(small_dataset_dir.parent / "tiny-idefics3", small_dataset_dir,
-                            dataclasses.replace(QUICK_MODEL, family="idefics3"))
+    return build

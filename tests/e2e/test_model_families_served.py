@@ -21,21 +21,18 @@ from trainer_service.store import JobStore
 from trainer_service.worker.run import run_job
 from vlmforge.families import family_for_model_dir
 from vlmforge.processes import start_and_wait, stop
+from vlmforge.tiny_model.build import FAMILIES as TINY_FAMILIES
 
 pytestmark = pytest.mark.slow
 
 READY = re.compile(rb"inference service listening on (http://127\.0\.0\.1:\d+)")
 
 
-FAMILY_FIXTURES = {"qwen2_5_vl": "tiny_qwen2_5_vl_dir", "llava": "tiny_llava_dir",
-                   "llava_next": "tiny_llava_next_dir", "idefics3": "tiny_idefics3_dir"}
-
-
-@pytest.fixture(scope="module", params=sorted(FAMILY_FIXTURES))
-def served_family(request, small_dataset_dir: Path, tmp_path_factory):
+@pytest.fixture(scope="module", params=[family for family in TINY_FAMILIES if family != "qwen2_vl"])
+def served_family(request, tiny_model_of, small_dataset_dir: Path, tmp_path_factory):
     """(base URL, servable adapter, job store, id of a job with LoRA on every layer) of a running inference
     service over fresh fine-tunes of the family."""
-    base_dir = request.getfixturevalue(FAMILY_FIXTURES[request.param])
+    base_dir = tiny_model_of(request.param)
     state = tmp_path_factory.mktemp(f"state-{request.param}")
     store = JobStore(state / "jobs.sqlite3")
     towers = family_for_model_dir(base_dir).vllm_serves_tower_connector_lora

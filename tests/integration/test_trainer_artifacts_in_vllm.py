@@ -19,17 +19,14 @@ from trainer_service.store import JobStore
 from trainer_service.worker.run import run_job
 from vlmforge.data import load_dataset
 from vlmforge.families import family_for_model_dir
+from vlmforge.tiny_model.build import FAMILIES as TINY_FAMILIES
 
 pytestmark = pytest.mark.slow
 
 
-TINY_MODEL_FIXTURES = {"qwen2_vl": "tiny_model_dir", "qwen2_5_vl": "tiny_qwen2_5_vl_dir", "llava": "tiny_llava_dir",
-                       "llava_next": "tiny_llava_next_dir", "idefics3": "tiny_idefics3_dir"}
-
-
-@pytest.fixture(scope="module", params=sorted(TINY_MODEL_FIXTURES))
-def base_model_dir(request) -> Path:
-    return request.getfixturevalue(TINY_MODEL_FIXTURES[request.param])
+@pytest.fixture(scope="module", params=TINY_FAMILIES)
+def base_model_dir(request, tiny_model_of) -> Path:
+    return tiny_model_of(request.param)
 
 
 @pytest.fixture(scope="module")
