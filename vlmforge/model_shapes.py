@@ -2,7 +2,8 @@
 cannot be downloaded. Speed and memory depend on the shapes, not on the weight values.
 
 The numbers are those of the checkpoints' config.json: Qwen/Qwen2-VL-2B-Instruct and -7B-Instruct,
-Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct, llava-hf/llava-1.5-7b-hf. The tokenizer is an embedded tiny
+Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct, llava-hf/llava-1.5-7b-hf, llava-hf/llava-v1.6-mistral-7b-hf and
+HuggingFaceTB/SmolVLM-Instruct (an Idefics3). The tokenizer is an embedded tiny
 model's of the same family (`python -m vlmforge.tiny_model build DIR --family F`): its ids all fall inside the
 real vocabulary, whose embedding and LM-head cost is kept.
 
@@ -42,7 +43,16 @@ SHAPES = {  # shape -> (family, language model sizes)
                                      "tie_word_embeddings": False}),
     "llava-1.5-7b": ("llava", {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                                "num_attention_heads": 32, "num_key_value_heads": 32, "tie_word_embeddings": False}),
+    "llava-v1.6-mistral-7b": ("llava_next", {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                                             "num_attention_heads": 32, "num_key_value_heads": 8,
+                                             "tie_word_embeddings": False}),
+    "smolvlm-instruct": ("idefics3", {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+                                      "num_attention_heads": 32, "num_key_value_heads": 32,
+                                      "tie_word_embeddings": False}),
 }
+LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+SIGLIP_SO400M_384 = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                     "num_attention_heads": 16, "image_size": 384, "patch_size": 14}
 
 
 def build_shaped_model(out_dir: Path, shape: str, tokenizer_from: Path, *, image_size_px: int = 448,
@@ -127,7 +137,59 @@ def _llava(sizes: dict, tokenizer, image_size_px: int):
     return config, LlavaForConditionalGeneration, processor
 
 
-_BUILDERS = {"qwen2_vl": _qwen2_vl, "qwen2_5_vl": _qwen2_5_vl, "llava": _llava}
+def _llava_next(sizes: dict, tokenizer, image_size_px: int):
+    """LLaVA-1.6: a 448 px image becomes the 672x672 grid (2x2 tiles of 336) plus the base image."""
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    token = tokenizer.convert_tokens_to_ids
+    text_config = {**sizes, "model_type": "mistral", "vocab_size": 32064, "max_position_embeddings": 32768,
+                   "rms_norm_eps": 1e-5, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+                   "bos_token_id": token(ENDOFTEXT), "eos_token_id": token("</s>"), "pad_token_id": token(ENDOFTEXT)}
+    side = CLIP_L_336["image_size"]
+    config = LlavaNextConfig(text_config=text_config, vision_config=CLIP_L_336, image_token_index=token("<image>"),
+                             image_grid_pinpoints=LLAVA_NEXT_PINPOINTS, image_seq_length=(side // 14) ** 2,
+                             vision_feature_layer=-2, vision_feature_select_strategy="default",
+                             tie_word_embeddings=False)
+    config.architectures = ["LlavaNextForConditionalGeneration"]
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                                image_grid_pinpoints=LLAVA_NEXT_PINPOINTS),
+        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=tokenizer.chat_template)
+    return config, LlavaNextForConditionalGeneration, processor
+
+
+def _idefics3(sizes: dict, tokenizer, image_size_px: int):
+    """SmolVLM-Instruct: images split into 384 px tiles (longest edge up to 1536) plus a global view, 81 tokens
+    each after the 3x3 pixel shuffle."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
+
+    token = tokenizer.convert_tokens_to_ids
+    text_config = {**sizes, "model_type": "llama", "vocab_size": 49155, "max_position_embeddings": 16384,
+                   "rms_norm_eps": 1e-5, "rope_parameters": {"rope_type": "default", "rope_theta": 273768.0},
+                   "bos_token_id": token(ENDOFTEXT), "eos_token_id": token("<end_of_utterance>"),
+                   "pad_token_id": token(ENDOFTEXT)}
+    config = Idefics3Config(text_config=text_config, vision_config=SIGLIP_SO400M_384, scale_factor=3,
+                            image_token_id=token("<image>"), pad_token_id=token(ENDOFTEXT), tie_word_embeddings=False)
+    config.architectures = ["Idefics3ForConditionalGeneration"]
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessor(size={"longest_edge": 1536}, max_image_size={"longest_edge": 384}),
+        tokenizer=tokenizer, image_seq_len=81, chat_template=tokenizer.chat_template)
+    return config, Idefics3ForConditionalGeneration, processor
+
+
+_BUILDERS = {"qwen2_vl": _qwen2_vl, "qwen2_5_vl": _qwen2_5_vl, "llava": _llava, "llava_next": _llava_next,
+             "idefics3": _idefics3}
 
 
 def main() -> None:
