@@ -84,7 +84,8 @@ def _measure(args, config: str) -> dict:
 
     hyper = Hyperparameters(max_steps=args.warmup_steps + args.steps, batch_size=args.batch_size,
                             learning_rate=2e-4, lora_rank=args.lora_rank, lora_alpha=args.lora_rank,
-                            gradient_checkpointing=checkpointing == "gc", checkpoint_every_steps=10**6)
+                            gradient_checkpointing=checkpointing == "gc", checkpoint_every_steps=10**6,
+                            max_sequence_length=16384)  # LLaVA-1.6 and Idefics3 tile a 448 px image: ~3k tokens
     processor = AutoProcessor.from_pretrained(args.model_dir)
     loaded_at = time.perf_counter()
     model = backend.load(args.model_dir, quantize_4bit=method == "qlora", hyper=hyper)

@@ -54,6 +54,10 @@ class ChatCollator:
         self.assistant_headers = {tuple(tokenizer.encode(header, add_special_tokens=False))
                                   for header in (family.assistant_header, " " + family.assistant_header)}
         self.turn_end_id = tokenizer.convert_tokens_to_ids(family.turn_end)
+        # Placeholders the vision features replace (Idefics3 also frames each image with a marker token).
+        self.image_token_ids = [token_id for token_id in (getattr(processor, "image_token_id", None),
+                                                          getattr(processor, "fake_image_token_id", None))
+                                if isinstance(token_id, int)]
 
     def __call__(self, conversations: list[Conversation]) -> dict[str, torch.Tensor]:
         texts = [self.processor.apply_chat_template(to_hf_messages(c.messages), tokenize=False) for c in conversations]
@@ -67,7 +71,9 @@ class ChatCollator:
         go). Image tokens cannot be cut: the vision features would no longer match their placeholders."""
         if self.max_length is None or batch["input_ids"].shape[1] <= self.max_length:
             return batch
-        if "mm_token_type_ids" in batch and batch["mm_token_type_ids"][:, self.max_length:].any():
+        cut = batch["input_ids"][:, self.max_length:]
+        cuts_image = any(bool((cut == token_id).any()) for token_id in self.image_token_ids)
+        if cuts_image or ("mm_token_type_ids" in batch and batch["mm_token_type_ids"][:, self.max_length:].any()):
             raise SequenceTooLongError(f"a sample's image tokens reach beyond max_sequence_length "
                                        f"{self.max_length}; raise it or use smaller images")
         per_token = ("input_ids", "attention_mask", "labels", "mm_token_type_ids")

@@ -50,21 +50,29 @@ def test_gradient_checkpointing_changes_memory_not_the_losses(tiny_model_dir: Pa
     assert checkpointed == pytest.approx(plain, rel=1e-4)
 
 
-def test_max_sequence_length_cuts_answers_but_never_images(tiny_model_dir: Path, small_dataset_dir: Path) -> None:
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3"])
+def test_max_sequence_length_cuts_answers_but_never_images(family: str, tiny_model_of,
+                                                            small_dataset_dir: Path) -> None:
+    """Qwen's processor marks image tokens (mm_token_type_ids); LLaVA's and Idefics3's do not: their
+    placeholders are found by token id. Cutting one would make the image features and placeholders disagree."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    from vlmforge.families import family_for_model_dir
+
+    model_dir = tiny_model_of(family)
+    processor, model_family = AutoProcessor.from_pretrained(model_dir), family_for_model_dir(model_dir)
     samples = load_dataset(small_dataset_dir / "train.jsonl")[:4]
-    full = ChatCollator(processor)(samples)
-    image_end = int(full["mm_token_type_ids"].nonzero()[:, 1].max()) + 1
+    full = ChatCollator(processor, family=model_family)(samples)
+    image_end = int((full["input_ids"] == processor.image_token_id).nonzero()[:, 1].max()) + 1
+    image_end += int(hasattr(processor, "fake_image_token_id"))  # Idefics3 closes each image with a marker
     assert full["input_ids"].shape[1] > image_end + 2
 
-    cut = ChatCollator(processor, max_length=image_end + 2)(samples)
+    cut = ChatCollator(processor, family=model_family, max_length=image_end + 2)(samples)
     assert cut["input_ids"].shape[1] == image_end + 2
     assert cut["labels"].shape == cut["attention_mask"].shape == cut["input_ids"].shape
     assert torch.equal(cut["pixel_values"], full["pixel_values"])
     with pytest.raises(SequenceTooLongError, match="image tokens"):
-        ChatCollator(processor, max_length=image_end - 1)(samples)
+        ChatCollator(processor, family=model_family, max_length=image_end - 1)(samples)
 
 
 def test_eval_every_steps_scores_the_validation_file_as_events(tiny_model_dir: Path, small_dataset_dir: Path,
