@@ -117,14 +117,31 @@ def _qwen2_5_vl(sizes: dict, tokenizer, image_size_px: int):
     return config, Qwen2_5_VLForConditionalGeneration, processor
 
 
+def _text_config(sizes: dict, tokenizer, *, model_type: str, vocab_size: int, max_positions: int, eos_token: str,
+                 rope_theta: float | None = None) -> dict:
+    """The language model of the LLaVA and Idefics3 shapes (Llama / Mistral), with the tiny tokenizer's ids."""
+    token = tokenizer.convert_tokens_to_ids
+    config = {**sizes, "model_type": model_type, "vocab_size": vocab_size, "max_position_embeddings": max_positions,
+              "rms_norm_eps": 1e-5, "bos_token_id": token(ENDOFTEXT), "eos_token_id": token(eos_token),
+              "pad_token_id": token(ENDOFTEXT)}
+    if rope_theta is not None:
+        config["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_theta}
+    return config
+
+
+def _llava_processor_options(tokenizer) -> dict:
+    """CLIP adds a class token that the "default" feature strategy drops."""
+    return {"tokenizer": tokenizer, "patch_size": 14, "vision_feature_select_strategy": "default",
+            "num_additional_image_tokens": 1, "chat_template": tokenizer.chat_template}
+
+
 def _llava(sizes: dict, tokenizer, image_size_px: int):
     """LLaVA-1.5 resizes every image to CLIP's 336 px: 576 image tokens whatever `image_size_px` is."""
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     token = tokenizer.convert_tokens_to_ids
-    text_config = {**sizes, "model_type": "llama", "vocab_size": 32064, "max_position_embeddings": 4096,
-                   "rms_norm_eps": 1e-5, "bos_token_id": token(ENDOFTEXT), "eos_token_id": token("</s>"),
-                   "pad_token_id": token(ENDOFTEXT)}
+    text_config = _text_config(sizes, tokenizer, model_type="llama", vocab_size=32064, max_positions=4096,
+                               eos_token="</s>")
     side = CLIP_L_336["image_size"]
     config = LlavaConfig(text_config=text_config, vision_config=CLIP_L_336, image_token_index=token("<image>"),
                          image_seq_length=(side // 14) ** 2, vision_feature_layer=-2,
@@ -132,8 +149,7 @@ def _llava(sizes: dict, tokenizer, image_size_px: int):
     config.architectures = ["LlavaForConditionalGeneration"]
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
-        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=tokenizer.chat_template)
+        **_llava_processor_options(tokenizer))
     return config, LlavaForConditionalGeneration, processor
 
 
@@ -147,9 +163,8 @@ def _llava_next(sizes: dict, tokenizer, image_size_px: int):
     )
 
     token = tokenizer.convert_tokens_to_ids
-    text_config = {**sizes, "model_type": "mistral", "vocab_size": 32064, "max_position_embeddings": 32768,
-                   "rms_norm_eps": 1e-5, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
-                   "bos_token_id": token(ENDOFTEXT), "eos_token_id": token("</s>"), "pad_token_id": token(ENDOFTEXT)}
+    text_config = _text_config(sizes, tokenizer, model_type="mistral", vocab_size=32064, max_positions=32768,
+                               eos_token="</s>", rope_theta=1e6)
     side = CLIP_L_336["image_size"]
     config = LlavaNextConfig(text_config=text_config, vision_config=CLIP_L_336, image_token_index=token("<image>"),
                              image_grid_pinpoints=LLAVA_NEXT_PINPOINTS, image_seq_length=(side // 14) ** 2,
@@ -159,8 +174,7 @@ def _llava_next(sizes: dict, tokenizer, image_size_px: int):
     processor = LlavaNextProcessor(
         image_processor=LlavaNextImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
                                                 image_grid_pinpoints=LLAVA_NEXT_PINPOINTS),
-        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=tokenizer.chat_template)
+        **_llava_processor_options(tokenizer))
     return config, LlavaNextForConditionalGeneration, processor
 
 
@@ -175,10 +189,8 @@ def _idefics3(sizes: dict, tokenizer, image_size_px: int):
     )
 
     token = tokenizer.convert_tokens_to_ids
-    text_config = {**sizes, "model_type": "llama", "vocab_size": 49155, "max_position_embeddings": 16384,
-                   "rms_norm_eps": 1e-5, "rope_parameters": {"rope_type": "default", "rope_theta": 273768.0},
-                   "bos_token_id": token(ENDOFTEXT), "eos_token_id": token("<end_of_utterance>"),
-                   "pad_token_id": token(ENDOFTEXT)}
+    text_config = _text_config(sizes, tokenizer, model_type="llama", vocab_size=49155, max_positions=16384,
+                               eos_token="<end_of_utterance>", rope_theta=273768.0)
     config = Idefics3Config(text_config=text_config, vision_config=SIGLIP_SO400M_384, scale_factor=3,
                             image_token_id=token("<image>"), pad_token_id=token(ENDOFTEXT), tie_word_embeddings=False)
     config.architectures = ["Idefics3ForConditionalGeneration"]
