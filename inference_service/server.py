@@ -64,7 +64,7 @@ def vllm_argv(settings: InferenceSettings) -> list[str]:
             "--gpu-memory-utilization", str(settings.gpu_memory_utilization or _default_memory_share()),
             "--shutdown-timeout", str(settings.drain_timeout_s),
             "--mm-processor-cache-gb", str(settings.mm_processor_cache_gb)]
-    if serves_tower_lora(settings):
+    if _serves_tower_lora(settings, _base_family(_base_model_dir(settings))):
         argv.append("--enable-tower-connector-lora")
     if settings.max_model_len:
         argv += ["--max-model-len", str(settings.max_model_len)]
@@ -110,22 +110,21 @@ def install(app: FastAPI, settings: InferenceSettings, engine_client: EngineClie
 
 def _base_identity(settings: InferenceSettings) -> BaseModelIdentity:
     model_dir = _base_model_dir(settings)
-    family = _base_family(settings)
-    unservable = () if serves_tower_lora(settings) or family is None else family.tower_and_projector_patterns
+    family = _base_family(model_dir)
+    unservable = () if family is None or _serves_tower_lora(settings, family) else family.tower_and_projector_patterns
     return BaseModelIdentity(model_config_digest(model_dir), frozenset(
         {settings.model_name, settings.base_model, str(model_dir.resolve()), model_dir.name}),
         family_name=family.name if family else "", unservable_lora_modules=unservable)
 
 
-def serves_tower_lora(settings: InferenceSettings) -> bool:
+def _serves_tower_lora(settings: InferenceSettings, family: ModelFamily | None) -> bool:
     """LoRA on the vision tower and projector: as configured, unless vLLM cannot serve it for this family."""
-    family = _base_family(settings)
     return settings.vision_tower_lora and (family is None or family.vllm_serves_tower_connector_lora)
 
 
-def _base_family(settings: InferenceSettings) -> ModelFamily | None:
+def _base_family(model_dir: Path) -> ModelFamily | None:
     try:
-        return family_for_model_dir(_base_model_dir(settings))
+        return family_for_model_dir(model_dir)
     except UnsupportedModelError:
         return None  # served as vLLM serves it; adapters are checked by vLLM alone
 

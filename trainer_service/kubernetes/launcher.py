@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..domain import JobError, JobStatus
+from ..domain import Job, JobError, JobStatus
 from ..errors import JobNotFoundError
 from ..job_spec import JobSpec
 from ..store import JobStore
@@ -52,8 +52,8 @@ class KubernetesLauncher:
     def tick(self) -> None:
         statuses = self.api.statuses()
         running = self.store.list_jobs([JobStatus.RUNNING], page_size=1000)[0]
-        cancelled_with_worker = [self.store.get_job(job_id) for job_id in statuses
-                                 if self._status_of(job_id) is JobStatus.CANCELLED]
+        cancelled_with_worker = [job for job in map(self._stored, statuses)
+                                 if job is not None and job.status is JobStatus.CANCELLED]
         for job in running + cancelled_with_worker:
             worker = WorkerJobStatus.from_api(statuses[job.id]) if job.id in statuses else None
             self._apply(job, worker)
@@ -65,9 +65,9 @@ class KubernetesLauncher:
             else:
                 break
 
-    def _status_of(self, job_id: str) -> JobStatus | None:
+    def _stored(self, job_id: str) -> Job | None:
         try:
-            return self.store.get_job(job_id).status
+            return self.store.get_job(job_id)
         except JobNotFoundError:  # a Job of another trainer's store sharing the namespace: not ours
             return None
 
