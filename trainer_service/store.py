@@ -75,6 +75,7 @@ class JobStore:
         self._connection.execute("PRAGMA synchronous=FULL")
         with self._lock:
             self._connection.executescript(_SCHEMA)
+            _add_report_ids(self._connection)
 
     def close(self) -> None:
         self._connection.close()
@@ -165,12 +166,14 @@ class JobStore:
         return None if row is None else _job(row)
 
     def transition(self, job_id: str, status: JobStatus, message: str, *, error: JobError | None = None,
-                   result: dict[str, Any] | None = None) -> Job:
+                   result: dict[str, Any] | None = None, report_id: str | None = None) -> Job:
         """Moves a job to `status` (checked against ALLOWED_TRANSITIONS) and records the event, atomically."""
         with self._transaction() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise JobNotFoundError(job_id)
+            if _reported(db, job_id, report_id):
+                return _job(row)  # a retried report whose answer was lost: applied once already
             current = JobStatus(row["status"])
             if status not in ALLOWED_TRANSITIONS[current]:
                 raise InvalidTransitionError(job_id, current, status)
@@ -186,15 +189,17 @@ class JobStore:
             payload: dict[str, Any] = {"status": status.value}
             if error:
                 payload["error"] = {"code": error.code, "message": error.message}
-            _append_event(db, job_id, "status_changed", message, payload)
+            _append_event(db, job_id, "status_changed", message, payload, report_id)
             return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def record_progress(self, job_id: str, trained_steps: int, total_steps: int, message: str,
-                        payload: dict[str, Any]) -> JobEvent:
+                        payload: dict[str, Any], *, report_id: str | None = None) -> JobEvent:
         with self._transaction() as db:
+            if seen := _reported(db, job_id, report_id):
+                return seen
             db.execute("UPDATE jobs SET trained_steps = ?, total_steps = ? WHERE id = ?",
                        (trained_steps, total_steps, job_id))
-            return _append_event(db, job_id, "progress", message, payload)
+            return _append_event(db, job_id, "progress", message, payload, report_id)
 
     def merge_result(self, job_id: str, result: dict[str, Any]) -> None:
         """Adds keys to the job's result (scores, checkpoints) without changing its status."""
@@ -207,11 +212,13 @@ class JobStore:
 
     # events
 
-    def append_event(self, job_id: str, kind: str, message: str, payload: dict[str, Any] | None = None) -> JobEvent:
+    def append_event(self, job_id: str, kind: str, message: str, payload: dict[str, Any] | None = None, *,
+                     report_id: str | None = None) -> JobEvent:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
                 raise JobNotFoundError(job_id)
-            return _append_event(db, job_id, kind, message, payload or {})
+            return _reported(db, job_id, report_id) or _append_event(db, job_id, kind, message, payload or {},
+                                                                      report_id)
 
     def events_after(self, job_id: str, after_sequence: int = 0, *, limit: int = 500) -> list[JobEvent]:
         with self._lock:
@@ -222,13 +229,32 @@ class JobStore:
         return [_event(row) for row in rows]
 
 
-def _append_event(db: sqlite3.Connection, job_id: str, kind: str, message: str, payload: dict) -> JobEvent:
+def _append_event(db: sqlite3.Connection, job_id: str, kind: str, message: str, payload: dict,
+                  report_id: str | None = None) -> JobEvent:
     """Inside the caller's transaction: the next sequence number is taken and used atomically."""
     (last,) = db.execute("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE job_id = ?", (job_id,)).fetchone()
     event = JobEvent(job_id, last + 1, time.time(), kind, message, payload)
-    db.execute("INSERT INTO events (job_id, sequence, created_at, kind, message, payload) VALUES (?, ?, ?, ?, ?, ?)",
-               (job_id, event.sequence, event.created_at, kind, message, json.dumps(payload)))
+    db.execute("INSERT INTO events (job_id, sequence, created_at, kind, message, payload, report_id)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (job_id, event.sequence, event.created_at, kind, message, json.dumps(payload), report_id))
     return event
+
+
+def _reported(db: sqlite3.Connection, job_id: str, report_id: str | None) -> JobEvent | None:
+    """The event a remote worker's report already made: gRPC retries a report whose answer was lost (the
+    trainer restarted mid-call), and the retry must not add the event twice."""
+    if report_id is None:
+        return None
+    row = db.execute("SELECT * FROM events WHERE job_id = ? AND report_id = ?", (job_id, report_id)).fetchone()
+    return None if row is None else _event(row)
+
+
+def _add_report_ids(db: sqlite3.Connection) -> None:
+    """Job stores written before worker reports carried ids get the column (SQLite adds it in place)."""
+    if "report_id" not in {row["name"] for row in db.execute("PRAGMA table_info(events)")}:
+        db.execute("ALTER TABLE events ADD COLUMN report_id TEXT")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_by_report ON events (job_id, report_id)"
+               " WHERE report_id IS NOT NULL")
 
 
 def _job(row: sqlite3.Row) -> Job:

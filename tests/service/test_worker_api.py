@@ -20,6 +20,7 @@ from trainer_service.job_spec import Hyperparameters, JobSpec
 from trainer_service.jobs import JobService
 from trainer_service.store import JobStore
 from trainer_service.worker.remote_store import WORKER_API_TOKEN_ENV, RemoteJobStore
+from vlmforge.trainer.v1 import trainer_pb2 as tpb
 from vlmforge.trainer.v1 import worker_pb2 as pb
 from vlmforge.trainer.v1 import worker_pb2_grpc
 
@@ -135,3 +136,23 @@ def _wait_for(condition, *, timeout_s: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def test_a_retried_report_is_applied_once(store: JobStore, api: str) -> None:
+    """gRPC retries a report whose answer was lost (the trainer restarted mid-call): same report id, one event."""
+    job_id = _running_job(store)
+    before = len(store.events_after(job_id))
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+    with grpc.insecure_channel(api) as channel:
+        stub = worker_pb2_grpc.JobReportingServiceStub(channel)
+        for _ in range(2):
+            stub.RecordProgress(pb.RecordProgressRequest(job_id=job_id, trained_steps=3, total_steps=8, message="s3",
+                                                         payload_json='{"step": 3}', report_id="r-1"),
+                                metadata=auth, timeout=10)
+            stub.AppendEvent(pb.AppendEventRequest(job_id=job_id, kind="log", message="hi", report_id="r-2"),
+                             metadata=auth, timeout=10)
+            done = stub.TransitionJob(pb.TransitionJobRequest(job_id=job_id, status=tpb.JOB_STATUS_SUCCEEDED,
+                                                              message="succeeded", report_id="r-3"),
+                                      metadata=auth, timeout=10)
+            assert done.status == tpb.JOB_STATUS_SUCCEEDED
+    assert [e.kind for e in store.events_after(job_id)[before:]] == ["progress", "log", "status_changed"]

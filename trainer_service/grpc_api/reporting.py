@@ -37,13 +37,15 @@ class JobReportingServicer(worker_pb2_grpc.JobReportingServiceServicer):
     @grpc_errors
     def AppendEvent(self, request, context):  # noqa: N802
         event = self.store.append_event(request.job_id, request.kind, request.message,
-                                        _json_object(request.payload_json, "payload_json"))
+                                        _json_object(request.payload_json, "payload_json"),
+                                        report_id=request.report_id or None)
         return pb.AppendEventResponse(sequence=event.sequence)
 
     @grpc_errors
     def RecordProgress(self, request, context):  # noqa: N802
         event = self.store.record_progress(request.job_id, request.trained_steps, request.total_steps,
-                                           request.message, _json_object(request.payload_json, "payload_json"))
+                                           request.message, _json_object(request.payload_json, "payload_json"),
+                                           report_id=request.report_id or None)
         return pb.AppendEventResponse(sequence=event.sequence)
 
     @grpc_errors
@@ -55,7 +57,8 @@ class JobReportingServicer(worker_pb2_grpc.JobReportingServiceServicer):
     def TransitionJob(self, request, context):  # noqa: N802
         error = JobError(request.error.code, request.error.message) if request.HasField("error") else None
         job = self.store.transition(request.job_id, status_from_pb(request.status), request.message, error=error,
-                                    result=_json_object(request.result_json, "result_json"))
+                                    result=_json_object(request.result_json, "result_json"),
+                                    report_id=request.report_id or None)
         return job_record_to_pb(job)
 
 

@@ -7,6 +7,7 @@ waits for the channel to be ready (`wait_for_ready`) up to `call_timeout_s`, and
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import grpc
@@ -51,14 +52,14 @@ class RemoteJobStore:
 
     def append_event(self, job_id: str, kind: str, message: str, payload: dict[str, Any] | None = None) -> JobEvent:
         reply = self._call(self._stub.AppendEvent, pb.AppendEventRequest(
-            job_id=job_id, kind=kind, message=message, payload_json=json.dumps(payload or {})))
+            job_id=job_id, kind=kind, message=message, payload_json=json.dumps(payload or {}), report_id=_report_id()))
         return JobEvent(job_id, reply.sequence, 0.0, kind, message, payload or {})
 
     def record_progress(self, job_id: str, trained_steps: int, total_steps: int, message: str,
                         payload: dict[str, Any]) -> JobEvent:
         reply = self._call(self._stub.RecordProgress, pb.RecordProgressRequest(
             job_id=job_id, trained_steps=trained_steps, total_steps=total_steps, message=message,
-            payload_json=json.dumps(payload)))
+            payload_json=json.dumps(payload), report_id=_report_id()))
         return JobEvent(job_id, reply.sequence, 0.0, "progress", message, payload)
 
     def merge_result(self, job_id: str, result: dict[str, Any]) -> None:
@@ -67,10 +68,15 @@ class RemoteJobStore:
     def transition(self, job_id: str, status: JobStatus, message: str, *, error: JobError | None = None,
                    result: dict[str, Any] | None = None) -> Job:
         request = pb.TransitionJobRequest(job_id=job_id, status=status_to_pb(status), message=message,
-                                          result_json=json.dumps(result or {}))
+                                          result_json=json.dumps(result or {}), report_id=_report_id())
         if error is not None:
             request.error.CopyFrom(JobErrorPb(code=error.code, message=error.message))
         return _job(self._call(self._stub.TransitionJob, request))
+
+
+def _report_id() -> str:
+    """One per report; gRPC sends the same request, so the same id, on each retry of it."""
+    return uuid.uuid4().hex
 
 
 def _typed(error: grpc.RpcError, job_id: str) -> TrainerError | grpc.RpcError:
