@@ -16,9 +16,9 @@ def main() -> None:
     settings = CliApp.run(InferenceSettings)
     _own_logging()
     import uvloop
-    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
 
     from .server import serve
+    from .vllm_api import cli_env_setup
 
     cli_env_setup()
     uvloop.run(serve(settings))

@@ -5,11 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vllm.entrypoints.openai.models.serving import OpenAIServingModels
-from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
-
 from .errors import AdapterRejected
+from .vllm_api import ErrorResponse, LoadLoRAAdapterRequest, OpenAIServingModels, UnloadLoRAAdapterRequest
 
 _PATHS_AND_ADDRESSES = re.compile(r"(/[^\s'\"]+)|(0x[0-9a-fA-F]{6,})")
 

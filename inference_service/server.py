@@ -14,15 +14,6 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
-from vllm.engine.protocol import EngineClient
-from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
-from vllm.entrypoints.launchers.app import build_app
-from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-from vllm.entrypoints.launchers.launcher import NoSignalServer, create_server_socket, serve_http, setup_server
-from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-from vllm.v1.metrics.prometheus import get_prometheus_registry
 
 from vlmforge.artifacts import model_config_digest
 from vlmforge.families import ModelFamily, UnsupportedModelError, family_for_model_dir
@@ -36,6 +27,21 @@ from .guard import GuardConfig, GuardContext, RequestGuard
 from .media import ImageLimits, MediaUrlPolicy
 from .metrics import InferenceMetrics
 from .settings import InferenceSettings
+from .vllm_api import (
+    EngineClient,
+    FlexibleArgumentParser,
+    NoSignalServer,
+    build_app,
+    build_async_engine_client,
+    create_server_socket,
+    get_prometheus_registry,
+    init_app_state,
+    init_exception_handler,
+    make_arg_parser,
+    serve_http,
+    setup_server,
+    validate_parsed_serve_args,
+)
 
 logger = logging.getLogger("inference_service")
 

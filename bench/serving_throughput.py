@@ -1,0 +1,345 @@
+"""Serving on a GPU: our inference service (HTTP, streaming, the official openai client) against vLLM's
+offline engine (`LLM.chat`, every request handed over at once) on the same model with the same engine flags,
+in one run on one machine. The offline engine runs first in a child process, then the service; they never
+share the GPU.
+
+Every request carries one fresh random 448x448 image (never seen before in the run, so neither vLLM's prefix
+cache nor its encoder cache can skip work) and gets exactly --output-tokens tokens. Measured:
+  - requests/s, output tokens/s, TTFT and TPOT p50/p99 at 1/8/32/128 concurrent clients (service);
+  - requests/s with 1, 4 and 16 distinct r=16 adapters in the mix (service at 128 clients, and offline);
+  - hot-loading an adapter the server has never seen: admin load call, and load call + first token of a
+    request on it (service), next to the offline engine's `add_lora`.
+
+    python bench/serving_throughput.py --tokenizer-from .cache/vlmforge/models/tiny-qwen2-vl [--shape 2b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+from PIL import Image
+
+from inference_service.server import vllm_argv
+from inference_service.settings import InferenceSettings
+from vlmforge.processes import start_and_wait, stop
+
+ADAPTER_MIXES = (1, 4, 16)
+HOT_LOADS = 8
+ADMIN_TOKEN = "bench-admin-token"
+READY = re.compile(rb"inference service listening on http://127\.0\.0\.1:(\d+)")
+QUESTION = "Describe this picture in one sentence."
+SERVICE_SEED_OFFSET = 1_000_000  # the service's images never repeat the offline engine's
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer-from", type=Path, help="a tiny model of the shape's family (builds --shape)")
+    parser.add_argument("--shape", default="2b", help="a vlmforge.model_shapes shape")
+    parser.add_argument("--model", type=Path, help="serve this model directory instead of building --shape")
+    parser.add_argument("--work-dir", type=Path, help="model, adapters and logs (default: a temporary directory)")
+    parser.add_argument("--output-tokens", type=int, default=128)
+    parser.add_argument("--image-size-px", type=int, default=448)
+    parser.add_argument("--offline-requests", type=int, default=512)
+    parser.add_argument("--concurrency", default="1,8,32,128", help="client counts, comma-separated; the "
+                        "adapter mixes run at the largest")
+    parser.add_argument("--adapter-layers", choices=("language", "all"), default="language",
+                        help="LoRA on the language model only, or also on the vision tower and projector")
+    parser.add_argument("--vllm-args", default="", help="extra engine flags, given to both engines")
+    parser.add_argument("--phase", choices=("all", "offline"), default="all", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.concurrency = sorted(int(count) for count in args.concurrency.split(","))
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.phase == "offline":  # the child process of a full run
+        (work / "offline.json").write_text(json.dumps(measure_offline(args, work)))
+        return
+    model_dir = args.model or _build_model(args, work)
+    _make_adapters(model_dir, work / "artifacts", args.adapter_layers)
+    offline = _run_offline_child(work)
+    service = asyncio.run(measure_service(args, model_dir, work))
+    _print(offline, service, args, model_dir)
+
+
+def bench_settings(model_dir: Path, artifacts: Path, extra_vllm_args: str) -> InferenceSettings:
+    """The service's settings, defaults except room for 16 distinct r=16 adapters in one batch."""
+    return InferenceSettings(base_model=str(model_dir), served_model_name="base", port=0, artifacts_dir=artifacts,
+                             admin_token=ADMIN_TOKEN, max_lora_rank=16, max_loras_per_batch=max(ADAPTER_MIXES),
+                             vllm_args=extra_vllm_args)
+
+
+def adapter_names(count: int, prefix: str = "mix") -> list[str]:
+    return [f"{prefix}-adapter-{index}" for index in range(count)]
+
+
+# --- inputs -----------------------------------------------------------------------------------------------
+
+def _build_model(args, work: Path) -> Path:
+    from vlmforge.model_shapes import build_shaped_model
+
+    return build_shaped_model(work / f"model-{args.shape}", args.shape, args.tokenizer_from,
+                              image_size_px=args.image_size_px, device=_device())
+
+
+def _make_adapters(model_dir: Path, artifacts: Path, layers: str) -> None:
+    """Distinct random r=16 PEFT adapters, stored as the trainer stores its fine-tunes."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from trainer_service.job_spec import Hyperparameters
+    from trainer_service.worker.lora_targets import target_modules
+    from vlmforge.artifacts import ADAPTER_DIR, MANIFEST_FILE, model_config_digest
+    from vlmforge.families import family_for_model_dir
+
+    names = adapter_names(max(ADAPTER_MIXES)) + adapter_names(HOT_LOADS, prefix="hot")
+    if all((artifacts / name / MANIFEST_FILE).is_file() for name in names):
+        return
+    hyper = Hyperparameters(lora_rank=16, finetune_vision_layers=layers == "all", finetune_projector=layers == "all")
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.bfloat16, device_map=_device())
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, init_lora_weights=False,
+                                             target_modules=target_modules(hyper, family_for_model_dir(model_dir))))
+    manifest = json.dumps({"base_model_config_sha256": model_config_digest(model_dir)})
+    for index, name in enumerate(names):
+        torch.manual_seed(index)
+        with torch.no_grad():
+            for parameter_name, parameter in model.named_parameters():
+                if "lora_" in parameter_name:
+                    parameter.normal_(0, 0.02)
+        model.save_pretrained(artifacts / name / ADAPTER_DIR)
+        (artifacts / name / MANIFEST_FILE).write_text(manifest)
+    del model
+    torch.cuda.empty_cache()
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def image_urls(count: int, first_seed: int, side_px: int) -> list[str]:
+    """Fresh smooth random pictures (upscaled noise, JPEG): no two alike, realistic sizes on the wire."""
+    import base64
+
+    urls = []
+    for seed in range(first_seed, first_seed + count):
+        noise = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        picture = Image.fromarray(noise).resize((side_px, side_px), Image.BICUBIC)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=90)
+        urls.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
+    return urls
+
+
+def _messages(image_url: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
+                                         {"type": "text", "text": QUESTION}]}]
+
+
+# --- the offline engine -----------------------------------------------------------------------------------
+
+def _run_offline_child(work: Path) -> dict:
+    command = [sys.executable, __file__, *sys.argv[1:], "--phase", "offline", "--work-dir", str(work)]
+    with open(work / "offline.log", "wb") as log:
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if finished.returncode != 0:
+        raise RuntimeError("offline engine failed:\n" + (work / "offline.log").read_text()[-4000:])
+    return json.loads((work / "offline.json").read_text())
+
+
+def offline_engine_kwargs(settings: InferenceSettings) -> dict:
+    """The engine arguments `vllm_argv(settings)` gives the service's engine, as keyword arguments of `LLM`:
+    only those that differ from a bare `--model`, parsed by vLLM's own parser both times."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from inference_service.vllm_api import FlexibleArgumentParser, make_arg_parser
+
+    parser = make_arg_parser(FlexibleArgumentParser())
+    ours = EngineArgs.from_cli_args(parser.parse_args(vllm_argv(settings)))
+    bare = EngineArgs.from_cli_args(parser.parse_args(["--model", settings.base_model]))
+    return {"model": ours.model} | {field.name: getattr(ours, field.name) for field in dataclasses.fields(EngineArgs)
+                                   if getattr(ours, field.name) != getattr(bare, field.name)}
+
+
+def measure_offline(args, work: Path) -> dict:
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    model_dir = args.model or work / f"model-{args.shape}"
+    settings = bench_settings(model_dir, work / "artifacts", args.vllm_args)
+    llm = LLM(**offline_engine_kwargs(settings))
+    sampling = SamplingParams(max_tokens=args.output_tokens, min_tokens=args.output_tokens, ignore_eos=True,
+                              temperature=0)
+    loras = {name: LoRARequest(name, index + 1, str(work / "artifacts" / name / "adapter"))
+             for index, name in enumerate(adapter_names(max(ADAPTER_MIXES)) + adapter_names(HOT_LOADS, "hot"))}
+    next_seed = 0
+
+    def batch(count: int, adapters: int) -> float:
+        nonlocal next_seed
+        urls = image_urls(count, next_seed, args.image_size_px)
+        next_seed += count
+        requests = None if adapters == 0 else [loras[f"mix-adapter-{index % adapters}"] for index in range(count)]
+        started = time.perf_counter()
+        outputs = llm.chat([_messages(url) for url in urls], sampling, lora_request=requests, use_tqdm=False)
+        elapsed = time.perf_counter() - started
+        assert all(len(output.outputs[0].token_ids) == args.output_tokens for output in outputs)
+        return count / elapsed
+
+    batch(min(64, args.offline_requests), max(ADAPTER_MIXES))  # warm-up: compiles, loads the mix adapters, fills the allocator
+    requests_per_s = {adapters: batch(args.offline_requests, adapters) for adapters in (0, *ADAPTER_MIXES)}
+    add_lora_s = []
+    for name in adapter_names(HOT_LOADS, "hot"):
+        started = time.perf_counter()
+        llm.llm_engine.add_lora(loras[name])
+        add_lora_s.append(time.perf_counter() - started)
+    return {"requests_per_s": requests_per_s, "add_lora_s": add_lora_s}
+
+
+# --- the service ------------------------------------------------------------------------------------------
+
+async def measure_service(args, model_dir: Path, work: Path) -> dict:
+    settings = bench_settings(model_dir, work / "artifacts", args.vllm_args)
+    process, ready = start_and_wait(
+        ["-m", "inference_service", "--base-model", str(model_dir), "--served-model-name", "base", "--port", "0",
+         "--artifacts-dir", str(settings.artifacts_dir), "--admin-token", ADMIN_TOKEN,
+         "--max-lora-rank", str(settings.max_lora_rank), "--max-loras-per-batch", str(settings.max_loras_per_batch),
+         "--vllm-args", args.vllm_args], work / "service.log", READY, timeout_s=540)
+    base_url = f"http://127.0.0.1:{int(ready.group(1))}"
+    try:
+        async with (openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0,
+                                       timeout=600) as client,
+                    httpx.AsyncClient(base_url=base_url, timeout=120,
+                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin):
+            for name in adapter_names(max(ADAPTER_MIXES)):
+                (await admin.post("/admin/v1/adapters", json={"name": name})).raise_for_status()
+            level = _Level(client, args)
+            top = max(args.concurrency)
+            await level.run(top, min(64, args.offline_requests), max(ADAPTER_MIXES))  # warm-up, as offline
+            levels = {concurrency: await level.run(concurrency, max(32, 4 * concurrency), 0)
+                      for concurrency in args.concurrency}
+            mixes = {adapters: await level.run(top, 4 * top, adapters) for adapters in ADAPTER_MIXES}
+            hot = [await _hot_load(admin, level, name) for name in adapter_names(HOT_LOADS, "hot")]
+    finally:
+        stop(process)
+    return {"levels": levels, "mixes": mixes, "hot_loads": hot}
+
+
+class _Level:
+    """Closed-loop clients: each sends its next request when the last one finished."""
+
+    def __init__(self, client: openai.AsyncOpenAI, args):
+        self.client, self.args = client, args
+        self.next_seed = SERVICE_SEED_OFFSET
+
+    def fresh_images(self, count: int) -> list[str]:
+        urls = image_urls(count, self.next_seed, self.args.image_size_px)
+        self.next_seed += count
+        return urls
+
+    async def run(self, concurrency: int, total_requests: int, adapters: int) -> dict:
+        queue = list(enumerate(self.fresh_images(total_requests)))
+
+        async def client_loop() -> list[tuple[float, float, int]]:
+            timings = []
+            while queue:
+                index, url = queue.pop()
+                model = "base" if adapters == 0 else f"mix-adapter-{index % adapters}"
+                timings.append(await self.one(url, model))
+            return timings
+
+        started = time.perf_counter()
+        timings = [t for batch in await asyncio.gather(*(client_loop() for _ in range(concurrency))) for t in batch]
+        elapsed = time.perf_counter() - started
+        ttft = sorted(t for t, _, _ in timings)
+        tpot = sorted((end - first) / max(1, tokens - 1) for first, end, tokens in timings)
+        return {"requests": len(timings), "requests_per_s": len(timings) / elapsed,
+                "output_tokens_per_s": sum(tokens for _, _, tokens in timings) / elapsed,
+                "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
+                "tpot_p50_s": _pct(tpot, 50), "tpot_p99_s": _pct(tpot, 99)}
+
+    async def one(self, image_url: str, model: str) -> tuple[float, float, int]:
+        """(time to first token, time to last token, output tokens) of one streamed chat request."""
+        started = time.perf_counter()
+        first = None
+        tokens = 0
+        stream = await self.client.chat.completions.create(
+            model=model, messages=_messages(image_url), max_tokens=self.args.output_tokens, temperature=0,
+            stream=True, stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True, "min_tokens": self.args.output_tokens})
+        async for chunk in stream:
+            if first is None and chunk.choices:
+                first = time.perf_counter() - started
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        assert tokens == self.args.output_tokens, f"{tokens} output tokens, expected {self.args.output_tokens}"
+        return first or 0.0, time.perf_counter() - started, tokens
+
+
+async def _hot_load(admin: httpx.AsyncClient, level: _Level, name: str) -> dict:
+    started = time.perf_counter()
+    (await admin.post("/admin/v1/adapters", json={"name": name})).raise_for_status()
+    loaded = time.perf_counter() - started
+    first_token_s, _, _ = await level.one(level.fresh_images(1)[0], name)
+    return {"load_s": loaded, "load_to_first_token_s": loaded + first_token_s}
+
+
+# --- report -----------------------------------------------------------------------------------------------
+
+def _pct(values: list[float], percentile: int) -> float:
+    return values[min(len(values) - 1, round(percentile / 100 * (len(values) - 1)))]
+
+
+def _print(offline: dict, service: dict, args, model_dir: Path) -> None:
+    import torch
+    import vllm
+
+    offline_rps = {int(k): v for k, v in offline["requests_per_s"].items()}
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
+    print(f"device: {device}; vLLM {vllm.__version__}; model {model_dir.name}; "
+          f"{args.output_tokens} output tokens; one fresh {args.image_size_px}x{args.image_size_px} image per request; "
+          f"adapters r=16 on {args.adapter_layers} layers; {os.cpu_count()} CPUs, {platform.python_version()}")
+    print("\n| clients | requests | requests/s | output tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | TPOT p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for concurrency, m in sorted(service["levels"].items()):
+        print(f"| {concurrency} | {m['requests']} | {m['requests_per_s']:.1f} | {m['output_tokens_per_s']:.0f} | "
+              f"{1000 * m['ttft_p50_s']:.0f} | {1000 * m['ttft_p99_s']:.0f} | {1000 * m['tpot_p50_s']:.1f} | "
+              f"{1000 * m['tpot_p99_s']:.1f} |")
+    print(f"| offline `LLM.chat` | {args.offline_requests} | {offline_rps[0]:.1f} | "
+          f"{offline_rps[0] * args.output_tokens:.0f} | | | | |")
+    top = service["levels"][max(args.concurrency)]["requests_per_s"]
+    print(f"\nservice at {max(args.concurrency)} clients / offline engine: {top / offline_rps[0]:.3f}")
+    print(f"\n| adapters in the mix | service requests/s ({max(args.concurrency)} clients) | offline requests/s | service / offline "
+          "| service vs no adapter | offline vs no adapter |")
+    print("|---|---|---|---|---|---|")
+    for adapters in ADAPTER_MIXES:
+        ours = service["mixes"][adapters]["requests_per_s"]
+        print(f"| {adapters} | {ours:.1f} | {offline_rps[adapters]:.1f} | {ours / offline_rps[adapters]:.3f} | "
+              f"{ours / top:.3f} | {offline_rps[adapters] / offline_rps[0]:.3f} |")
+    loads = [h["load_s"] for h in service["hot_loads"]]
+    to_first = [h["load_to_first_token_s"] for h in service["hot_loads"]]
+    print(f"\nhot-load, service admin call: p50 {1000 * statistics.median(loads):.0f} ms, max {1000 * max(loads):.0f} ms;"
+          f" load call + first token on it: p50 {1000 * statistics.median(to_first):.0f} ms, "
+          f"max {1000 * max(to_first):.0f} ms ({len(loads)} adapters)")
+    print(f"hot-load, offline `add_lora`: p50 {1000 * statistics.median(offline['add_lora_s']):.0f} ms, "
+          f"max {1000 * max(offline['add_lora_s']):.0f} ms")
+
+
+if __name__ == "__main__":  # vLLM starts its engine in a spawned child, which re-imports this module
+    main()
