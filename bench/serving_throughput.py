@@ -23,7 +23,7 @@ import json
 import os
 import platform
 import re
-import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -44,8 +44,10 @@ ADAPTER_MIXES = (1, 4, 16)
 HOT_LOADS = 8
 ADMIN_TOKEN = "bench-admin-token"
 READY = re.compile(rb"inference service listening on http://127\.0\.0\.1:(\d+)")
+PLAIN_READY = re.compile(rb"Application startup complete")
 QUESTION = "Describe this picture in one sentence."
-SERVICE_SEED_OFFSET = 1_000_000  # the service's images never repeat the offline engine's
+SERVICE_SEED_OFFSET = 1_000_000  # the servers' images never repeat the offline engine's
+PHASES = ("offline", "ours", "plain")
 
 
 def main() -> None:
@@ -62,19 +64,26 @@ def main() -> None:
     parser.add_argument("--adapter-layers", choices=("language", "all"), default="language",
                         help="LoRA on the language model only, or also on the vision tower and projector")
     parser.add_argument("--vllm-args", default="", help="extra engine flags, given to both engines")
-    parser.add_argument("--phase", choices=("all", "offline"), default="all", help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=("all", *PHASES, "offline-child"), default="all", help="one part only (each one "
+                        "fits a 10-minute GPU call), its figures kept in --work-dir; the report shows every part "
+                        "measured there")
     args = parser.parse_args()
     args.concurrency = sorted(int(count) for count in args.concurrency.split(","))
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    if args.phase == "offline":  # the child process of a full run
+    if args.phase == "offline-child":  # the engine's own process, so it gives the GPU back when done
         (work / "offline.json").write_text(json.dumps(measure_offline(args, work)))
         return
     model_dir = args.model or _build_model(args, work)
     _make_adapters(model_dir, work / "artifacts", args.adapter_layers)
-    offline = _run_offline_child(work)
-    service = asyncio.run(measure_service(args, model_dir, work))
-    _print(offline, service, args, model_dir)
+    for phase in PHASES if args.phase == "all" else (args.phase,):
+        if phase == "offline":
+            _run_offline_child(work)
+        else:
+            figures = asyncio.run(measure_server(phase, args, model_dir, work))
+            (work / f"{phase}.json").write_text(json.dumps(figures))
+    _print({phase: json.loads((work / f"{phase}.json").read_text()) for phase in PHASES
+            if (work / f"{phase}.json").is_file()}, args, model_dir)
 
 
 def bench_settings(model_dir: Path, artifacts: Path, extra_vllm_args: str) -> InferenceSettings:
@@ -155,13 +164,12 @@ def _messages(image_url: str) -> list[dict]:
 
 # --- the offline engine -----------------------------------------------------------------------------------
 
-def _run_offline_child(work: Path) -> dict:
-    command = [sys.executable, __file__, *sys.argv[1:], "--phase", "offline", "--work-dir", str(work)]
+def _run_offline_child(work: Path) -> None:
+    command = [sys.executable, __file__, *sys.argv[1:], "--phase", "offline-child", "--work-dir", str(work)]
     with open(work / "offline.log", "wb") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
     if finished.returncode != 0:
         raise RuntimeError("offline engine failed:\n" + (work / "offline.log").read_text()[-4000:])
-    return json.loads((work / "offline.json").read_text())
 
 
 def offline_engine_kwargs(settings: InferenceSettings) -> dict:
@@ -214,31 +222,55 @@ def measure_offline(args, work: Path) -> dict:
 
 # --- the service ------------------------------------------------------------------------------------------
 
-async def measure_service(args, model_dir: Path, work: Path) -> dict:
+async def measure_server(server: str, args, model_dir: Path, work: Path) -> dict:
+    """`ours`: the inference service; `plain`: `vllm serve` with the engine flags the service gives vLLM."""
     settings = bench_settings(model_dir, work / "artifacts", args.vllm_args)
-    process, ready = start_and_wait(
-        ["-m", "inference_service", "--base-model", str(model_dir), "--served-model-name", "base", "--port", "0",
-         "--artifacts-dir", str(settings.artifacts_dir), "--admin-token", ADMIN_TOKEN,
-         "--max-lora-rank", str(settings.max_lora_rank), "--max-loras-per-batch", str(settings.max_loras_per_batch),
-         "--vllm-args", args.vllm_args], work / "service.log", READY, timeout_s=540)
-    base_url = f"http://127.0.0.1:{int(ready.group(1))}"
+    process, base_url, load_adapter = _start(server, settings, work)
     try:
         async with (openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0,
                                        timeout=600) as client,
                     httpx.AsyncClient(base_url=base_url, timeout=120,
-                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin):
+                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http):
             for name in adapter_names(max(ADAPTER_MIXES)):
-                (await admin.post("/admin/v1/adapters", json={"name": name})).raise_for_status()
+                (await load_adapter(http, name)).raise_for_status()
             level = _Level(client, args)
             top = max(args.concurrency)
             await level.run(top, min(64, args.offline_requests), max(ADAPTER_MIXES))  # warm-up, as offline
             levels = {concurrency: await level.run(concurrency, max(32, 4 * concurrency), 0)
                       for concurrency in args.concurrency}
             mixes = {adapters: await level.run(top, 4 * top, adapters) for adapters in ADAPTER_MIXES}
-            hot = [await _hot_load(admin, level, name) for name in adapter_names(HOT_LOADS, "hot")]
+            hot = [await _hot_load(http, load_adapter, level, name) for name in adapter_names(HOT_LOADS, "hot")]
     finally:
         stop(process)
     return {"levels": levels, "mixes": mixes, "hot_loads": hot}
+
+
+def _start(server: str, settings: InferenceSettings, work: Path):
+    """Starts one server; returns it, its URL and how to load an adapter on it."""
+    if server == "ours":
+        process, ready = start_and_wait(
+            ["-m", "inference_service", "--base-model", settings.base_model, "--served-model-name", "base",
+             "--port", "0", "--artifacts-dir", str(settings.artifacts_dir), "--admin-token", ADMIN_TOKEN,
+             "--max-lora-rank", str(settings.max_lora_rank), "--max-loras-per-batch",
+             str(settings.max_loras_per_batch), "--vllm-args", settings.vllm_args],
+            work / "ours.log", READY, timeout_s=540)
+        return process, f"http://127.0.0.1:{int(ready.group(1))}", _load_on_ours
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process, _ = start_and_wait(
+        ["-m", "vllm.entrypoints.openai.api_server", *vllm_argv(settings.model_copy(update={"port": port}))],
+        work / "plain.log", PLAIN_READY, timeout_s=540, env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"})
+
+    async def load_on_plain(http: httpx.AsyncClient, name: str) -> httpx.Response:
+        return await http.post("/v1/load_lora_adapter", json={
+            "lora_name": name, "lora_path": str(settings.artifacts_dir / name / "adapter")})
+
+    return process, f"http://127.0.0.1:{port}", load_on_plain
+
+
+async def _load_on_ours(http: httpx.AsyncClient, name: str) -> httpx.Response:
+    return await http.post("/admin/v1/adapters", json={"name": name})
 
 
 class _Level:
@@ -292,9 +324,9 @@ class _Level:
         return first or 0.0, time.perf_counter() - started, tokens
 
 
-async def _hot_load(admin: httpx.AsyncClient, level: _Level, name: str) -> dict:
+async def _hot_load(http: httpx.AsyncClient, load_adapter, level: _Level, name: str) -> dict:
     started = time.perf_counter()
-    (await admin.post("/admin/v1/adapters", json={"name": name})).raise_for_status()
+    (await load_adapter(http, name)).raise_for_status()
     loaded = time.perf_counter() - started
     first_token_s, _, _ = await level.one(level.fresh_images(1)[0], name)
     return {"load_s": loaded, "load_to_first_token_s": loaded + first_token_s}
@@ -306,39 +338,54 @@ def _pct(values: list[float], percentile: int) -> float:
     return values[min(len(values) - 1, round(percentile / 100 * (len(values) - 1)))]
 
 
-def _print(offline: dict, service: dict, args, model_dir: Path) -> None:
+SERVER_NAMES = {"ours": "vlmforge", "plain": "plain `vllm serve`"}
+
+
+def _print(results: dict[str, dict], args, model_dir: Path) -> None:
     import torch
     import vllm
 
-    offline_rps = {int(k): v for k, v in offline["requests_per_s"].items()}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
-    print(f"device: {device}; vLLM {vllm.__version__}; model {model_dir.name}; "
-          f"{args.output_tokens} output tokens; one fresh {args.image_size_px}x{args.image_size_px} image per request; "
-          f"adapters r=16 on {args.adapter_layers} layers; {os.cpu_count()} CPUs, {platform.python_version()}")
-    print("\n| clients | requests | requests/s | output tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | TPOT p99 ms |")
-    print("|---|---|---|---|---|---|---|---|")
-    for concurrency, m in sorted(service["levels"].items()):
-        print(f"| {concurrency} | {m['requests']} | {m['requests_per_s']:.1f} | {m['output_tokens_per_s']:.0f} | "
-              f"{1000 * m['ttft_p50_s']:.0f} | {1000 * m['ttft_p99_s']:.0f} | {1000 * m['tpot_p50_s']:.1f} | "
-              f"{1000 * m['tpot_p99_s']:.1f} |")
-    print(f"| offline `LLM.chat` | {args.offline_requests} | {offline_rps[0]:.1f} | "
-          f"{offline_rps[0] * args.output_tokens:.0f} | | | | |")
-    top = service["levels"][max(args.concurrency)]["requests_per_s"]
-    print(f"\nservice at {max(args.concurrency)} clients / offline engine: {top / offline_rps[0]:.3f}")
-    print(f"\n| adapters in the mix | service requests/s ({max(args.concurrency)} clients) | offline requests/s | service / offline "
-          "| service vs no adapter | offline vs no adapter |")
-    print("|---|---|---|---|---|---|")
-    for adapters in ADAPTER_MIXES:
-        ours = service["mixes"][adapters]["requests_per_s"]
-        print(f"| {adapters} | {ours:.1f} | {offline_rps[adapters]:.1f} | {ours / offline_rps[adapters]:.3f} | "
-              f"{ours / top:.3f} | {offline_rps[adapters] / offline_rps[0]:.3f} |")
-    loads = [h["load_s"] for h in service["hot_loads"]]
-    to_first = [h["load_to_first_token_s"] for h in service["hot_loads"]]
-    print(f"\nhot-load, service admin call: p50 {1000 * statistics.median(loads):.0f} ms, max {1000 * max(loads):.0f} ms;"
-          f" load call + first token on it: p50 {1000 * statistics.median(to_first):.0f} ms, "
-          f"max {1000 * max(to_first):.0f} ms ({len(loads)} adapters)")
-    print(f"hot-load, offline `add_lora`: p50 {1000 * statistics.median(offline['add_lora_s']):.0f} ms, "
-          f"max {1000 * max(offline['add_lora_s']):.0f} ms")
+    print(f"device: {device}; vLLM {vllm.__version__}; model {model_dir.name}; {args.output_tokens} output tokens; "
+          f"one fresh {args.image_size_px}x{args.image_size_px} image per request; adapters r=16 on "
+          f"{args.adapter_layers} layers; {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    offline = {int(k): v for k, v in results["offline"]["requests_per_s"].items()} if "offline" in results else {}
+    servers = {name: results[key] for key, name in SERVER_NAMES.items() if key in results}
+    print("\n| server | clients | requests | requests/s | output tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms "
+          "| TPOT p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, figures in servers.items():
+        for concurrency, m in sorted(figures["levels"].items(), key=lambda item: int(item[0])):
+            print(f"| {name} | {concurrency} | {m['requests']} | {m['requests_per_s']:.1f} | "
+                  f"{m['output_tokens_per_s']:.0f} | {1000 * m['ttft_p50_s']:.0f} | {1000 * m['ttft_p99_s']:.0f} | "
+                  f"{1000 * m['tpot_p50_s']:.1f} | {1000 * m['tpot_p99_s']:.1f} |")
+    if offline:
+        print(f"| offline `LLM.chat` | all at once | {args.offline_requests} | {offline[0]:.1f} | "
+              f"{offline[0] * args.output_tokens:.0f} | | | | |")
+    top = str(max(args.concurrency))
+    print(f"\n| adapters in the mix | {' | '.join(f'{name} requests/s' for name in servers)} | offline requests/s "
+          f"| {' | '.join(f'{name} / offline' for name in servers)} | "
+          f"{' | '.join(f'{name} vs no adapter' for name in servers)} | offline vs no adapter |")
+    print("|---" * (2 + 3 * len(servers)) + "|---|")
+    for adapters in (0, *ADAPTER_MIXES):
+        rps = {name: (f["levels"][top] if adapters == 0 else f["mixes"][str(adapters)])["requests_per_s"]
+               for name, f in servers.items()}
+        no_adapter = {name: f["levels"][top]["requests_per_s"] for name, f in servers.items()}
+        row = [str(adapters), *(f"{v:.1f}" for v in rps.values()), f"{offline.get(adapters, float('nan')):.1f}",
+               *(f"{v / offline.get(adapters, float('nan')):.3f}" for v in rps.values()),
+               *(f"{v / no_adapter[name]:.3f}" for name, v in rps.items()),
+               f"{offline.get(adapters, float('nan')) / offline.get(0, float('nan')):.3f}"]
+        print("| " + " | ".join(row) + " |")
+    print(f"(servers at {top} clients; offline gets every request at once)")
+    for name, figures in servers.items():
+        loads = [h["load_s"] for h in figures["hot_loads"]]
+        to_first = [h["load_to_first_token_s"] for h in figures["hot_loads"]]
+        print(f"hot-load, {name}: load call p50 {1000 * statistics.median(loads):.0f} ms, max "
+              f"{1000 * max(loads):.0f} ms; load call + first token on it p50 "
+              f"{1000 * statistics.median(to_first):.0f} ms, max {1000 * max(to_first):.0f} ms ({len(loads)} adapters)")
+    if "offline" in results:
+        add = results["offline"]["add_lora_s"]
+        print(f"hot-load, offline `add_lora`: p50 {1000 * statistics.median(add):.0f} ms, max {1000 * max(add):.0f} ms")
 
 
 if __name__ == "__main__":  # vLLM starts its engine in a spawned child, which re-imports this module
