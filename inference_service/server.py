@@ -16,10 +16,11 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 from vlmforge.artifacts import model_config_digest
-from vlmforge.families import ModelFamily, UnsupportedModelError, family_for_model_dir
+from vlmforge.families import ModelFamily
 
 from .adapters import AdapterManager, BaseModelIdentity
 from .admin import admin_router
+from .base_model import base_model_dir, check_base_model
 from .chat_checks import ChatLimits
 from .engine import VllmAdapterEngine
 from .errors import RequestRejected, error_response
@@ -129,19 +130,11 @@ def _serves_tower_lora(settings: InferenceSettings, family: ModelFamily | None) 
 
 
 def _base_family(model_dir: Path) -> ModelFamily | None:
-    try:
-        return family_for_model_dir(model_dir)
-    except UnsupportedModelError:
-        return None  # served as vLLM serves it; adapters are checked by vLLM alone
+    return check_base_model(model_dir)  # None: served as vLLM serves it; adapters are checked by vLLM alone
 
 
 def _base_model_dir(settings: InferenceSettings) -> Path:
-    model_dir = Path(settings.base_model)
-    if not model_dir.is_dir():  # a hub name: its config.json from the local cache (no network at run time)
-        from transformers.utils import cached_file
-
-        model_dir = Path(cached_file(settings.base_model, "config.json")).parent
-    return model_dir
+    return base_model_dir(settings.base_model)
 
 
 def _secret(value) -> str | None:

@@ -19,7 +19,12 @@ DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 
 
 def _serving_note(spec: JobSpec, family: ModelFamily) -> str | None:
-    """Said when the job is created, not discovered at deployment: vLLM cannot serve this adapter as an adapter."""
+    """Said when the job is created, not discovered at deployment: vLLM cannot serve this job's base at all, or
+    cannot serve its adapter as an adapter."""
+    if not family.vllm_serves:
+        return (f"{family.vllm_unserved_reason}, so the inference service cannot serve this job's base, adapter or "
+                "merged model: load the adapter (adapter_path, with peft) or the merged model (merged_model_path) "
+                "in transformers")
     if family.vllm_serves_tower_connector_lora:
         return None
     hyper = spec.hyperparameters

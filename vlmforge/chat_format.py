@@ -37,6 +37,13 @@ def prompt_text(processor, conversation: Conversation) -> str:
                                          add_generation_prompt=True)
 
 
+def images_by_conversation(conversations: list[Conversation]) -> list[list[Any]] | None:
+    """The opened images, one list per conversation (None when there are none): SmolVLM's and Mllama's
+    processors pair images with texts by sample and refuse a flat list; the other families take either."""
+    images = [[image.open() for image in c.images] for c in conversations]
+    return images if any(images) else None
+
+
 class SequenceTooLongError(ValueError):
     """A sample cannot be cut to the configured length without cutting into its image."""
 
@@ -61,8 +68,8 @@ class ChatCollator:
 
     def __call__(self, conversations: list[Conversation]) -> dict[str, torch.Tensor]:
         texts = [self.processor.apply_chat_template(to_hf_messages(c.messages), tokenize=False) for c in conversations]
-        images = [image.open() for c in conversations for image in c.images]
-        batch = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        batch = self.processor(text=texts, images=images_by_conversation(conversations), padding=True,
+                               return_tensors="pt")
         batch["labels"] = self.assistant_labels(batch["input_ids"], batch["attention_mask"])
         return self.truncated(dict(batch))
 
@@ -76,7 +83,8 @@ class ChatCollator:
         if cuts_image or ("mm_token_type_ids" in batch and batch["mm_token_type_ids"][:, self.max_length:].any()):
             raise SequenceTooLongError(f"a sample's image tokens reach beyond max_sequence_length "
                                        f"{self.max_length}; raise it or use smaller images")
-        per_token = ("input_ids", "attention_mask", "labels", "mm_token_type_ids")
+        # Mllama's cross_attention_mask is (batch, tokens, images, tiles): which tokens see which image.
+        per_token = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "cross_attention_mask")
         return {name: value[:, :self.max_length] if name in per_token else value for name, value in batch.items()}
 
     def assistant_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The embedded tiny model is a real Qwen2-VL directory: transformers and vLLM load it unchanged and it answers
-questions about images; its build is deterministic and cached."""
+questions about images; its build is deterministic and cached. Every other family's tiny model labels, trains
+and answers in transformers too."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import torch
 
 from vlmforge.chat_format import ChatCollator, prompt_text
 from vlmforge.data import load_dataset
-from vlmforge.tiny_model.build import RECIPE_FILE, build_tiny_model, is_built
+from vlmforge.families import family_for_model_dir
+from vlmforge.tiny_model.build import (FAMILIES, RECIPE_FILE, architecture_of, build_tiny_model, is_built,
+                                       model_family_of)
 
 from ..conftest import QUICK_MODEL
 
@@ -60,6 +63,32 @@ def test_labels_cover_only_the_assistant_answer(tiny_model_dir: Path, small_data
     batch = ChatCollator(processor)([sample])
     labelled = [t for t in batch["labels"][0].tolist() if t != -100]
     assert processor.decode(labelled) == sample.reference_answer + "<|im_end|>"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_labels_its_answers_trains_and_answers_in_transformers(family: str, tiny_model_of,
+                                                                          small_dataset_dir: Path) -> None:
+    """Every family's tiny model as transformers loads it: labels cover each answer and the family's turn end
+    only, the loss is finite, and the evaluation path (batched, left-padded) generates answers."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from trainer_service.evaluation import answer_questions
+
+    model_dir = tiny_model_of(family)
+    processor, model_family = AutoProcessor.from_pretrained(model_dir), family_for_model_dir(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    assert type(model).__name__ == architecture_of(family) and model_family is model_family_of(family)
+    samples = load_dataset(small_dataset_dir / "train.jsonl")[:3]
+    batch = ChatCollator(processor, family=model_family)(samples)
+    for row, sample in enumerate(samples):
+        labelled = [t for t in batch["labels"][row].tolist() if t != -100]
+        # LLaVA's and Idefics3's headers are followed by a space that the answer's first token carries
+        assert processor.decode(labelled).lstrip() == sample.reference_answer + model_family.turn_end
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+    answers = answer_questions(model, processor, samples, max_new_tokens=4)
+    assert [a.question for a in answers] == [s.question for s in samples]
+    assert all(isinstance(a.prediction, str) for a in answers)
 
 
 def test_build_is_deterministic_and_cached(small_dataset_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """What a trainer job writes is what transformers and vLLM serve, for every model family (vlmforge.families):
 the merged 16-bit model loads as a base model, and the PEFT adapter (LoRA on language and vision layers and
 the projector) loads onto the tiny base, in transformers and through vLLM's `enable_lora`, each answering a
-question about an image (vLLM on its CPU backend)."""
+question about an image (vLLM on its CPU backend). A family vLLM does not serve at all (Llama-3.2-Vision)
+goes through the transformers half only, and its job is not pushed to an inference service."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from trainer_service.jobs import JobService
 from trainer_service.store import JobStore
 from trainer_service.worker.run import run_job
 from vlmforge.data import load_dataset
-from vlmforge.families import family_for_model_dir
+from vlmforge.families import ModelFamily, family_for_model_dir
 from vlmforge.tiny_model.build import FAMILIES as TINY_FAMILIES
+from vlmforge.tiny_model.build import architecture_of, model_family_of
 
 pytestmark = pytest.mark.slow
 
@@ -29,18 +31,44 @@ def base_model_dir(request, tiny_model_of) -> Path:
     return tiny_model_of(request.param)
 
 
+def _trains_towers(family: ModelFamily) -> bool:
+    """LoRA on the vision tower and projector where the adapter still serves: in vLLM where it takes them, and
+    in transformers (any LoRA) for a family vLLM does not serve; else the language model only."""
+    return family.vllm_serves_tower_connector_lora or not family.vllm_serves
+
+
+class _PushRecorder:
+    """Stands in for the InferenceNotifier: which fine-tunes the worker pushes to the inference service."""
+
+    def __init__(self):
+        self.pushed: list[str] = []
+
+    def notify(self, job_id: str, name: str) -> bool:
+        self.pushed.append(name)
+        return True
+
+
 @pytest.fixture(scope="module")
-def finished_job(base_model_dir: Path, small_dataset_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
+def finished_job(base_model_dir: Path, small_dataset_dir: Path, tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """(adapter, merged model, the fine-tunes pushed to the inference service)."""
     state = tmp_path_factory.mktemp("trainer-state")
     store = JobStore(state / "jobs.sqlite3")
-    towers = family_for_model_dir(base_model_dir).vllm_serves_tower_connector_lora  # else: the language model only
+    towers = _trains_towers(family_for_model_dir(base_model_dir))
     spec = JobSpec(str(base_model_dir), str(small_dataset_dir / "train.jsonl"), hyperparameters=Hyperparameters(
         max_steps=3, batch_size=2, learning_rate=1e-3, finetune_vision_layers=towers, finetune_projector=towers))
     job = JobService(store).create(spec)
     store.transition(job.id, JobStatus.RUNNING, "running in the test process")
-    run_job(store, job.id, state)
+    recorder = _PushRecorder()
+    run_job(store, job.id, state, notifier=recorder)
     result = store.get_job(job.id).result
-    return Path(result["adapter_path"]), Path(result["merged_model_path"])
+    return Path(result["adapter_path"]), Path(result["merged_model_path"]), recorder.pushed
+
+
+@pytest.fixture()
+def served_by_vllm(base_model_dir: Path) -> None:
+    family = family_for_model_dir(base_model_dir)
+    if not family.vllm_serves:
+        pytest.skip(family.vllm_unserved_reason)
 
 
 def _chat(llm, small_dataset_dir: Path, **kwargs) -> str:
@@ -70,7 +98,7 @@ def test_both_answer_in_transformers(finished_job, base_model_dir: Path, small_d
 
     from trainer_service.evaluation import answer_questions
 
-    adapter, merged = finished_job
+    adapter, merged, pushed = finished_job
     processor = AutoProcessor.from_pretrained(merged)
     samples = load_dataset(small_dataset_dir / "test.jsonl")[:2]
     with_adapter = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base_model_dir), adapter)
@@ -82,23 +110,32 @@ def test_both_answer_in_transformers(finished_job, base_model_dir: Path, small_d
     adapted = {name.removesuffix(".lora_A") for name, _ in with_adapter.named_modules() if name.endswith(".lora_A")}
     family = family_for_model_dir(base_model_dir)
     for part in ("vision_attention", "vision_mlp", "projector", "language_attention", "language_mlp"):
-        expected = family.vllm_serves_tower_connector_lora or part.startswith("language")
+        expected = _trains_towers(family) or part.startswith("language")
         assert any(re.search(getattr(family, part) + "$", name) for name in adapted) == expected, part
+    assert pushed == ([merged.parent.name] if family.vllm_serves else [])
 
 
-def test_the_merged_model_serves_as_a_base_model(finished_job, small_dataset_dir: Path) -> None:
+@pytest.mark.parametrize("tiny_family", TINY_FAMILIES)
+def test_vllm_serves_exactly_the_families_that_say_so(tiny_family: str) -> None:
+    from vllm import ModelRegistry
+
+    served = architecture_of(tiny_family) in ModelRegistry.get_supported_archs()
+    assert served == model_family_of(tiny_family).vllm_serves
+
+
+def test_the_merged_model_serves_as_a_base_model(served_by_vllm, finished_job, small_dataset_dir: Path) -> None:
     from vllm import LLM
 
-    _, merged = finished_job
+    _, merged, _ = finished_job
     _chat(LLM(model=str(merged), dtype="bfloat16", **ENGINE), small_dataset_dir)
 
 
-def test_the_adapter_loads_onto_the_base_with_vision_lora(finished_job, base_model_dir: Path,
+def test_the_adapter_loads_onto_the_base_with_vision_lora(served_by_vllm, finished_job, base_model_dir: Path,
                                                           small_dataset_dir: Path) -> None:
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
-    adapter, _ = finished_job
+    adapter, _, _ = finished_job
     towers = family_for_model_dir(base_model_dir).vllm_serves_tower_connector_lora
     llm = LLM(model=str(base_model_dir), enable_lora=True, max_lora_rank=16, max_loras=1,
               enable_tower_connector_lora=towers, **ENGINE)

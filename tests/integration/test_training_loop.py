@@ -50,12 +50,13 @@ def test_gradient_checkpointing_changes_memory_not_the_losses(tiny_model_dir: Pa
     assert checkpointed == pytest.approx(plain, rel=1e-4)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3", "mllama"])
 def test_max_sequence_length_cuts_answers_but_never_images(family: str, tiny_model_of,
                                                             small_dataset_dir: Path) -> None:
     """Qwen's processor marks image tokens (mm_token_type_ids); LLaVA's and Idefics3's do not: their
-    placeholders are found by token id. Cutting one would make the image features and placeholders disagree."""
-    from transformers import AutoProcessor
+    placeholders are found by token id. Cutting one would make the image features and placeholders disagree.
+    Mllama's one image token opens a cross-attention mask that is cut with the tokens."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from vlmforge.families import family_for_model_dir
 
@@ -71,6 +72,10 @@ def test_max_sequence_length_cuts_answers_but_never_images(family: str, tiny_mod
     assert cut["input_ids"].shape[1] == image_end + 2
     assert cut["labels"].shape == cut["attention_mask"].shape == cut["input_ids"].shape
     assert torch.equal(cut["pixel_values"], full["pixel_values"])
+    if "cross_attention_mask" in full:
+        assert torch.equal(cut["cross_attention_mask"], full["cross_attention_mask"][:, :image_end + 2])
+    with torch.no_grad():  # the cut batch is one the model takes
+        assert AutoModelForImageTextToText.from_pretrained(model_dir)(**cut).logits.shape[1] == image_end + 2
     with pytest.raises(SequenceTooLongError, match="image tokens"):
         ChatCollator(processor, family=model_family, max_length=image_end - 1)(samples)
 

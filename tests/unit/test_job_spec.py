@@ -144,7 +144,7 @@ def test_node_placement_needs_the_kubernetes_launcher(model_dir: Path) -> None:
 
 @pytest.mark.parametrize(("config", "message"), [
     ('{"model_type": "llama"}', "model type 'llama' is not supported (supported: idefics3, llava, llava_next, "
-                                "qwen2_5_vl, qwen2_vl, smolvlm)"),
+                                "mllama, qwen2_5_vl, qwen2_vl, smolvlm)"),
     ("{not json", "config.json is not readable JSON"),
 ])
 def test_a_model_of_an_unknown_family_is_refused_up_front(model_dir: Path, config: str, message: str) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmforge.chat_format import prompt_text
+from vlmforge.chat_format import images_by_conversation, prompt_text
 from vlmforge.data.types import Conversation
 
 from .metrics import exact_match
@@ -36,8 +36,7 @@ def answer_questions(model, processor, samples: list[Conversation], *, batch_siz
     try:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start:start + batch_size]
-            images = [image.open() for sample in chunk for image in sample.images]
-            batch = processor(text=[prompt_text(processor, s) for s in chunk], images=images or None,
+            batch = processor(text=[prompt_text(processor, s) for s in chunk], images=images_by_conversation(chunk),
                               padding=True, return_tensors="pt").to(model.device)
             with torch.no_grad():
                 generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)

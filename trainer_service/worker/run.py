@@ -87,6 +87,7 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
         "training_file": spec.training_file,
         "evaluation_before": store.get_job(job_id).result.get("evaluation_before"), "evaluation_after": after,
     }
+    family = family_for_model_dir(model_dir)
     with built_atomically(artifact_dir) as staging:
         peft_model.save_pretrained(staging / ADAPTER_DIR)  # adapter_config.json + adapter_model.safetensors
         del model, peft_model  # the merge reloads the base in full precision: free the training copy first
@@ -96,10 +97,10 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
         processor.save_pretrained(staging / MERGED_DIR)
         # What transformers writes is not always what vLLM reads (the adapter keeps peft's names: transformers
         # and peft load it, and vLLM serves it where the family allows).
-        rename_weights_for_vllm(staging / MERGED_DIR, family_for_model_dir(model_dir))
+        rename_weights_for_vllm(staging / MERGED_DIR, family)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         _plot_losses(losses, staging / LOSS_PLOT_FILE)
-    if notifier is not None:
+    if notifier is not None and family.vllm_serves:  # else the job said when created why nothing serves it
         notifier.notify(job_id, name)
     store.transition(job_id, JobStatus.SUCCEEDED, f"succeeded: {name}", result={
         "fine_tuned_model": name, "adapter_path": str(artifact_dir / ADAPTER_DIR),

@@ -10,13 +10,14 @@ from pathlib import Path
 from .base import ModelFamily, UnsupportedModelError
 from .idefics3 import IDEFICS3
 from .llava import LLAVA, LLAVA_NEXT
+from .mllama import MLLAMA
 from .qwen2_vl import QWEN2_5_VL, QWEN2_VL
 
-FAMILIES: tuple[ModelFamily, ...] = (QWEN2_VL, QWEN2_5_VL, LLAVA, LLAVA_NEXT, IDEFICS3)
+FAMILIES: tuple[ModelFamily, ...] = (QWEN2_VL, QWEN2_5_VL, LLAVA, LLAVA_NEXT, IDEFICS3, MLLAMA)
 _BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 
-__all__ = ["FAMILIES", "IDEFICS3", "LLAVA", "LLAVA_NEXT", "QWEN2_5_VL", "QWEN2_VL", "ModelFamily", "UnsupportedModelError",
-           "family_for_model_dir", "family_for_model_type"]
+__all__ = ["FAMILIES", "IDEFICS3", "LLAVA", "LLAVA_NEXT", "MLLAMA", "QWEN2_5_VL", "QWEN2_VL", "ModelFamily",
+           "UnsupportedModelError", "family_for_model_dir", "family_for_model_type"]
 
 
 def family_for_model_type(model_type: str) -> ModelFamily:

@@ -1,6 +1,8 @@
 """Idefics3 and SmolVLM (HuggingFaceM4, HuggingFaceTB): a SigLIP-style vision tower, a pixel-shuffle connector
 with one linear projection, a Llama-style text model, and turns `User:<image>question<end_of_utterance>\\n
-Assistant: answer<end_of_utterance>\\n`."""
+Assistant: answer<end_of_utterance>\\n`. SmolVLM (SmolVLM-Instruct) is an `idefics3` checkpoint; SmolVLM2 has
+its own `smolvlm` type and classes, with the same module names and the same turns (checked on transformers
+5.17's SmolVLMForConditionalGeneration and the SmolVLM2 chat template it ships), so one family covers both."""
 
 from __future__ import annotations
 

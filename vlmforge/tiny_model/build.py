@@ -1,5 +1,5 @@
-"""Builds the embedded default model: a tiny Qwen2-VL that transformers and vLLM load like the real one (or a
-tiny Qwen2.5-VL, `TinyModelSpec(family="qwen2_5_vl")`, for the model-family tests).
+"""Builds the embedded default model: a tiny Qwen2-VL that transformers and vLLM load like the real one (or the
+same recipe in another family's layout, `TinyModelSpec(family="smolvlm")`, for the model-family tests: FAMILIES).
 
 Steps: generate the dataset (cached), train the tokenizer on its text, assemble config + processor, pre-train
 all weights on the `pretrain` split, then write everything into the directory in one atomic rename.
@@ -27,6 +27,7 @@ from transformers import (
     LlavaNextImageProcessor,
     LlavaNextProcessor,
     LlavaProcessor,
+    MllamaForConditionalGeneration,
     PretrainedConfig,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -36,16 +37,23 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+    SmolVLMImageProcessor,
+    SmolVLMProcessor,
+    SmolVLMVideoProcessor,
 )
 
 from ..build_cache import built_atomically, has_fingerprint
-from ..families import family_for_model_type
+from ..families import ModelFamily, family_for_model_type
 from ..families.checkpoints import rename_weights_for_vllm
 from ..data import load_dataset
 from ..datagen import build_dataset
+from .mllama import mllama_config, mllama_processor
 from .pretrain import PretrainResult, pretrain
 from .spec import TinyModelSpec
-from .tokenizer import ENDOFTEXT, IDEFICS3_STYLE, LLAVA_STYLE, MISTRAL_STYLE, QWEN2_STYLE, train_tokenizer
+from .tokenizer import (ENDOFTEXT, IDEFICS3_STYLE, LLAVA_STYLE, MISTRAL_STYLE, MLLAMA_STYLE, QWEN2_STYLE,
+                        SMOLVLM_STYLE, train_tokenizer)
 
 RECIPE_FILE = "vlmforge_tiny_model.json"
 
@@ -115,6 +123,17 @@ def _idefics3_processor(tokenizer, spec: TinyModelSpec) -> Idefics3Processor:
                                              do_image_splitting=False)
     return Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
                              image_seq_len=(side // 14) ** 2 // 4, chat_template=tokenizer.chat_template)
+
+
+def _smolvlm_processor(tokenizer, spec: TinyModelSpec) -> SmolVLMProcessor:
+    """Idefics3's image layout; SmolVLM2's processor also takes a video processor (videos are not served here)."""
+    side = spec.image_size_px
+    sizes = {"size": {"longest_edge": side}, "max_image_size": {"longest_edge": side}}
+    video_processor = SmolVLMVideoProcessor(**sizes, video_sampling={"fps": 1, "max_frames": 4,
+                                                                     "video_size": {"longest_edge": side}})
+    return SmolVLMProcessor(image_processor=SmolVLMImageProcessor(**sizes, do_image_splitting=False),
+                            tokenizer=tokenizer, video_processor=video_processor,
+                            image_seq_len=(side // 14) ** 2 // 4, chat_template=tokenizer.chat_template)
 
 
 def _pinpoints(side: int) -> list[list[int]]:
@@ -218,30 +237,47 @@ def _llava_next_config(text_config: dict, token, spec: TinyModelSpec) -> LlavaNe
     return config
 
 
-def _idefics3_config(text_config: dict, token, spec: TinyModelSpec) -> Idefics3Config:
+def _idefics3_config(text_config: dict, token, spec: TinyModelSpec, config_class=Idefics3Config):
+    """Idefics3's layout, and SmolVLM2's (`config_class=SmolVLMConfig`): a SigLIP-style tower, a 2x2 pixel-shuffle
+    connector, a Llama."""
     text_config = {**text_config, "model_type": "llama", "head_dim": spec.hidden_size // spec.attention_heads,
                    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
     vision_config = {"hidden_size": spec.vision_embed_dim, "num_hidden_layers": spec.vision_depth,
                      "intermediate_size": spec.vision_embed_dim * spec.vision_mlp_ratio,
                      "num_attention_heads": spec.vision_heads, "image_size": spec.image_size_px, "patch_size": 14}
-    config = Idefics3Config(text_config=text_config, vision_config=vision_config, scale_factor=2,
-                            image_token_id=token("<image>"), pad_token_id=token(ENDOFTEXT), tie_word_embeddings=True)
-    config.architectures = ["Idefics3ForConditionalGeneration"]
+    config = config_class(text_config=text_config, vision_config=vision_config, scale_factor=2,
+                          image_token_id=token("<image>"), pad_token_id=token(ENDOFTEXT), tie_word_embeddings=True)
+    config.architectures = [config_class.__name__.removesuffix("Config") + "ForConditionalGeneration"]
     return config
 
 
 _CONFIG_BUILDER = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_config, "llava": _llava_config,
-                   "llava_next": _llava_next_config, "idefics3": _idefics3_config}
+                   "llava_next": _llava_next_config, "idefics3": _idefics3_config,
+                   # SmolVLM2: Idefics3's layout under its own model type and classes
+                   "smolvlm": functools.partial(_idefics3_config, config_class=SmolVLMConfig),
+                   "mllama": mllama_config}
 _MODEL_CLASS = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
                 "llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration,
-                "idefics3": Idefics3ForConditionalGeneration}
+                "idefics3": Idefics3ForConditionalGeneration, "smolvlm": SmolVLMForConditionalGeneration,
+                "mllama": MllamaForConditionalGeneration}
 _PROCESSOR_BUILDER = {"qwen2_vl": functools.partial(_qwen_processor, Qwen2VLProcessor),
                       "qwen2_5_vl": functools.partial(_qwen_processor, Qwen2_5_VLProcessor),
                       "llava": _llava_processor, "llava_next": _llava_next_processor,
-                      "idefics3": _idefics3_processor}
+                      "idefics3": _idefics3_processor, "smolvlm": _smolvlm_processor, "mllama": mllama_processor}
 FAMILIES = tuple(_CONFIG_BUILDER)
 _TOKENIZER_STYLE = {"qwen2_vl": QWEN2_STYLE, "qwen2_5_vl": QWEN2_STYLE, "llava": LLAVA_STYLE,
-                    "llava_next": MISTRAL_STYLE, "idefics3": IDEFICS3_STYLE}
+                    "llava_next": MISTRAL_STYLE, "idefics3": IDEFICS3_STYLE, "smolvlm": SMOLVLM_STYLE,
+                    "mllama": MLLAMA_STYLE}
+
+
+def architecture_of(family: str) -> str:
+    """The model class (config `architectures`) of a tiny family's models, e.g. SmolVLMForConditionalGeneration."""
+    return _MODEL_CLASS[family].__name__
+
+
+def model_family_of(family: str) -> ModelFamily:
+    """The registered family (vlmforge.families) a tiny family's models resolve to: smolvlm's is idefics3."""
+    return family_for_model_type(_MODEL_CLASS[family].config_class.model_type)
 
 
 def make_generation_config(tokenizer) -> GenerationConfig:

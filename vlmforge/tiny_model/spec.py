@@ -15,7 +15,7 @@ RECIPE_VERSION = 1
 class TinyModelSpec:
     """Every field changes the built bytes, so all of them go into the cache key."""
 
-    family: str = "qwen2_vl"  # vlmforge.families: qwen2_vl, qwen2_5_vl or llava (same sizes, each family's layout)
+    family: str = "qwen2_vl"  # one of tiny_model.build.FAMILIES (same sizes, each family's layout)
 
     # Language model: head_dim = hidden_size / attention_heads = 64, the smallest vLLM's CPU attention takes.
     hidden_size: int = 256

@@ -1,8 +1,9 @@
 """A byte-level BPE tokenizer in Qwen2's mould, trained on the embedded dataset's text.
 
 Same pre-tokenizer and special tokens as Qwen2-VL, so chat templates, processors and vLLM treat it as a
-Qwen2 tokenizer; only the vocabulary is small (hundreds of tokens instead of 151k). The LLaVA style swaps in
-LLaVA's special tokens (`<image>`, `</s>`) and its Vicuna-style chat template.
+Qwen2 tokenizer; only the vocabulary is small (hundreds of tokens instead of 151k). The other families' styles
+swap in their special tokens and chat templates (LLaVA's `<image>`, `</s>` and Vicuna turns; Idefics3's and
+SmolVLM2's `<end_of_utterance>`; Llama 3.2 Vision's header tokens and `<|eot_id|>`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AddedToken, Qwen2Tokenizer
+from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE as SMOLVLM2_CHAT_TEMPLATE
 
 # Qwen2's split pattern (tokenizer.json of Qwen2-VL-2B-Instruct).
 QWEN2_SPLIT_PATTERN = (
@@ -83,6 +85,23 @@ _IDEFICS3_TOKENS = (ENDOFTEXT, "<|im_start|>", "<end_of_utterance>", "<fake_toke
                     "<global-img>", *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)))
 
 
+# Llama 3.2 Vision's turns, without the default system prompt its template adds to text-only chats:
+# "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>question<|eot_id|>
+# <|start_header_id|>assistant<|end_header_id|>\n\nanswer<|eot_id|>". The image is one <|image|> token: the
+# text reads the picture through cross-attention, not through placeholder embeddings.
+LLAMA3_VISION_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<|image|>' }}{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}{{ '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+# MllamaProcessor also looks up <|python_tag|>.
+_LLAMA3_TOKENS = (ENDOFTEXT, "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                  "<|image|>", "<|python_tag|>")
+
+
 @dataclass(frozen=True)
 class TokenizerStyle:
     special_tokens: tuple[str, ...]
@@ -90,6 +109,7 @@ class TokenizerStyle:
     pad_token: str
     chat_template: str
     template_text: tuple[str, ...]
+    bos_token: str | None = None  # Llama 3's processor prepends it to every text that lacks it
 
 
 QWEN2_STYLE = TokenizerStyle(SPECIAL_TOKENS, "<|im_end|>", ENDOFTEXT, CHAT_TEMPLATE, _TEMPLATE_TEXT)
@@ -97,6 +117,12 @@ MISTRAL_STYLE = TokenizerStyle((ENDOFTEXT, "</s>", "<image>", "[INST]", "[/INST]
                                MISTRAL_CHAT_TEMPLATE, ("[INST] ", " [/INST]"))
 IDEFICS3_STYLE = TokenizerStyle(_IDEFICS3_TOKENS, "<end_of_utterance>", ENDOFTEXT, IDEFICS3_CHAT_TEMPLATE,
                                 ("User:", "User: ", "\nAssistant: ", "Assistant:"))
+# SmolVLM2: Idefics3's turns in the template transformers ships as SmolVLM2's (a `<video>` slot added; content
+# always a list of parts).
+SMOLVLM_STYLE = TokenizerStyle(_IDEFICS3_TOKENS, "<end_of_utterance>", ENDOFTEXT, SMOLVLM2_CHAT_TEMPLATE,
+                               IDEFICS3_STYLE.template_text)
+MLLAMA_STYLE = TokenizerStyle(_LLAMA3_TOKENS, "<|eot_id|>", ENDOFTEXT, LLAMA3_VISION_CHAT_TEMPLATE,
+                              ("user", "assistant", "\n\n"), bos_token="<|begin_of_text|>")
 LLAVA_STYLE = TokenizerStyle((ENDOFTEXT, "</s>", "<image>"), "</s>", ENDOFTEXT, LLAVA_CHAT_TEMPLATE,
                              (LLAVA_SYSTEM, " USER: ", " ASSISTANT: ", " ASSISTANT:"))
 
@@ -115,7 +141,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, style: TokenizerStyle
     bpe.train_from_iterator([*style.template_text, *texts], trainer=trainer)
     vocab = bpe.get_vocab()
     merges = _merges(bpe)
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None,
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=style.bos_token,
                                eos_token=style.eos_token, pad_token=style.pad_token, errors="replace")
     tokenizer.add_special_tokens(
         {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in style.special_tokens]},
