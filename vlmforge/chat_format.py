@@ -7,6 +7,7 @@ and end is the model family's (vlmforge.families).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -15,6 +16,20 @@ from .data.types import Conversation, ImagePart, Message
 from .families import QWEN2_VL, ModelFamily
 
 IGNORE_INDEX = -100
+
+
+class _ProcessorOwnKwargsWarning(logging.Filter):
+    """transformers 5.17's SmolVLMProcessor.apply_chat_template adds its own video defaults (`num_frames`, `fps`)
+    as plain keyword arguments, and the base class then warns that such arguments belong in `processor_kwargs`:
+    once per rendered chat, thousands of lines a training run, about arguments nobody passed. Nothing here passes
+    processor arguments to a chat render, so in this process the warning is never about ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "have to be in `processor_kwargs`" not in record.getMessage()
+
+
+PROCESSING_LOGGER = "transformers.processing_utils"
+logging.getLogger(PROCESSING_LOGGER).addFilter(_ProcessorOwnKwargsWarning())
 
 
 def to_hf_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
