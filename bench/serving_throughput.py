@@ -1,14 +1,15 @@
-"""Serving on a GPU: our inference service (HTTP, streaming, the official openai client) against vLLM's
-offline engine (`LLM.chat`, every request handed over at once) on the same model with the same engine flags,
-in one run on one machine. The offline engine runs first in a child process, then the service; they never
-share the GPU.
+"""Serving on a GPU: our inference service (HTTP, streaming, the official openai client) against plain
+`vllm serve` and vLLM's offline engine (`LLM.chat`, every request handed over at once), on the same model with
+the same engine flags, on one machine. One engine at a time (the offline one in a child process), so they never
+share the GPU; `--phase` runs one of them, each within a 10-minute GPU call, and keeps its figures in
+--work-dir for the report.
 
 Every request carries one fresh random 448x448 image (never seen before in the run, so neither vLLM's prefix
 cache nor its encoder cache can skip work) and gets exactly --output-tokens tokens. Measured:
-  - requests/s, output tokens/s, TTFT and TPOT p50/p99 at 1/8/32/128 concurrent clients (service);
-  - requests/s with 1, 4 and 16 distinct r=16 adapters in the mix (service at 128 clients, and offline);
-  - hot-loading an adapter the server has never seen: admin load call, and load call + first token of a
-    request on it (service), next to the offline engine's `add_lora`.
+  - requests/s, output tokens/s, TTFT and TPOT p50/p99 at 1/8/32/128 concurrent clients (servers);
+  - requests/s with 1, 4 and 16 distinct r=16 adapters in the mix (servers at 128 clients, and offline);
+  - hot-loading an adapter the server has never seen: the load call, and load call + first token of a request
+    on it (servers), next to the offline engine's `add_lora`.
 
     python bench/serving_throughput.py --tokenizer-from .cache/vlmforge/models/tiny-qwen2-vl [--shape 2b]
 """
@@ -67,9 +68,9 @@ def main() -> None:
     # server. Named here, both engines run the server's value.
     parser.add_argument("--vllm-args", default="--max-num-batched-tokens 8192",
                         help="engine flags given to all three engines")
-    parser.add_argument("--phase", choices=("all", *PHASES, "offline-child"), default="all", help="one part only (each one "
-                        "fits a 10-minute GPU call), its figures kept in --work-dir; the report shows every part "
-                        "measured there")
+    parser.add_argument("--phase", choices=("all", *PHASES, "offline-child"), default="all",
+                        help="one part only (each fits a 10-minute GPU call), its figures kept in --work-dir; the "
+                        "report shows every part measured there")
     args = parser.parse_args()
     args.concurrency = sorted(int(count) for count in args.concurrency.split(","))
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
