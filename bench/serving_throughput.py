@@ -214,7 +214,8 @@ def measure_offline(args, work: Path) -> dict:
         assert all(len(output.outputs[0].token_ids) == args.output_tokens for output in outputs)
         return count / elapsed
 
-    batch(min(64, args.offline_requests), max(ADAPTER_MIXES))  # warm-up: compiles, loads the mix adapters, fills the allocator
+    # Warm-up: compiles, loads the mix's adapters, fills the allocator (the servers get the same).
+    batch(min(64, args.offline_requests), max(ADAPTER_MIXES))
     requests_per_s = {adapters: batch(args.offline_requests, adapters) for adapters in (0, *ADAPTER_MIXES)}
     add_lora_s = []
     for name in adapter_names(HOT_LOADS, "hot"):
