@@ -9,7 +9,7 @@ import logging
 
 from pydantic_settings import CliApp
 
-from .base_model import BaseModelNotServable, base_model_dir, check_base_model
+from .base_model import BaseModelError, base_model_dir, check_base_model
 from .settings import InferenceSettings
 
 
@@ -17,7 +17,7 @@ def main() -> None:
     settings = CliApp.run(InferenceSettings)
     try:  # before vLLM is imported: a base it cannot serve gets one line, not a traceback minutes later
         check_base_model(base_model_dir(settings.base_model))
-    except BaseModelNotServable as error:
+    except BaseModelError as error:
         raise SystemExit(f"inference_service: {error}") from None
     _own_logging()
     import uvloop

@@ -12,8 +12,16 @@ from pathlib import Path
 from vlmforge.families import ModelFamily, UnsupportedModelError, family_for_model_dir
 
 
-class BaseModelNotServable(Exception):
+class BaseModelError(Exception):
+    """The base model cannot be served; the message says why, in one line."""
+
+
+class BaseModelNotServable(BaseModelError):
     """The base model is of a family that vLLM does not serve; the message says why and what to use instead."""
+
+
+class BaseModelNotFound(BaseModelError):
+    """Neither a model directory nor a name in the local Hugging Face cache."""
 
 
 def check_base_model(model_dir: Path) -> ModelFamily | None:
@@ -34,8 +42,15 @@ def base_model_dir(base_model: str) -> Path:
     """The directory holding the base model's config.json: the path given, or for a hub name its local cache
     (no network at run time)."""
     model_dir = Path(base_model)
-    if not model_dir.is_dir():
-        from transformers.utils import cached_file
+    if model_dir.is_dir():
+        if not (model_dir / "config.json").is_file():
+            raise BaseModelNotFound(f"base model {base_model}: the directory has no config.json")
+        return model_dir
+    from transformers.utils import cached_file
 
-        model_dir = Path(cached_file(base_model, "config.json")).parent
-    return model_dir
+    try:
+        return Path(cached_file(base_model, "config.json")).parent
+    except OSError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BaseModelNotFound(f"base model {base_model}: not a model directory, nor a model in the local Hugging "
+                                f"Face cache ({reason})") from None

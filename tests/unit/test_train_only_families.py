@@ -1,6 +1,6 @@
 """A family vLLM does not serve at all (Llama-3.2-Vision) trains like any other, but says so: its jobs record a
 `deployment` event when they are created, and the inference service refuses such a base in one line before it
-starts vLLM. (Training it end to end: tests/integration.)"""
+starts vLLM, as it refuses a base model it cannot find. (Training it end to end: tests/integration.)"""
 
 from __future__ import annotations
 
@@ -71,3 +71,20 @@ def test_the_service_command_exits_with_that_line_before_starting_vllm(tmp_path:
         "inference_service: cannot serve tiny-mllama: vLLM does not serve Llama-3.2-Vision (mllama) models: it "
         "removed them after 0.10.2; load it, its adapters (with peft) and its fine-tunes' merged models in "
         "transformers instead"], started.stderr
+
+
+@pytest.mark.parametrize(("make_base", "said"), [
+    (lambda root: root / "no-such-model", "not a model directory, nor a model in the local Hugging Face cache"),
+    (lambda root: (root / "empty").mkdir() or root / "empty", "the directory has no config.json"),
+])
+def test_a_base_model_that_is_not_there_is_refused_in_one_line(make_base, said: str, tmp_path: Path) -> None:
+    """Paths only: a hub name not in the cache would make transformers try the network."""
+    import subprocess
+    import sys
+
+    base = make_base(tmp_path)
+    started = subprocess.run([sys.executable, "-m", "inference_service", "--base-model", str(base), "--port", "0"],
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert started.returncode == 1
+    lines = started.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"inference_service: base model {base}: ") and said in lines[0]
