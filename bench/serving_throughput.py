@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
 import io
 import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +37,7 @@ import numpy as np
 import openai
 from PIL import Image
 
+from inference_overhead import _free_port, _pct  # noqa: E402 - bench/ is on sys.path when run as a script
 from inference_service.server import vllm_argv
 from inference_service.settings import InferenceSettings
 from vlmforge.processes import start_and_wait, stop
@@ -149,8 +150,6 @@ def _device() -> str:
 
 def image_urls(count: int, first_seed: int, side_px: int) -> list[str]:
     """Fresh smooth random pictures (upscaled noise, JPEG): no two alike, realistic sizes on the wire."""
-    import base64
-
     urls = []
     for seed in range(first_seed, first_seed + count):
         noise = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
@@ -260,9 +259,7 @@ def _start(server: str, settings: InferenceSettings, work: Path):
              str(settings.max_loras_per_batch), "--vllm-args", settings.vllm_args],
             work / "ours.log", READY, timeout_s=540)
         return process, f"http://127.0.0.1:{int(ready.group(1))}", _load_on_ours
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     process, _ = start_and_wait(
         ["-m", "vllm.entrypoints.openai.api_server", *vllm_argv(settings.model_copy(update={"port": port}))],
         work / "plain.log", PLAIN_READY, timeout_s=540, env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"})
@@ -338,10 +335,6 @@ async def _hot_load(http: httpx.AsyncClient, load_adapter, level: _Level, name: 
 
 
 # --- report -----------------------------------------------------------------------------------------------
-
-def _pct(values: list[float], percentile: int) -> float:
-    return values[min(len(values) - 1, round(percentile / 100 * (len(values) - 1)))]
-
 
 SERVER_NAMES = {"ours": "vlmforge", "plain": "plain `vllm serve`"}
 

@@ -10,7 +10,6 @@ import json
 import logging
 import shlex
 import socket
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -71,7 +70,7 @@ def vllm_argv(settings: InferenceSettings) -> list[str]:
             "--gpu-memory-utilization", str(settings.gpu_memory_utilization or _default_memory_share()),
             "--shutdown-timeout", str(settings.drain_timeout_s),
             "--mm-processor-cache-gb", str(settings.mm_processor_cache_gb)]
-    if _serves_tower_lora(settings, _base_family(_base_model_dir(settings))):
+    if _serves_tower_lora(settings, check_base_model(base_model_dir(settings.base_model))):
         argv.append("--enable-tower-connector-lora")
     if settings.max_model_len:
         argv += ["--max-model-len", str(settings.max_model_len)]
@@ -116,8 +115,8 @@ def install(app: FastAPI, settings: InferenceSettings, engine_client: EngineClie
 
 
 def _base_identity(settings: InferenceSettings) -> BaseModelIdentity:
-    model_dir = _base_model_dir(settings)
-    family = _base_family(model_dir)
+    model_dir = base_model_dir(settings.base_model)
+    family = check_base_model(model_dir)  # None: not in the registry, adapters are checked by vLLM alone
     unservable = () if family is None or _serves_tower_lora(settings, family) else family.tower_and_projector_patterns
     return BaseModelIdentity(model_config_digest(model_dir), frozenset(
         {settings.model_name, settings.base_model, str(model_dir.resolve()), model_dir.name}),
@@ -127,14 +126,6 @@ def _base_identity(settings: InferenceSettings) -> BaseModelIdentity:
 def _serves_tower_lora(settings: InferenceSettings, family: ModelFamily | None) -> bool:
     """LoRA on the vision tower and projector: as configured, unless vLLM cannot serve it for this family."""
     return settings.vision_tower_lora and (family is None or family.vllm_serves_tower_connector_lora)
-
-
-def _base_family(model_dir: Path) -> ModelFamily | None:
-    return check_base_model(model_dir)  # None: served as vLLM serves it; adapters are checked by vLLM alone
-
-
-def _base_model_dir(settings: InferenceSettings) -> Path:
-    return base_model_dir(settings.base_model)
 
 
 def _secret(value) -> str | None:

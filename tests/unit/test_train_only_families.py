@@ -5,6 +5,8 @@ starts vLLM, as it refuses a base model it cannot find. (Training it end to end:
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,12 +62,7 @@ def test_the_inference_service_starts_on_the_families_vllm_serves(tmp_path: Path
 
 def test_the_service_command_exits_with_that_line_before_starting_vllm(tmp_path: Path) -> None:
     """The real command line (a subprocess), so the check is known to run before vLLM is imported."""
-    import subprocess
-    import sys
-
-    started = subprocess.run([sys.executable, "-m", "inference_service", "--base-model",
-                              str(_model_dir(tmp_path, "mllama")), "--port", "0"],
-                             capture_output=True, text=True, timeout=120, check=False)
+    started = _start_service(_model_dir(tmp_path, "mllama"))
     assert started.returncode == 1
     assert started.stderr.strip().splitlines() == [
         "inference_service: cannot serve tiny-mllama: vLLM does not serve Llama-3.2-Vision (mllama) models: it "
@@ -79,12 +76,13 @@ def test_the_service_command_exits_with_that_line_before_starting_vllm(tmp_path:
 ])
 def test_a_base_model_that_is_not_there_is_refused_in_one_line(make_base, said: str, tmp_path: Path) -> None:
     """Paths only: a hub name not in the cache would make transformers try the network."""
-    import subprocess
-    import sys
-
     base = make_base(tmp_path)
-    started = subprocess.run([sys.executable, "-m", "inference_service", "--base-model", str(base), "--port", "0"],
-                             capture_output=True, text=True, timeout=120, check=False)
+    started = _start_service(base)
     assert started.returncode == 1
     lines = started.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"inference_service: base model {base}: ") and said in lines[0]
+
+
+def _start_service(base_model: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inference_service", "--base-model", str(base_model), "--port", "0"],
+                          capture_output=True, text=True, timeout=120, check=False)
