@@ -56,6 +56,9 @@ class Hyperparameters:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
     eval_every_steps: int = 0  # score the validation file every N steps; 0: only the test file, before and after
     checkpoint_every_steps: int = 50
+    warmup_ratio: float | None = None  # warmup as a share of the total steps (ceil); instead of warmup_steps
+    validation_split: float = 0.0  # share of the training file held out (seeded) when no validation_file is given
+    max_samples: int | None = None  # train on the first N records only (LLaMA-Factory's max_samples)
 
     def validated(self) -> Hyperparameters:
         _check(1 <= self.epochs <= 100, "epochs", "must be between 1 and 100")
@@ -81,6 +84,11 @@ class Hyperparameters:
                    "at least one of attention or MLP modules must be fine-tuned")
         _check(self.eval_every_steps >= 0, "eval_every_steps", "must be >= 0")
         _check(self.checkpoint_every_steps >= 1, "checkpoint_every_steps", "must be >= 1")
+        _check(self.warmup_ratio is None or 0 <= self.warmup_ratio < 1, "warmup_ratio", "must be >= 0 and < 1")
+        _check(self.warmup_ratio is None or not self.warmup_steps, "warmup_ratio",
+               "set warmup_ratio or warmup_steps, not both")
+        _check(0 <= self.validation_split <= 0.5, "validation_split", "must be between 0 and 0.5")
+        _check(self.max_samples is None or self.max_samples >= 1, "max_samples", "must be >= 1")
         return self
 
 
@@ -141,6 +149,7 @@ class JobSpec:
     suffix: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     placement: Placement = field(default_factory=Placement)
+    dataset_name: str = ""  # an entry of the LLaMA-Factory dataset_info.json that training_file names
 
     def validated(self) -> JobSpec:
         _check(bool(self.model.strip()), "model", "is required", prefix="")

@@ -42,6 +42,7 @@ _SCALAR_HYPERPARAMETERS = (
     "weight_decay", "seed", "max_sequence_length", "lora_rank", "lora_alpha", "lora_dropout",
     "finetune_vision_layers", "finetune_language_layers", "finetune_attention_modules", "finetune_mlp_modules",
     "eval_every_steps", "checkpoint_every_steps", "gradient_checkpointing", "finetune_projector",
+    "warmup_ratio", "validation_split", "max_samples",
 )
 
 
@@ -61,6 +62,7 @@ def spec_from_pb(request: pb.CreateFineTuningJobRequest) -> tuple[JobSpec, str |
         suffix=request.suffix,
         metadata=dict(request.metadata),
         placement=placement_from_pb(request.placement),
+        dataset_name=request.dataset_name,
     )
     return spec, request.client_request_id or None
 
@@ -98,7 +100,7 @@ def job_to_pb(job: Job) -> pb.FineTuningJob:
         test_file=spec.get("test_file", ""), suffix=spec.get("suffix", ""), metadata=spec.get("metadata", {}),
         created_at=_timestamp(job.created_at), fine_tuned_model=result.get("fine_tuned_model", ""),
         adapter_path=result.get("adapter_path", ""), merged_model_path=result.get("merged_model_path", ""),
-        trained_steps=job.trained_steps, total_steps=job.total_steps,
+        trained_steps=job.trained_steps, total_steps=job.total_steps, dataset_name=spec.get("dataset_name", ""),
     )
     hyper = spec.get("hyperparameters") or {}
     for name in _SCALAR_HYPERPARAMETERS:
