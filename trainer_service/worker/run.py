@@ -27,6 +27,7 @@ from ..job_spec import Hyperparameters, JobSpec
 from ..store import JobRecords
 from .backends import TrainingBackend, select_backend
 from .distributed import Ranks
+from .splits import split_training_set
 from .train import Cancelled, Progress, seed_everything, train
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
     test_set = load_dataset(spec.test_file, spec.dataset_format, columns=spec.columns) if spec.test_file else []
     validation_set = (load_dataset(spec.validation_file, spec.dataset_format, columns=spec.columns)
                       if spec.validation_file and hyper.eval_every_steps else [])
+    train_set, held_out = split_training_set(train_set, hyper, validation_file_given=bool(spec.validation_file))
+    validation_set = validation_set or (held_out if hyper.eval_every_steps else [])
 
     if ranks.is_main and test_set and "evaluation_before" not in job.result:
         _evaluate(store, job_id, "before", backend, model, processor, test_set)

@@ -66,14 +66,17 @@ def batch_indices(step: int, micro: int, hyper: Hyperparameters, train_size: int
 
 def schedule(hyper: Hyperparameters, steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
-        if step < hyper.warmup_steps:
-            return (step + 1) / hyper.warmup_steps
-        progress = (step - hyper.warmup_steps) / max(1, steps - hyper.warmup_steps)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
         if hyper.scheduler == "constant":
             return 1.0
         if hyper.scheduler == "linear":
             return max(0.0, 1.0 - progress)
         return 0.5 * (1 + math.cos(math.pi * progress))
+    # warmup_ratio rounds up, as transformers' TrainingArguments.get_warmup_steps does.
+    warmup = math.ceil(hyper.warmup_ratio * steps) if hyper.warmup_ratio is not None else hyper.warmup_steps
+
     return factor
 
 
