@@ -65,6 +65,9 @@ def batch_indices(step: int, micro: int, hyper: Hyperparameters, train_size: int
 
 
 def schedule(hyper: Hyperparameters, steps: int) -> Callable[[int], float]:
+    # warmup_ratio rounds up, as transformers' TrainingArguments.get_warmup_steps does.
+    warmup = math.ceil(hyper.warmup_ratio * steps) if hyper.warmup_ratio is not None else hyper.warmup_steps
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -74,9 +77,6 @@ def schedule(hyper: Hyperparameters, steps: int) -> Callable[[int], float]:
         if hyper.scheduler == "linear":
             return max(0.0, 1.0 - progress)
         return 0.5 * (1 + math.cos(math.pi * progress))
-    # warmup_ratio rounds up, as transformers' TrainingArguments.get_warmup_steps does.
-    warmup = math.ceil(hyper.warmup_ratio * steps) if hyper.warmup_ratio is not None else hyper.warmup_steps
-
     return factor
 
 
