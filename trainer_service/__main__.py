@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from pydantic_settings import CliApp
 
 from .deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV
-from .grpc_api.server import create_server
+from .grpc_api.server import ServerLimits, create_server
 from .grpc_api.reporting import create_worker_api_server
 from .job_spec import NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_BITSANDBYTES, QLORA_NEEDS_CUDA
 from .jobs import JobService
@@ -46,7 +46,7 @@ def main() -> None:
                       worker_visible_root=settings.shared_mount_path if on_kubernetes else None,
                       watch_poll_interval_s=settings.watch_poll_interval_s)
     running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
-                            max_message_bytes=settings.max_message_bytes)
+                            max_message_bytes=settings.max_message_bytes, limits=ServerLimits.from_settings(settings))
     worker_api = None
     if settings.worker_api_port is not None:
         worker_api, worker_api_port = create_worker_api_server(
@@ -73,7 +73,7 @@ def main() -> None:
     running.set_serving(False)
     jobs.draining.set()
     time.sleep(settings.drain_announce_s)  # still answering: health checks see NOT_SERVING, new jobs UNAVAILABLE
-    running.server.stop(settings.drain_timeout_s).wait()
+    running.drain(settings.drain_timeout_s)  # open Watch streams are told to reconnect, then calls get the grace
     launcher.stop()
     if worker_api is not None:
         worker_api.stop(settings.drain_timeout_s).wait()

@@ -33,3 +33,41 @@ class FailedPreconditionError(TrainerError):
 
 class ServiceDrainingError(FailedPreconditionError):
     """The service is shutting down and takes no new jobs (UNAVAILABLE)."""
+
+
+class StreamDrainedError(ServiceDrainingError):
+    """An open stream ended because the trainer is shutting down; the client reconnects (to another replica or
+    after the restart) and resumes from the last sequence it received (UNAVAILABLE)."""
+
+    def __init__(self, after_sequence: int):
+        self.after_sequence = after_sequence
+        super().__init__(f"the trainer is shutting down; reconnect with after_sequence={after_sequence}")
+
+
+class TooManyStreamsError(TrainerError):
+    """A stream limit is reached (RESOURCE_EXHAUSTED); the message names the setting that raises it."""
+
+    def __init__(self, setting: str, limit: int, scope: str):
+        self.setting, self.limit = setting, limit
+        super().__init__(f"{limit} concurrent streams {scope} is the limit (--{setting.replace('_', '-')}); "
+                         "close a stream or retry later")
+
+
+class StoredFileNotFoundError(TrainerError):
+    """No uploaded file with this id (NOT_FOUND)."""
+
+    def __init__(self, file_id: str):
+        self.file_id = file_id
+        super().__init__(f"no file {file_id!r}")
+
+
+class LimitExceededError(TrainerError):
+    """A request is larger than a setting allows (RESOURCE_EXHAUSTED); the message names the setting."""
+
+    def __init__(self, setting: str, message: str):
+        self.setting = setting
+        super().__init__(f"{message} (--{setting.replace('_', '-')})")
+
+
+class ConflictError(TrainerError):
+    """Another call is changing the same thing right now; retry later (ABORTED)."""

@@ -1,16 +1,15 @@
-"""The job service: what the gRPC handlers call. It validates, stores, and streams; it knows no protobuf."""
+"""The job service: what the gRPC handlers call. It validates and stores (Watch streams are served by event_hub);
+it knows no protobuf."""
 
 from __future__ import annotations
 
 import re
 import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vlmforge.families import ModelFamily, family_for_model_dir
 
-from .domain import Job, JobEvent, JobStatus
+from .domain import Job, JobStatus
 from .errors import InvalidArgumentError, InvalidTransitionError, ServiceDrainingError
 from .job_spec import NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_CUDA, JobSpec, check_resources
 from .store import JobStore
@@ -49,7 +48,7 @@ class JobService:
         self.qlora_unavailable = qlora_unavailable
         self.node_placement_unavailable = node_placement_unavailable
         self.worker_visible_root = worker_visible_root  # workers on other nodes see only this volume
-        self.watch_poll_interval_s = watch_poll_interval_s
+        self.watch_poll_interval_s = watch_poll_interval_s  # read by the event hub that serves Watch streams
         self.draining = threading.Event()
 
     def create(self, spec: JobSpec, client_request_id: str | None = None) -> Job:
@@ -93,18 +92,3 @@ class JobService:
         if job.status.is_terminal:
             raise InvalidTransitionError(job_id, job.status, JobStatus.CANCELLED)
         return self.store.transition(job_id, JobStatus.CANCELLED, "cancelled by the client")
-
-    def watch(self, job_id: str, after_sequence: int, is_active: Callable[[], bool]) -> Iterator[JobEvent]:
-        """Replays events after `after_sequence`, then follows new ones; ends once the job has ended and every
-        event is sent, or when the caller goes away."""
-        self.store.get_job(job_id)  # NOT_FOUND before the stream starts
-        cursor = after_sequence
-        while is_active():
-            events = self.store.events_after(job_id, cursor)
-            yield from events
-            if events:
-                cursor = events[-1].sequence
-                continue
-            if self.store.get_job(job_id).status.is_terminal:
-                return
-            time.sleep(self.watch_poll_interval_s)

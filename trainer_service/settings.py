@@ -59,7 +59,31 @@ class TrainerSettings(BaseSettings):
                                     "get UNAVAILABLE) before the server stops taking calls, so probes and load "
                                     "balancers see it")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM: time given to in-flight RPCs")
-    watch_poll_interval_s: float = Field(0.2, gt=0, description="how often a Watch stream looks for new events")
+    watch_poll_interval_s: float = Field(0.2, gt=0, description="how often the trainer looks for events that "
+                                         "workers wrote (one query for every open Watch stream)")
+    blocking_workers: int = Field(8, ge=1, le=256, description="threads for the gRPC servers' blocking work "
+                                  "(SQLite, dataset checks, file I/O); streams themselves hold no thread")
+    max_streams_total: int = Field(4096, ge=1, description="open Watch / upload streams the trainer serves at "
+                                   "once; more get RESOURCE_EXHAUSTED")
+    max_streams_per_client: int = Field(1024, ge=1, description="open Watch / upload streams one client host "
+                                        "may hold at once; more get RESOURCE_EXHAUSTED")
+    keepalive_time_s: float = Field(60.0, gt=0, description="the server pings a connection idle this long, so "
+                                    "streams of clients that vanished (laptop closed, pod gone) are reaped")
+    keepalive_timeout_s: float = Field(20.0, gt=0, description="a ping unanswered this long closes the connection")
+    max_connection_age_s: float | None = Field(1800.0, gt=0, description="connections are asked to reconnect "
+                                               "after this long, so load balancers can rebalance them; open "
+                                               "streams resume from their last event (unset: never)")
+    max_connection_age_grace_s: float = Field(300.0, ge=0, description="calls still open on an aged "
+                                              "connection get this long before it is closed")
+    files_dir: Path | None = Field(None, description="Files API: uploaded files and their metadata; default "
+                                   "<state_dir>/files")
+    max_upload_bytes: int = Field(20 * 1024**3, ge=1, description="Files API: largest file one upload may send")
+    max_archive_extracted_bytes: int = Field(50 * 1024**3, ge=1, description="Files API: largest total size of "
+                                             "what one uploaded archive (.tar, .tar.gz, .zip) extracts to")
+    max_archive_members: int = Field(1_000_000, ge=1, description="Files API: most files and directories one "
+                                     "uploaded archive may hold")
+    max_compression_ratio: float = Field(100.0, gt=1, description="Files API: largest extracted-to-archive size "
+                                         "ratio of an uploaded archive (a zip bomb is refused before extraction)")
 
     @model_validator(mode="after")
     def _kubernetes_launcher_is_complete(self) -> TrainerSettings:
@@ -82,3 +106,7 @@ class TrainerSettings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
+
+    @property
+    def files_root(self) -> Path:
+        return self.files_dir or self.state_dir / "files"

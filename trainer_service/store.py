@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -70,6 +70,7 @@ class JobStore:
                                            isolation_level=None)
         self._connection.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[str], None]] = []
         # FULL, not WAL's usual NORMAL: a job event is rare and must survive a power cut, not just a crash.
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA synchronous=FULL")
@@ -80,8 +81,19 @@ class JobStore:
     def close(self) -> None:
         self._connection.close()
 
+    def add_listener(self, on_event: Callable[[str], None]) -> None:
+        """`on_event(job_id)` runs after each commit of this process that added an event to that job (events
+        that worker processes write straight into the file are found by polling `jobs_with_events_after`).
+        It must not block: it runs on the writer's thread."""
+        self._listeners.append(on_event)
+
+    def remove_listener(self, on_event: Callable[[str], None]) -> None:
+        if on_event in self._listeners:
+            self._listeners.remove(on_event)
+
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, job_id: str | None = None) -> Iterator[sqlite3.Connection]:
+        """`job_id`: the job whose events the transaction may add to, announced to listeners after COMMIT."""
         with self._lock:
             db = self._connection
             db.execute("BEGIN IMMEDIATE")
@@ -91,6 +103,9 @@ class JobStore:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+        if job_id is not None:
+            for on_event in self._listeners:
+                on_event(job_id)
 
     # jobs
 
@@ -168,7 +183,7 @@ class JobStore:
     def transition(self, job_id: str, status: JobStatus, message: str, *, error: JobError | None = None,
                    result: dict[str, Any] | None = None, report_id: str | None = None) -> Job:
         """Moves a job to `status` (checked against ALLOWED_TRANSITIONS) and records the event, atomically."""
-        with self._transaction() as db:
+        with self._transaction(job_id) as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise JobNotFoundError(job_id)
@@ -194,7 +209,7 @@ class JobStore:
 
     def record_progress(self, job_id: str, trained_steps: int, total_steps: int, message: str,
                         payload: dict[str, Any], *, report_id: str | None = None) -> JobEvent:
-        with self._transaction() as db:
+        with self._transaction(job_id) as db:
             if seen := _reported(db, job_id, report_id):
                 return seen
             db.execute("UPDATE jobs SET trained_steps = ?, total_steps = ? WHERE id = ?",
@@ -214,7 +229,7 @@ class JobStore:
 
     def append_event(self, job_id: str, kind: str, message: str, payload: dict[str, Any] | None = None, *,
                      report_id: str | None = None) -> JobEvent:
-        with self._transaction() as db:
+        with self._transaction(job_id) as db:
             if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
                 raise JobNotFoundError(job_id)
             return _reported(db, job_id, report_id) or _append_event(db, job_id, kind, message, payload or {},
@@ -227,6 +242,18 @@ class JobStore:
                 (job_id, after_sequence, limit),
             ).fetchall()
         return [_event(row) for row in rows]
+
+    def jobs_with_events_after(self, after_rowid: int | None) -> tuple[int, set[str]]:
+        """(the newest event's rowid, the jobs with events past `after_rowid`): one cheap query for every
+        watched job at once. Events are never deleted and writers are serialised, so rowids only grow in commit
+        order. `after_rowid` None: just the current rowid."""
+        with self._lock:
+            (newest,) = self._connection.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()
+            if after_rowid is None or newest <= after_rowid:
+                return newest, set()
+            rows = self._connection.execute("SELECT DISTINCT job_id FROM events WHERE rowid > ? AND rowid <= ?",
+                                            (after_rowid, newest)).fetchall()
+        return newest, {row["job_id"] for row in rows}
 
 
 def _append_event(db: sqlite3.Connection, job_id: str, kind: str, message: str, payload: dict,

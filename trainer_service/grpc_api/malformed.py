@@ -3,6 +3,8 @@ grpcio answers INTERNAL when a request deserializer raises, which would blame th
 
 from __future__ import annotations
 
+import inspect
+
 import grpc
 from google.protobuf.message import DecodeError
 
@@ -16,9 +18,9 @@ class _Malformed:
 _MALFORMED = _Malformed()
 
 
-class MalformedRequestInterceptor(grpc.ServerInterceptor):
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None or handler.request_streaming:
             return handler
         parse = _lenient(handler.request_deserializer)
@@ -39,16 +41,20 @@ def _lenient(deserialize):
 
 
 def _checked_unary(behaviour):
-    def unary(request, context):
+    async def unary(request, context):
         if request is _MALFORMED:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
-        return behaviour(request, context)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
+        return await behaviour(request, context)
     return unary
 
 
 def _checked_stream(behaviour):
-    def stream(request, context):
+    if not inspect.isasyncgenfunction(behaviour):  # a stream written with context.write (grpc.health's Watch)
+        return _checked_unary(behaviour)
+
+    async def stream(request, context):
         if request is _MALFORMED:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
-        yield from behaviour(request, context)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
+        async for response in behaviour(request, context):
+            yield response
     return stream

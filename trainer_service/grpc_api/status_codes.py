@@ -10,11 +10,15 @@ import logging
 import grpc
 
 from ..errors import (
+    ConflictError,
     FailedPreconditionError,
     InvalidArgumentError,
     InvalidTransitionError,
     JobNotFoundError,
+    LimitExceededError,
     ServiceDrainingError,
+    StoredFileNotFoundError,
+    TooManyStreamsError,
     TrainerError,
 )
 
@@ -24,9 +28,13 @@ logger = logging.getLogger(__name__)
 STATUS_BY_ERROR: tuple[tuple[type[TrainerError], grpc.StatusCode], ...] = (
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (JobNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (StoredFileNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ConflictError, grpc.StatusCode.ABORTED),
     (ServiceDrainingError, grpc.StatusCode.UNAVAILABLE),
     (InvalidTransitionError, grpc.StatusCode.FAILED_PRECONDITION),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (TooManyStreamsError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 
@@ -39,20 +47,29 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def grpc_errors(handler):
-    """Decorates a servicer method (unary or server-streaming) so errors leave through `status_for`."""
-    if inspect.isgeneratorfunction(handler):
+    """Decorates an async (grpc.aio) servicer method, unary or streaming, so errors leave through `status_for`.
+    An abort the handler made itself passes through untouched."""
+    if inspect.isasyncgenfunction(handler):
         @functools.wraps(handler)
-        def streaming(self, request, context):
+        async def async_streaming(self, request, context):
             try:
-                yield from handler(self, request, context)
+                async for response in handler(self, request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
             except Exception as error:  # noqa: BLE001 - the table decides
-                context.abort(*status_for(error))
-        return streaming
+                await context.abort(*status_for(error))
+        return async_streaming
 
-    @functools.wraps(handler)
-    def unary(self, request, context):
-        try:
-            return handler(self, request, context)
-        except Exception as error:  # noqa: BLE001 - the table decides
-            context.abort(*status_for(error))
-    return unary
+    if inspect.iscoroutinefunction(handler):
+        @functools.wraps(handler)
+        async def async_unary(self, request, context):
+            try:
+                return await handler(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the table decides
+                await context.abort(*status_for(error))
+        return async_unary
+
+    raise TypeError(f"{handler.__qualname__}: gRPC handlers here are async (grpc.aio)")
