@@ -1,0 +1,176 @@
+"""FileService: what the Files API does, independent of gRPC. Every method blocks (SQLite, disk); the async
+servicer calls them through the server's blocking pool. Validation runs on this service's own thread.
+
+On disk, under `root`: `files.sqlite3` (metadata), `partial/` (uploads in progress), `staging/` (a finished
+upload being extracted), `blobs/<sha256>/<filename>` (+ `extracted/` for an archive). A file only appears in
+`blobs/` and in the table once it is complete, verified and, for an archive, safely extracted.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..domain import JobStatus
+from ..errors import FailedPreconditionError
+from .archive import ArchiveLimits, archive_kind, extract_archive
+from .artifacts import TarStream, artifact_dirs
+from .datasets import DatasetLocation, locate_dataset, validate_dataset
+from .models import FilePurpose, StoredFile, UploadMetadata
+from .store import FileRecords
+from .uploads import PartialUploads, Upload, check_metadata
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE_JOB_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
+_JOB_FILE_FIELDS = ("training_file", "validation_file", "test_file")
+
+
+@dataclass(frozen=True)
+class FileLimits:
+    max_upload_bytes: int
+    archive: ArchiveLimits
+    max_page_size: int = 100
+
+
+class FileService:
+    def __init__(self, root: Path, jobs, limits: FileLimits):
+        """`jobs`: the trainer's JobStore (get_job, list_jobs), read to guard deletes and find artifacts."""
+        self.root = root
+        self.limits = limits
+        self._jobs = jobs
+        self._records = FileRecords(root / "files.sqlite3")
+        self._partials = PartialUploads(root / "partial")
+        self._staging = root / "staging"
+        self._blobs = root / "blobs"
+        shutil.rmtree(self._staging, ignore_errors=True)  # half-extracted archives of a previous run
+        self._staging.mkdir(parents=True, exist_ok=True)
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        # Renames into blobs/ and the table change together under this lock (uploads of one content, deletes).
+        self._commit_lock = threading.Lock()
+        self._validator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-validation")
+        for stored in self._records.with_status("uploaded"):  # the trainer stopped before validating them
+            self._schedule_validation(stored)
+
+    @classmethod
+    def from_settings(cls, settings, jobs) -> FileService:
+        limits = FileLimits(settings.max_upload_bytes, ArchiveLimits(
+            settings.max_archive_extracted_bytes, settings.max_archive_members, settings.max_compression_ratio))
+        return cls(settings.files_root, jobs, limits)
+
+    def close(self) -> None:
+        self._validator.shutdown(wait=True, cancel_futures=True)
+        self._records.close()
+
+    # reading
+
+    def get(self, file_id: str) -> StoredFile:
+        return self._records.get(file_id)
+
+    def list(self, purpose: FilePurpose | None = None, *, page_size: int = 0,
+             page_token: str = "") -> tuple[list[StoredFile], str]:
+        size = min(page_size, self.limits.max_page_size) if page_size > 0 else 20
+        return self._records.list(purpose, page_size=size, page_token=page_token)
+
+    def committed_bytes(self, sha256: str, size_bytes: int) -> tuple[int, StoredFile | None]:
+        """Where an upload of this content resumes, and the File when the content is already stored."""
+        existing = self._records.find_by_sha256(sha256.lower())
+        if existing is not None and existing.bytes == size_bytes:
+            return size_bytes, existing
+        return self._partials.committed_bytes(sha256.lower(), size_bytes), None
+
+    # uploading
+
+    def begin_upload(self, meta: UploadMetadata) -> Upload | StoredFile:
+        """An Upload to write the stream's chunks to, or the File when this content is already stored."""
+        check_metadata(meta, max_upload_bytes=self.limits.max_upload_bytes)
+        existing = self._records.find_by_sha256(meta.sha256)
+        if existing is not None and existing.bytes == meta.bytes:
+            return existing
+        return self._partials.open(meta)
+
+    def finish_upload(self, upload: Upload) -> StoredFile:
+        """Verifies the digest, extracts an archive safely, commits; validation then starts in the background."""
+        partial = upload.finish()
+        upload.close()
+        meta = upload.meta
+        staging = self._staging / uuid.uuid4().hex
+        staging.mkdir()
+        try:
+            blob = staging / meta.filename
+            partial.rename(blob)
+            location = DatasetLocation(blob)
+            if archive_kind(meta.filename):
+                extract_archive(blob, staging / "extracted", self.limits.archive, name=meta.filename)
+                location = locate_dataset(staging / "extracted", name=meta.filename)
+            return self._commit(meta, staging, location)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _commit(self, meta: UploadMetadata, staging: Path, location: DatasetLocation) -> StoredFile:
+        final = self._blobs / meta.sha256
+        with self._commit_lock:
+            existing = self._records.find_by_sha256(meta.sha256)
+            if existing is not None:
+                return existing
+            if final.exists():  # left by a trainer that stopped between the rename and the insert
+                shutil.rmtree(final)
+            staging.rename(final)
+            dataset_path = final / location.path.relative_to(staging)
+            stored, _ = self._records.insert(filename=meta.filename, purpose=meta.purpose, size_bytes=meta.bytes,
+                                             sha256=meta.sha256, dataset_path=dataset_path,
+                                             dataset_name=location.dataset_name)
+        self._schedule_validation(stored)
+        return stored
+
+    # validating
+
+    def _schedule_validation(self, stored: StoredFile) -> None:
+        self._validator.submit(self._validate, stored)
+
+    def _validate(self, stored: StoredFile) -> None:
+        try:
+            result = validate_dataset(DatasetLocation(stored.dataset_path, stored.dataset_name))
+        except Exception:  # noqa: BLE001 - a loader bug must not leave the file 'uploaded' forever
+            logger.exception("validating %s (%s) failed unexpectedly", stored.id, stored.filename)
+            result = None
+        if result is None:
+            self._records.set_validated(stored.id, record_count=None,
+                                        error_message=f"{stored.filename}: could not be validated (internal error)")
+            return
+        self._records.set_validated(stored.id, record_count=result.record_count, error_message=result.error_message)
+        logger.info("file %s (%s): %s", stored.id, stored.filename,
+                    result.error_message or f"processed, {result.record_count} records")
+
+    # deleting
+
+    def delete(self, file_id: str) -> StoredFile:
+        """Refused while a job that is validating files, queued or running names the file."""
+        stored = self._records.get(file_id)
+        if users := self._active_jobs_using(file_id):
+            raise FailedPreconditionError(f"file {file_id} is used by {', '.join(users)} "
+                                          "(validating files, queued or running); cancel it or wait for it to end")
+        with self._commit_lock:
+            deleted = self._records.delete(file_id)
+            shutil.rmtree(self._blobs / stored.sha256, ignore_errors=True)
+        return deleted
+
+    def _active_jobs_using(self, file_id: str) -> list[str]:
+        users, token = [], ""
+        while True:
+            jobs, token = self._jobs.list_jobs(_ACTIVE_JOB_STATUSES, page_size=200, page_token=token)
+            users += [job.id for job in jobs if file_id in (job.spec.get(key) for key in _JOB_FILE_FIELDS)]
+            if not token:
+                return users
+
+    # artifacts
+
+    def artifact_stream(self, job_id: str, *, include_merged_model: bool = False) -> TarStream:
+        """The tar stream of a succeeded job's adapter (and merged model); JobNotFoundError for an unknown id."""
+        job = self._jobs.get_job(job_id)
+        return TarStream(artifact_dirs(job, include_merged_model=include_merged_model))

@@ -1,0 +1,150 @@
+"""Partial uploads on disk, keyed by the content's (sha256, bytes): a resume needs no server-issued state and
+survives a trainer restart. Bytes are appended to `partial/<sha256>-<bytes>.part` and hashed as they arrive; a
+finished upload whose digest matches is handed to the caller, who renames it into place."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+from ..errors import ConflictError, FailedPreconditionError, InvalidArgumentError, LimitExceededError
+from .models import UploadMetadata
+
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+DATASET_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HASH_READ_BYTES = 4 * 1024 * 1024
+
+
+def check_metadata(meta: UploadMetadata, *, max_upload_bytes: int) -> None:
+    """Raises InvalidArgumentError / LimitExceededError for metadata no upload can succeed with."""
+    name = meta.filename
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name or len(name) > 255:
+        raise InvalidArgumentError("metadata.filename", f"{name!r} must be a file name, not a path")
+    if not name.lower().endswith(DATASET_SUFFIXES + ARCHIVE_SUFFIXES):
+        raise InvalidArgumentError("metadata.filename", f"{name!r}: the extension must be one of "
+                                   f"{', '.join(DATASET_SUFFIXES + ARCHIVE_SUFFIXES)}")
+    if not _SHA256.match(meta.sha256):
+        raise InvalidArgumentError("metadata.sha256", "must be the content's sha256 as 64 lowercase hex digits")
+    if meta.bytes <= 0:
+        raise InvalidArgumentError("metadata.bytes", "must be the content's size, above 0")
+    if meta.bytes > max_upload_bytes:
+        raise LimitExceededError("max_upload_bytes", f"{name} is {meta.bytes} bytes; this trainer takes uploads "
+                                 f"of at most {max_upload_bytes} bytes")
+    if not 0 <= meta.resume_offset <= meta.bytes:
+        raise InvalidArgumentError("metadata.resume_offset", f"must be between 0 and bytes ({meta.bytes})")
+
+
+class PartialUploads:
+    """The directory of partial uploads and the in-process guard that lets one stream at a time append to each."""
+
+    def __init__(self, directory: Path, *, busy_wait_s: float = 5.0):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._busy_wait_s = busy_wait_s
+        self._active: set[str] = set()
+        self._released = threading.Condition()
+
+    def path(self, sha256: str, size_bytes: int) -> Path:
+        return self.directory / f"{sha256}-{size_bytes}.part"
+
+    def committed_bytes(self, sha256: str, size_bytes: int) -> int:
+        try:
+            return min(self.path(sha256, size_bytes).stat().st_size, size_bytes)
+        except FileNotFoundError:
+            return 0
+
+    def open(self, meta: UploadMetadata) -> Upload:
+        """Claims the content's partial file and positions it at `meta.resume_offset`. A stream that just broke
+        may still hold the claim for a moment: wait for it rather than fail the client's immediate resume."""
+        key = f"{meta.sha256}-{meta.bytes}"
+        deadline = time.monotonic() + self._busy_wait_s
+        with self._released:
+            while key in self._active:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ConflictError(f"another upload of this content (sha256 {meta.sha256}) is in progress; "
+                                        "retry when it has ended")
+                self._released.wait(remaining)
+            self._active.add(key)
+        try:
+            return Upload(meta, self.path(meta.sha256, meta.bytes), release=lambda: self._release(key))
+        except BaseException:
+            self._release(key)
+            raise
+
+    def _release(self, key: str) -> None:
+        with self._released:
+            self._active.discard(key)
+            self._released.notify_all()
+
+
+class Upload:
+    """One stream's writer: `write` each chunk, then `finish` (digest checked) or `close` (kept for a resume)."""
+
+    def __init__(self, meta: UploadMetadata, path: Path, *, release):
+        self.meta, self.path = meta, path
+        self._release = release
+        held = path.stat().st_size if path.exists() else 0
+        if meta.resume_offset > held:
+            raise FailedPreconditionError(f"resume_offset {meta.resume_offset} is past the {held} bytes this trainer "
+                                          "holds of the content; resume from GetUploadOffset's committed_bytes")
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(self._fd, meta.resume_offset)  # bytes a broken stream wrote past the resume point go
+            self._hasher = _hash_prefix(self._fd, meta.resume_offset)
+            os.lseek(self._fd, meta.resume_offset, os.SEEK_SET)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.offset = meta.resume_offset
+
+    def write(self, chunk: bytes) -> None:
+        if len(chunk) > MAX_CHUNK_BYTES:
+            raise InvalidArgumentError("chunk", f"{len(chunk)} bytes; chunks are at most {MAX_CHUNK_BYTES} bytes")
+        if self.offset + len(chunk) > self.meta.bytes:
+            raise InvalidArgumentError("chunk", f"the stream sends more than metadata.bytes ({self.meta.bytes})")
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self._hasher.update(chunk)
+        self.offset += len(chunk)
+
+    def finish(self) -> Path:
+        """Checks size and digest; returns the complete file (the caller moves it), or raises and keeps nothing
+        that cannot be resumed."""
+        if self.offset != self.meta.bytes:
+            raise InvalidArgumentError("chunk", f"the stream ended after {self.offset} of {self.meta.bytes} bytes; "
+                                       f"resume with resume_offset={self.offset}")
+        os.fsync(self._fd)
+        if self._hasher.hexdigest() != self.meta.sha256:
+            self.close()
+            self.path.unlink(missing_ok=True)
+            raise InvalidArgumentError("metadata.sha256", f"the {self.meta.bytes} bytes received hash to "
+                                       f"{self._hasher.hexdigest()}, not {self.meta.sha256}; upload again from 0")
+        return self.path
+
+    def close(self) -> None:
+        """Idempotent and quick: it also runs in a cancelled handler's finally."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._release()
+
+
+def _hash_prefix(fd: int, size_bytes: int):
+    hasher = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    remaining = size_bytes
+    while remaining:
+        block = os.read(fd, min(_HASH_READ_BYTES, remaining))
+        if not block:
+            break
+        hasher.update(block)
+        remaining -= len(block)
+    return hasher
