@@ -103,8 +103,17 @@ class Upload:
             os.close(self._fd)
             raise
         self.offset = meta.resume_offset
+        # A cancelled stream's handler closes the upload while a pool thread may still be writing its last chunk:
+        # the fd must not be closed (and its number reused) under that write.
+        self._lock = threading.Lock()
 
     def write(self, chunk: bytes) -> None:
+        with self._lock:
+            self._write(chunk)
+
+    def _write(self, chunk: bytes) -> None:
+        if self._fd < 0:
+            raise ConflictError("this upload stream was closed")
         if len(chunk) > MAX_CHUNK_BYTES:
             raise InvalidArgumentError("chunk", f"{len(chunk)} bytes; chunks are at most {MAX_CHUNK_BYTES} bytes")
         if self.offset + len(chunk) > self.meta.bytes:
@@ -121,7 +130,8 @@ class Upload:
         if self.offset != self.meta.bytes:
             raise InvalidArgumentError("chunk", f"the stream ended after {self.offset} of {self.meta.bytes} bytes; "
                                        f"resume with resume_offset={self.offset}")
-        os.fsync(self._fd)
+        with self._lock:
+            os.fsync(self._fd)
         if self._hasher.hexdigest() != self.meta.sha256:
             self.close()
             self.path.unlink(missing_ok=True)
@@ -130,11 +140,12 @@ class Upload:
         return self.path
 
     def close(self) -> None:
-        """Idempotent and quick: it also runs in a cancelled handler's finally."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-            self._release()
+        """Idempotent; keeps the partial file for a resume."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+                self._release()
 
 
 def _hash_prefix(fd: int, size_bytes: int):
