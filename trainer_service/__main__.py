@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from pydantic_settings import CliApp
 
 from .deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV
+from .files import FileService
 from .grpc_api.server import ServerLimits, create_server
 from .grpc_api.reporting import create_worker_api_server
 from .job_spec import NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_BITSANDBYTES, QLORA_NEEDS_CUDA
@@ -40,13 +41,15 @@ def main() -> None:
                                                                        Placement.detect())):
         sys.exit(f"--training-backend {settings.training_backend}: {reason}")
     store = JobStore(settings.database_path)
+    files = FileService.from_settings(settings, store)
     on_kubernetes = settings.launcher == "kubernetes"
     jobs = JobService(store, models_dir=settings.models_dir, qlora_unavailable=_qlora_unavailable(settings),
                       node_placement_unavailable=None if on_kubernetes else NODE_PLACEMENT_NEEDS_KUBERNETES,
                       worker_visible_root=settings.shared_mount_path if on_kubernetes else None,
                       watch_poll_interval_s=settings.watch_poll_interval_s)
     running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
-                            max_message_bytes=settings.max_message_bytes, limits=ServerLimits.from_settings(settings))
+                            max_message_bytes=settings.max_message_bytes, limits=ServerLimits.from_settings(settings),
+                            files=files)
     worker_api = None
     if settings.worker_api_port is not None:
         worker_api, worker_api_port = create_worker_api_server(
@@ -77,6 +80,7 @@ def main() -> None:
     launcher.stop()
     if worker_api is not None:
         worker_api.stop(settings.drain_timeout_s).wait()
+    files.close()
     store.close()
     logger.info("stopped")
 

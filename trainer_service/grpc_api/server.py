@@ -13,17 +13,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from vlmforge.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from vlmforge.trainer.v1 import files_pb2, files_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
 from ..event_hub import EventHub
+from ..files import FileService
+from ..files.uploads import MAX_CHUNK_BYTES
 from ..jobs import JobService
 from .aio_loop import AsyncServer, ServerLoop
 from .blocking import BlockingCalls
+from .files_servicer import FilesServicer
 from .malformed import MalformedRequestInterceptor
 from .servicer import FineTuningServicer
 from .stream_limits import StreamLimits
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["FineTuningService"].full_name
+FILES_SERVICE_NAME = files_pb2.DESCRIPTOR.services_by_name["FilesService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
@@ -85,24 +89,31 @@ class RunningServer:
 
 
 def create_server(jobs: JobService, address: str, *, max_message_bytes: int,
-                  limits: ServerLimits = ServerLimits()) -> RunningServer:
-    """Binds and starts the server, reporting NOT_SERVING until the caller says it is ready."""
+                  limits: ServerLimits = ServerLimits(), files: FileService | None = None) -> RunningServer:
+    """Binds and starts the server, reporting NOT_SERVING until the caller says it is ready. With `files`, it
+    also serves FilesService."""
     loop = ServerLoop.shared()
-    return loop.run(_start(loop, jobs, address, max_message_bytes, limits))
+    return loop.run(_start(loop, jobs, address, max_message_bytes, limits, files))
 
 
 async def _start(loop: ServerLoop, jobs: JobService, address: str, max_message_bytes: int,
-                 limits: ServerLimits) -> RunningServer:
+                 limits: ServerLimits, files: FileService | None = None) -> RunningServer:
     blocking = BlockingCalls(limits.blocking_workers)
+    if files is not None:  # an upload chunk is up to 4 MiB plus its framing
+        max_message_bytes = max(max_message_bytes, MAX_CHUNK_BYTES + 64 * 1024)
     server = grpc.aio.server(options=limits.channel_options(max_message_bytes),
                              interceptors=[MalformedRequestInterceptor()])
     events = EventHub(jobs.store, blocking, poll_interval_s=jobs.watch_poll_interval_s)
     stream_limits = StreamLimits(limits.max_streams_total, limits.max_streams_per_client)
     trainer_pb2_grpc.add_FineTuningServiceServicer_to_server(
         FineTuningServicer(jobs, events, blocking, stream_limits), server)
+    served = [SERVICE_NAME]
+    if files is not None:
+        files_pb2_grpc.add_FilesServiceServicer_to_server(FilesServicer(files, blocking, stream_limits), server)
+        served.append(FILES_SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((*served, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(address)
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
