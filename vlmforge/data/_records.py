@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DatasetFormatError
-from .types import Conversation, Message, Part, TextPart
+from .types import Conversation, ImagePart, ImageRef, Message, Part, TextPart
 
 _ROLES = ("system", "user", "assistant")
+IMAGE_PLACEHOLDER = "<image>"
 
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yields (1-based line number, object) for each non-blank line."""
-    with path.open("r", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetFormatError(path, f"invalid JSON ({err.msg} at column {err.colno})", line=line_number) from None
-            if not isinstance(record, dict):
-                raise DatasetFormatError(path, f"expected a JSON object, got {type(record).__name__}", line=line_number)
-            yield line_number, record
+Parser = Callable[[dict, Path, int], Conversation]
+"""Turns one record into a Conversation: (record, file, number); raises DatasetFormatError naming the field."""
 
 
 def require(record: dict, key: str, kind: type | tuple[type, ...], *, path: Path, line: int, field: str | None = None):
@@ -96,3 +84,41 @@ def _chat_parts(content: str | list, path: Path, line: int, field: str, parse_me
         else:
             parts.append(parse_media_part(raw, path, line, part_field))
     return tuple(parts)
+
+
+def split_placeholders(text: str, pending: list[ImageRef]) -> tuple[Part, ...]:
+    """'<image>What is this?' -> (image, 'What is this?'), consuming images from `pending` in order."""
+    if IMAGE_PLACEHOLDER not in text:
+        return (TextPart(text),)
+    parts: list[Part] = []
+    for position, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if position > 0:
+            parts.append(ImagePart(pending.pop(0)))
+        if chunk:
+            parts.append(TextPart(chunk))
+    return tuple(parts)
+
+
+def place_images(messages: list[Message], images: list[ImageRef], placeholders: int, *, path: Path, line: int,
+                 field: str, hint: str = "") -> list[Message]:
+    """LLaMA-Factory's rule: each `<image>` takes the next image; with no placeholder at all the images go
+    before the first user text. Messages come in as text only."""
+    if placeholders and placeholders != len(images):
+        raise DatasetFormatError(path, f"{placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(images)} images{hint}",
+                                 line=line, field=field)
+    if not images:
+        return messages
+    pending = list(images)
+    placed = []
+    for message in messages:
+        if placeholders:
+            message = Message(message.role, split_placeholders(message.text, pending))
+        elif pending and message.role == "user":
+            message = Message(message.role, tuple(ImagePart(image) for image in pending) + message.parts)
+            pending = []
+        placed.append(message)
+    return placed
+
+
+def count_placeholders(texts) -> int:
+    return sum(text.count(IMAGE_PLACEHOLDER) for text in texts)

@@ -1,4 +1,4 @@
-"""Format (a): conversation JSONL, the format the trainer writes and the embedded dataset uses.
+"""Format `conversation`: conversation JSONL, the format the trainer writes and the embedded dataset uses.
 
     {"messages": [{"role": "user", "content": [{"type": "image", "image": "images/0001.png"},
                                                {"type": "text", "text": "What color is the circle?"}]},
@@ -11,18 +11,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._records import parse_chat_record, read_jsonl
+from ._records import Parser, parse_chat_record
 from .errors import DatasetFormatError
-from .images import image_from_path
+from .images import ImageResolver
 from .types import Conversation, ImagePart
 
 
-def load(path: Path) -> list[Conversation]:
-    return [parse_chat_record(record, path, line, _image_part) for line, record in read_jsonl(path)]
+def parser(images: ImageResolver) -> Parser:
+    def image_part(raw: dict, path: Path, line: int, field: str) -> ImagePart:
+        if raw.get("type") != "image":
+            raise DatasetFormatError(path, f"part type must be 'text' or 'image', got {raw.get('type')!r}", line=line,
+                                     field=f"{field}.type")
+        return ImagePart(images.from_path(raw.get("image"), file=path, line=line, field=f"{field}.image"))
 
+    def parse(record: dict, path: Path, line: int) -> Conversation:
+        return parse_chat_record(record, path, line, image_part)
 
-def _image_part(raw: dict, path: Path, line: int, field: str) -> ImagePart:
-    if raw.get("type") != "image":
-        raise DatasetFormatError(path, f"part type must be 'text' or 'image', got {raw.get('type')!r}", line=line,
-                                 field=f"{field}.type")
-    return ImagePart(image_from_path(raw.get("image"), path.parent, file=path, line=line, field=f"{field}.image"))
+    return parse

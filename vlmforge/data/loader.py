@@ -1,22 +1,43 @@
-"""One entry point for every dataset format, with detection when the caller does not name one."""
+"""One entry point for every dataset format and layout: `load_dataset` reads it all, `inspect_dataset` only the
+first records (what a request handler can afford), both with the same checks and the same errors."""
 
 from __future__ import annotations
 
-import enum
-import json
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import conversation_jsonl, openai_jsonl, sharegpt, table
-from .errors import DatasetFormatError
+from . import alpaca, conversation_jsonl, llamafactory, llava, openai_jsonl, sharegpt, table, trl_messages
+from ._records import Parser
+from .detect import DatasetFormat, detect
+from .errors import DatasetFormatError, numbered_as
+from .images import ImageResolver
+from .layouts import Source, open_source
+from .readers import record_file
 from .table import ColumnMapping
-from .types import Conversation
+from .types import Conversation, Message, TextPart
+
+_DETECT_RECORDS = 16
 
 
-class DatasetFormat(str, enum.Enum):
-    CONVERSATION = "conversation"
-    OPENAI = "openai"
-    TABLE = "table"
-    SHAREGPT = "sharegpt"
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What `inspect_dataset` found: the format and why it was chosen, and how much of the file was checked."""
+
+    format: DatasetFormat
+    format_reason: str  # one line, for a job event: "the first record has 'conversations' and ..."
+    records_checked: int
+    complete: bool  # True when the dataset has no records beyond those checked
+    source: str  # "JSONL file", "split train of 3 Parquet shard(s) (...)"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    source: Source
+    format: DatasetFormat
+    reason: str
+    parse: Parser
 
 
 def load_dataset(
@@ -25,64 +46,166 @@ def load_dataset(
     *,
     columns: ColumnMapping | None = None,
     system_prompt: str | None = None,
+    dataset_name: str | None = None,
+    split: str | None = None,
 ) -> list[Conversation]:
-    """Loads a whole dataset file (or saved `datasets` directory). Raises DatasetFormatError on bad input."""
+    """Loads a whole dataset (file, `datasets` directory, Parquet shards, or LLaMA-Factory dataset_info.json
+    entry). `split` picks one of several splits (default: the only one, else train); a plain file ignores it.
+    `system_prompt` is given to samples that have no system message. Raises DatasetFormatError on bad input."""
     path = Path(path)
-    if not path.exists():
-        raise DatasetFormatError(path, "file not found")
-    try:
-        chosen = DatasetFormat(dataset_format) if dataset_format else detect_format(path)
-        conversations = _load(path, chosen, columns, system_prompt)
-    except UnicodeDecodeError:
-        raise DatasetFormatError(path, "is not UTF-8 text") from None
-    except OSError as err:  # a directory where a file is expected, no permission, ...
-        raise DatasetFormatError(path, f"cannot be read as a dataset ({err.strerror or type(err).__name__})") from None
+    with _as_format_errors(path):
+        plan = _plan(path, dataset_format, columns, dataset_name, split)
+        conversations = list(_conversations(plan, system_prompt))
     if not conversations:
         raise DatasetFormatError(path, "dataset is empty")
     return conversations
 
 
-def _load(path: Path, chosen: DatasetFormat, columns: ColumnMapping | None,
-          system_prompt: str | None) -> list[Conversation]:
+def inspect_dataset(
+    path: str | Path,
+    dataset_format: DatasetFormat | str | None = None,
+    *,
+    columns: ColumnMapping | None = None,
+    dataset_name: str | None = None,
+    split: str | None = None,
+    max_records: int = 16,
+) -> DatasetSummary:
+    """Checks the first `max_records` records exactly as `load_dataset` would, reading no further than that."""
+    path = Path(path)
+    with _as_format_errors(path):
+        plan = _plan(path, dataset_format, columns, dataset_name, split)
+        stream = _conversations(plan, None)
+        checked = sum(1 for _ in itertools.islice(stream, max(max_records, 1)))
+        if not checked:
+            raise DatasetFormatError(path, "dataset is empty")
+        complete = _has_no_more(plan.source, checked)
+    return DatasetSummary(plan.format, plan.reason, checked, complete, plan.source.description)
+
+
+def detect_format(path: str | Path, *, dataset_name: str | None = None, split: str | None = None) -> DatasetFormat:
+    """The format `load_dataset` would read `path` in (see `inspect_dataset` for the reason too)."""
+    path = Path(path)
+    with _as_format_errors(path):
+        return _plan(path, None, None, dataset_name, split).format
+
+
+class _as_format_errors:
+    """Unreadable input (not UTF-8, a directory where a file should be, no permission) is a format error."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> None:
+        if not self.path.exists():
+            raise DatasetFormatError(self.path, "file not found")
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if isinstance(error, UnicodeDecodeError):
+            raise DatasetFormatError(self.path, "is not UTF-8 text") from None
+        if isinstance(error, OSError):
+            raise DatasetFormatError(self.path, f"cannot be read as a dataset "
+                                                f"({error.strerror or type(error).__name__})") from None
+        return False
+
+
+def _plan(path: Path, dataset_format: DatasetFormat | str | None, columns: ColumnMapping | None,
+          dataset_name: str | None, split: str | None) -> _Plan:
+    chosen = _format_named(path, dataset_format)
+    if llamafactory.is_llamafactory_config(path):
+        return _llamafactory_plan(path, chosen, columns, dataset_name)
+    if dataset_name is not None:
+        raise DatasetFormatError(path, f"dataset_name {dataset_name!r} names an entry of a LLaMA-Factory "
+                                       "dataset_info.json, and this is not one")
+    source = open_source(path, split)
+    head = _head(source, _DETECT_RECORDS)
+    if not head:
+        raise DatasetFormatError(path, "dataset is empty")
+    if chosen is not None:
+        reason = "named by the caller"
+    elif columns is not None:
+        chosen, reason = DatasetFormat.TABLE, "columns were named"
+    else:
+        chosen, reason = detect(path, head)
+    if columns is not None and chosen is not DatasetFormat.TABLE:
+        raise DatasetFormatError(path, f"columns name a table's image/question/answer columns; the {chosen.value} "
+                                       "format has none")
+    images = ImageResolver(source.images_dir)
+    return _Plan(source, chosen, f"{chosen.value}: {reason}; {source.description}",
+                 _parser(chosen, head[0], source, columns, images))
+
+
+def _format_named(path: Path, dataset_format: DatasetFormat | str | None) -> DatasetFormat | None:
+    if not dataset_format:
+        return None
+    try:
+        return DatasetFormat(dataset_format)
+    except ValueError:
+        names = ", ".join(f.value for f in DatasetFormat)
+        raise DatasetFormatError(path, f"unknown dataset format {dataset_format!r}; use one of {names}") from None
+
+
+def _parser(chosen: DatasetFormat, first: dict, source: Source, columns: ColumnMapping | None,
+            images: ImageResolver) -> Parser:
     if chosen is DatasetFormat.TABLE:
-        return table.load(path, columns, system_prompt)
-    loaders = {
-        DatasetFormat.CONVERSATION: conversation_jsonl.load,
-        DatasetFormat.OPENAI: openai_jsonl.load,
-        DatasetFormat.SHAREGPT: sharegpt.load,
+        return table.parser(first, source.files[0].path, columns, images)
+    if chosen is DatasetFormat.SHAREGPT:
+        return sharegpt.parser(sharegpt.bare_layout(first), images)
+    if chosen is DatasetFormat.ALPACA:
+        return alpaca.parser(alpaca.AlpacaLayout(), images)
+    factories = {
+        DatasetFormat.CONVERSATION: conversation_jsonl.parser,
+        DatasetFormat.LLAVA: llava.parser,
+        DatasetFormat.TRL_MESSAGES: trl_messages.parser,
     }
-    return loaders[chosen](path)
+    if chosen is DatasetFormat.OPENAI:
+        return openai_jsonl.parse
+    return factories[chosen](images)
 
 
-def detect_format(path: Path) -> DatasetFormat:
-    """Directories and CSV/TSV/Parquet are tables; JSON is ShareGPT; JSONL is decided by its first record."""
-    if path.is_dir() or path.suffix in (".csv", ".tsv", ".parquet"):
-        return DatasetFormat.TABLE
-    if path.suffix == ".json":
-        return DatasetFormat.SHAREGPT
-    if path.suffix != ".jsonl":
-        raise DatasetFormatError(path, f"cannot tell the format of a {path.suffix or 'suffix-less'} file; "
-                                       "name the dataset format")
-    first = _first_record(path)
-    if "conversations" in first:
-        return DatasetFormat.SHAREGPT
-    if "messages" not in first:
-        return DatasetFormat.TABLE
-    content_types = {
-        part.get("type")
-        for message in first["messages"] if isinstance(message, dict) and isinstance(message.get("content"), list)
-        for part in message["content"] if isinstance(part, dict)
-    }
-    return DatasetFormat.OPENAI if "image_url" in content_types else DatasetFormat.CONVERSATION
+def _llamafactory_plan(path: Path, chosen: DatasetFormat | None, columns: ColumnMapping | None,
+                       dataset_name: str | None) -> _Plan:
+    entry = llamafactory.resolve(path, dataset_name)
+    entry_format = DatasetFormat.ALPACA if entry.formatting == "alpaca" else DatasetFormat.SHAREGPT
+    if chosen not in (None, entry_format):
+        raise DatasetFormatError(path, f"dataset {entry.name!r} is {entry.formatting} in dataset_info.json, "
+                                       f"not {chosen.value}")
+    if columns is not None:
+        raise DatasetFormatError(path, "columns come from dataset_info.json for a LLaMA-Factory dataset")
+    source = Source(tuple(record_file(file) for file in entry.files), entry.dataset_dir,
+                    f"{len(entry.files)} file(s) under {entry.dataset_dir.name or entry.dataset_dir}")
+    images = ImageResolver(entry.dataset_dir)
+    parse = (alpaca.parser(entry.layout, images) if isinstance(entry.layout, alpaca.AlpacaLayout)
+             else sharegpt.parser(entry.layout, images))
+    return _Plan(source, entry_format, f"{entry_format.value}: {entry.reason}", parse)
 
 
-def _first_record(path: Path) -> dict:
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DatasetFormatError(path, f"invalid JSON ({err.msg})", line=line_number) from None
-                return record if isinstance(record, dict) else {}
-    raise DatasetFormatError(path, "dataset is empty")
+def _records(source: Source) -> Iterator[tuple[Path, str, int, dict]]:
+    for record_file in source.files:
+        for number, record in record_file.read():
+            yield record_file.path, record_file.unit, number, record
+
+
+def _head(source: Source, count: int) -> list[dict]:
+    head = []
+    for record_file in source.files:
+        with numbered_as(record_file.unit):
+            head += [record for _, record in itertools.islice(record_file.read(), count - len(head))]
+        if len(head) >= count:
+            break
+    return head
+
+
+def _has_no_more(source: Source, checked: int) -> bool:
+    return sum(1 for _ in itertools.islice(_records(source), checked + 1)) <= checked
+
+
+def _conversations(plan: _Plan, system_prompt: str | None) -> Iterator[Conversation]:
+    system = Message("system", (TextPart(system_prompt),)) if system_prompt else None
+    parse = plan.parse
+    for record_file in plan.source.files:
+        with numbered_as(record_file.unit):
+            for number, record in record_file.read():
+                conversation = parse(record, record_file.path, number)
+                if system is not None and conversation.messages[0].role != "system":
+                    conversation = Conversation((system, *conversation.messages), conversation.source)
+                yield conversation

@@ -1,4 +1,4 @@
-"""Format (b): OpenAI vision fine-tuning JSONL, images as `image_url` parts holding `data:` URLs.
+"""Format `openai`: OpenAI vision fine-tuning JSONL, images as `image_url` parts holding `data:` URLs.
 
     {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is shown?"},
                   {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR..."}}]},
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._records import parse_chat_record, read_jsonl, require
+from ._records import parse_chat_record, require
 from .errors import DatasetFormatError
 from .images import image_from_data_url
 from .types import Conversation, ImagePart
 
 
-def load(path: Path) -> list[Conversation]:
-    return [parse_chat_record(record, path, line, _image_url_part) for line, record in read_jsonl(path)]
+def parse(record: dict, path: Path, line: int) -> Conversation:
+    return parse_chat_record(record, path, line, _image_url_part)
 
 
 def _image_url_part(raw: dict, path: Path, line: int, field: str) -> ImagePart:

@@ -1,94 +1,120 @@
-"""Format (d): ShareGPT JSON as LLaMA-Factory reads it (a JSON array, or JSONL, of records).
+"""Format `sharegpt`: LLaMA-Factory's ShareGPT (a JSON array, or JSONL, of records), with any tags mapping.
 
     [{"conversations": [{"from": "human", "value": "<image>What color is the circle?"},
                         {"from": "gpt", "value": "red"}],
       "images": ["images/0001.png"], "system": "optional system prompt"}]
 
-Each `<image>` placeholder takes the next entry of `images`; with no placeholder the images go before the
-first user text. Image paths are relative to the file's directory.
+LLaMA-Factory's own multimodal demo (`mllm_demo.json`) is the same with `"messages"` and role/content/user/
+assistant tags. As in LLaMA-Factory, turns alternate user / assistant after an optional leading system turn,
+each `<image>` takes the next entry of `images`, and with no placeholder the images go before the first user
+text. Without a dataset_info.json the tags are read off the file (from/value or role/content, either role
+vocabulary); with one, exactly the entry's columns and tags apply (`llamafactory.py`).
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from ._records import build_conversation, read_jsonl, require
-from .errors import DatasetFormatError, numbered_as
-from .images import image_from_path
-from .types import Conversation, ImagePart, ImageRef, Message, Part, TextPart
-
-IMAGE_PLACEHOLDER = "<image>"
-_ROLE_BY_TAG = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+from ._records import IMAGE_PLACEHOLDER, Parser, build_conversation, count_placeholders, place_images, require
+from .errors import DatasetFormatError
+from .images import ImageResolver, image_from_value
+from .types import Conversation, ImageRef, Message, TextPart
 
 
-def load(path: Path) -> list[Conversation]:
-    with numbered_as("line" if path.suffix == ".jsonl" else "record"):
-        return [_parse(record, path, line) for line, record in _records(path)]
+@dataclass(frozen=True)
+class ShareGptLayout:
+    """Column names (None: not read) and role tags, as LLaMA-Factory's dataset_info.json spells them."""
+
+    messages: str = "conversations"
+    images: str | None = "images"
+    system: str | None = "system"
+    tools: str | None = None
+    role_tag: str = "from"
+    content_tag: str = "value"
+    user_tags: tuple[str, ...] = ("human",)
+    assistant_tags: tuple[str, ...] = ("gpt",)
+    system_tag: str | None = "system"
+    unsupported_tags: tuple[str, ...] = ("observation", "function_call")  # tool turns: not trained here
+    origin: str = ""  # " (dataset_info.json entry 'x')", appended to messages about the layout
 
 
-def _records(path: Path):
-    if path.suffix == ".jsonl":
-        yield from read_jsonl(path)
-        return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DatasetFormatError(path, f"invalid JSON ({err.msg})", line=err.lineno) from None
-    if not isinstance(data, list):
-        raise DatasetFormatError(path, "expected a JSON array of records")
-    for index, record in enumerate(data):
-        if not isinstance(record, dict):
-            raise DatasetFormatError(path, "expected an object", line=index + 1)
-        yield index + 1, record
+def bare_layout(first: dict) -> ShareGptLayout:
+    """A ShareGPT file without a dataset_info.json: the tags its first record uses, either role vocabulary."""
+    messages = "messages" if "messages" in first and "conversations" not in first else "conversations"
+    turns = first.get(messages)
+    turn = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
+    role_tag, content_tag = ("role", "content") if "role" in turn and "from" not in turn else ("from", "value")
+    return ShareGptLayout(messages=messages, role_tag=role_tag, content_tag=content_tag,
+                          user_tags=("human", "user"), assistant_tags=("gpt", "assistant"))
 
 
-def _parse(record: dict, path: Path, line: int) -> Conversation:
-    turns = require(record, "conversations", list, path=path, line=line)
-    raw_images = record.get("images", [])
-    if not isinstance(raw_images, list):
-        raise DatasetFormatError(path, "expected a list of image paths", line=line, field="images")
-    images = [image_from_path(raw, path.parent, file=path, line=line, field=f"images[{i}]")
-              for i, raw in enumerate(raw_images)]
-    placeholders = sum(str(turn.get("value", "")).count(IMAGE_PLACEHOLDER) for turn in turns if isinstance(turn, dict))
-    if placeholders and placeholders != len(images):
-        raise DatasetFormatError(path, f"{placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(images)} images",
-                                 line=line, field="images")
+def parser(layout: ShareGptLayout, images: ImageResolver) -> Parser:
+    roles = {tag: "user" for tag in layout.user_tags} | {tag: "assistant" for tag in layout.assistant_tags}
+    expected = ("user", "assistant")
+    tags_by_role = {"user": "/".join(map(repr, layout.user_tags)),
+                    "assistant": "/".join(map(repr, layout.assistant_tags))}
 
-    messages: list[Message] = []
-    system = record.get("system")
-    if system is not None:
-        if not isinstance(system, str):
-            raise DatasetFormatError(path, "expected a string", line=line, field="system")
-        messages.append(Message(role="system", parts=(TextPart(system),)))
-    pending = list(images)
-    for index, turn in enumerate(turns):
-        field = f"conversations[{index}]"
-        if not isinstance(turn, dict):
-            raise DatasetFormatError(path, "expected an object", line=line, field=field)
-        tag = turn.get("from")
-        if tag not in _ROLE_BY_TAG:
-            raise DatasetFormatError(path, f"'from' must be one of {', '.join(_ROLE_BY_TAG)}, got {tag!r}",
-                                     line=line, field=f"{field}.from")
-        value = require(turn, "value", str, path=path, line=line, field=f"{field}.value")
-        role = _ROLE_BY_TAG[tag]
-        if placeholders:
-            parts = _split_placeholders(value, pending)
-        elif role == "user" and pending:
-            parts = tuple(ImagePart(image) for image in pending) + (TextPart(value),)
-            pending = []
-        else:
-            parts = (TextPart(value),)
-        messages.append(Message(role=role, parts=parts))  # type: ignore[arg-type]
-    return build_conversation(messages, path=path, line=line, field="conversations")
+    def parse(record: dict, path: Path, line: int) -> Conversation:
+        turns = require(record, layout.messages, list, path=path, line=line)
+        record_images = _images(record, path, line)
+        messages: list[Message] = []
+        system = _system(record, path, line)
+        texts = []
+        for index, turn in enumerate(turns):
+            field = f"{layout.messages}[{index}]"
+            if not isinstance(turn, dict):
+                raise DatasetFormatError(path, "expected an object", line=line, field=field)
+            tag = turn.get(layout.role_tag)
+            value = require(turn, layout.content_tag, str, path=path, line=line, field=f"{field}.{layout.content_tag}")
+            if index == 0 and layout.system_tag is not None and tag == layout.system_tag:
+                system = value  # a leading system turn overrides the system column, as in LLaMA-Factory
+                continue
+            if tag in layout.unsupported_tags:
+                raise DatasetFormatError(path, f"tool turns ({tag!r}) are not supported", line=line,
+                                         field=f"{field}.{layout.role_tag}")
+            role = roles.get(tag)  # type: ignore[arg-type]
+            want = expected[len(messages) % 2]
+            if role != want:
+                known = ", ".join(repr(t) for t in (*roles, layout.system_tag) if t is not None)
+                message = (f"{layout.role_tag} must be {tags_by_role[want]} here (turns alternate user, assistant)"
+                           if role else f"{layout.role_tag} must be one of {known}, got {tag!r}")
+                raise DatasetFormatError(path, message + layout.origin, line=line, field=f"{field}.{layout.role_tag}")
+            texts.append(value)
+            messages.append(Message(role, (TextPart(value),)))
+        placeholders = count_placeholders(texts)
+        messages = place_images(messages, record_images, placeholders, path=path, line=line,
+                                field=layout.images or layout.messages, hint=_hint(record, placeholders, record_images))
+        if system is not None:
+            messages.insert(0, Message("system", (TextPart(system),)))
+        return build_conversation(messages, path=path, line=line, field=layout.messages)
+
+    def _images(record: dict, path: Path, line: int) -> list[ImageRef]:
+        if layout.images is None or record.get(layout.images) is None:
+            return []
+        raw = record[layout.images]
+        raw = [raw] if isinstance(raw, (str, dict)) else raw  # LLaMA-Factory also takes a single image
+        if not isinstance(raw, list):
+            raise DatasetFormatError(path, "expected a list of images", line=line, field=layout.images)
+        return [image_from_value(value, images, file=path, line=line, field=f"{layout.images}[{i}]")
+                for i, value in enumerate(raw)]
+
+    def _system(record: dict, path: Path, line: int) -> str | None:
+        if layout.tools is not None and record.get(layout.tools):
+            raise DatasetFormatError(path, "tool descriptions are not supported", line=line, field=layout.tools)
+        if layout.system is None or record.get(layout.system) in (None, ""):
+            return None
+        return require(record, layout.system, str, path=path, line=line)
+
+    def _hint(record: dict, placeholders: int, found: list[ImageRef]) -> str:
+        if placeholders and not found:
+            if layout.images != "image" and isinstance(record.get("image"), str):
+                return " (this record has a singular 'image' key: that is the LLaVA-Instruct layout, format llava)"
+            if layout.images is None:
+                return f" (no images column is mapped{layout.origin})"
+        return ""
+
+    return parse
 
 
-def _split_placeholders(text: str, pending: list[ImageRef]) -> tuple[Part, ...]:
-    """'<image>What is this?' -> (image, 'What is this?'), consuming images from `pending` in order."""
-    parts: list[Part] = []
-    for position, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
-        if position > 0:
-            parts.append(ImagePart(pending.pop(0)))
-        if chunk:
-            parts.append(TextPart(chunk))
-    return tuple(parts)
+__all__ = ["IMAGE_PLACEHOLDER", "ShareGptLayout", "bare_layout", "parser"]

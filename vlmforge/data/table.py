@@ -1,23 +1,21 @@
-"""Format (c): a table with one row per question, columns named by the user.
+"""Format `table`: one row per question, columns named by the user (or recognised).
 
-CSV, JSONL, Parquet, or a Hugging Face `datasets` dataset saved with `save_to_disk`. MEDPIX-style data maps
-`image_id/question/answer`, ChartQA-style `image/query/label`. An image cell may hold a path relative to the
-table's directory, a `data:` URL, raw bytes, or a `datasets` Image value (`{"bytes", "path"}`).
+Any record file: CSV, TSV, JSONL, Parquet, or a Hugging Face `datasets` layout on disk. MEDPIX-style data maps
+`image_id/question/answer`, ChartQA's own schema `image/query/label`, where `label` is a list holding the answer
+(the first entry is taken, as TRL's ChartQA notebook reads `sample["label"][0]`). An image cell may hold a path
+relative to the table's directory, a `data:` URL, raw bytes, a `datasets` Image value (`{"bytes", "path"}`),
+or a list of those.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._records import build_conversation
-from .errors import DatasetFormatError, numbered_as
-from .images import image_from_bytes, image_from_path
-from .types import Conversation, ImagePart, ImageRef, Message, TextPart
-
-TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl")
+from ._records import Parser, build_conversation
+from .errors import DatasetFormatError
+from .images import ImageResolver, image_from_value
+from .types import Conversation, ImagePart, Message, Part, TextPart
 
 
 @dataclass(frozen=True)
@@ -34,96 +32,44 @@ KNOWN_MAPPINGS = (
 )
 
 
-def load(path: Path, columns: ColumnMapping | None = None, system_prompt: str | None = None) -> list[Conversation]:
-    rows = list(_rows(path))
-    available = set(rows[0][1]) if rows else set()
-    mapping = columns or _guess_mapping(available, path)
-    missing = [name for name in (mapping.image, mapping.question, mapping.answer) if name not in available and rows]
+def known_mapping(available: set[str]) -> ColumnMapping | None:
+    return next((m for m in KNOWN_MAPPINGS if {m.image, m.question, m.answer} <= available), None)
+
+
+def parser(first: dict, path: Path, columns: ColumnMapping | None, images: ImageResolver) -> Parser:
+    """The mapping is checked against the first record's columns once, not per row."""
+    available = set(first)
+    mapping = columns or known_mapping(available)
+    if mapping is None:
+        raise DatasetFormatError(path, f"cannot tell the image/question/answer columns from {sorted(available)}; "
+                                       "name them explicitly")
+    missing = [name for name in (mapping.image, mapping.question, mapping.answer) if name not in available]
     if missing:
         raise DatasetFormatError(path, f"column(s) {', '.join(missing)} not found; columns are {sorted(available)}")
-    base_dir = path if path.is_dir() else path.parent
-    with numbered_as("row"):
-        return [_conversation(row, number, path, base_dir, mapping, system_prompt) for number, row in rows]
 
+    def parse(row: dict, file: Path, number: int) -> Conversation:
+        question = _text_cell(row, mapping.question, number, file)
+        answer = _text_cell(row, mapping.answer, number, file)
+        cell = row.get(mapping.image)
+        cells = cell if isinstance(cell, (list, tuple)) else [cell]
+        if not cells:
+            raise DatasetFormatError(file, "expected an image, got an empty list", line=number, field=mapping.image)
+        parts: list[Part] = [ImagePart(image_from_value(value, images, file=file, line=number, field=mapping.image))
+                             for value in cells]
+        messages = [Message("user", (*parts, TextPart(question))), Message("assistant", (TextPart(answer),))]
+        return build_conversation(messages, path=file, line=number)
 
-def _guess_mapping(available: set[str], path: Path) -> ColumnMapping:
-    for mapping in KNOWN_MAPPINGS:
-        if {mapping.image, mapping.question, mapping.answer} <= available:
-            return mapping
-    raise DatasetFormatError(path, f"cannot tell the image/question/answer columns from {sorted(available)}; "
-                                   "name them explicitly")
-
-
-def _rows(path: Path) -> Iterator[tuple[int, dict]]:
-    if path.is_dir():
-        yield from _saved_dataset_rows(path)
-        return
-    import pandas as pd
-
-    readers = {
-        ".csv": lambda p: pd.read_csv(p, dtype=str, keep_default_na=False),
-        ".tsv": lambda p: pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False),
-        ".parquet": pd.read_parquet,
-        ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=False),
-    }
-    if path.suffix not in readers:
-        raise DatasetFormatError(path, f"unsupported table type {path.suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}")
-    try:
-        frame = readers[path.suffix](path)
-    except (ValueError, OSError) as err:
-        raise DatasetFormatError(path, f"cannot read table: {err}") from None
-    for number, row in enumerate(frame.to_dict(orient="records"), start=1):
-        yield number, row
-
-
-def _saved_dataset_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    import datasets
-
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except FileNotFoundError as err:
-        raise DatasetFormatError(path, f"not a dataset saved with save_to_disk: {err}") from None
-    if isinstance(dataset, datasets.DatasetDict):
-        raise DatasetFormatError(path, f"holds several splits ({', '.join(dataset)}); point at one split's directory")
-    for name, feature in dataset.features.items():
-        if isinstance(feature, datasets.Image):  # keep the encoded bytes rather than decoding every image now
-            dataset = dataset.cast_column(name, datasets.Image(decode=False))
-    for number, row in enumerate(dataset, start=1):
-        yield number, row
-
-
-def _conversation(row: dict, number: int, path: Path, base_dir: Path, mapping: ColumnMapping,
-                  system_prompt: str | None) -> Conversation:
-    question = _text_cell(row, mapping.question, number, path)
-    answer = _text_cell(row, mapping.answer, number, path)
-    image = _image_cell(row.get(mapping.image), number, path, base_dir, mapping.image)
-    messages = [] if system_prompt is None else [Message("system", (TextPart(system_prompt),))]
-    messages += [
-        Message("user", (ImagePart(image), TextPart(question))),
-        Message("assistant", (TextPart(answer),)),
-    ]
-    return build_conversation(messages, path=path, line=number)
+    return parse
 
 
 def _text_cell(row: dict, column: str, number: int, path: Path) -> str:
     value = row.get(column)
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":  # ChartQA's label: [answer]
+        if len(value) == 0:  # type: ignore[arg-type]
+            raise DatasetFormatError(path, "expected non-empty text, got an empty list", line=number, field=column)
+        value = value[0]  # type: ignore[index]
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:  # numbers, not NaN
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise DatasetFormatError(path, "expected non-empty text", line=number, field=column)
     return value
-
-
-def _image_cell(value: object, number: int, path: Path, base_dir: Path, column: str) -> ImageRef:
-    where = {"file": path, "line": number, "field": column}
-    if isinstance(value, dict):  # a datasets Image value
-        if value.get("bytes"):
-            return image_from_bytes(value["bytes"], **where)
-        value = value.get("path")
-    if isinstance(value, (bytes, bytearray)):
-        return image_from_bytes(value, **where)
-    if hasattr(value, "save"):  # a decoded PIL image
-        buffer = io.BytesIO()
-        value.save(buffer, format="PNG")  # type: ignore[union-attr]
-        return image_from_bytes(buffer.getvalue(), **where)
-    return image_from_path(value, base_dir, **where)

@@ -11,8 +11,10 @@ from PIL import Image
 
 Role = Literal["system", "user", "assistant"]
 
+# slots: a million-sample dataset holds several million of these objects; a __dict__ each would double that.
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class ImageRef:
     """An image that is read only when needed: a file already confined to the dataset directory, or bytes."""
 
@@ -29,12 +31,12 @@ class ImageRef:
             return image.convert("RGB")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TextPart:
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImagePart:
     image: ImageRef
 
@@ -42,7 +44,7 @@ class ImagePart:
 Part = TextPart | ImagePart
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Message:
     role: Role
     parts: tuple[Part, ...]
@@ -56,7 +58,7 @@ class Message:
         return [part.image for part in self.parts if isinstance(part, ImagePart)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Conversation:
     """One training / evaluation sample. The last message is the assistant's reference answer."""
 
