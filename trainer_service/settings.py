@@ -62,7 +62,9 @@ class TrainerSettings(BaseSettings):
     watch_poll_interval_s: float = Field(0.2, gt=0, description="how often the trainer looks for events that "
                                          "workers wrote (one query for every open Watch stream)")
     blocking_workers: int = Field(8, ge=1, le=256, description="threads for the gRPC servers' blocking work "
-                                  "(SQLite, dataset checks, file I/O); streams themselves hold no thread")
+                                  "(SQLite, file I/O); streams themselves hold no thread")
+    create_workers: int = Field(2, ge=1, le=64, description="threads that check new jobs' model and files "
+                                "(CreateFineTuningJob), apart from the others so reads never wait behind them")
     max_streams_total: int = Field(4096, ge=1, description="open Watch / upload streams the trainer serves at "
                                    "once; more get RESOURCE_EXHAUSTED")
     max_streams_per_client: int = Field(1024, ge=1, description="open Watch / upload streams one client host "

@@ -36,6 +36,7 @@ class ServerLimits:
     """Connection and stream limits (TrainerSettings has the same names, documented there)."""
 
     blocking_workers: int = 8
+    create_workers: int = 2
     max_streams_total: int = 4096
     max_streams_per_client: int = 1024
     keepalive_time_s: float = 60.0
@@ -99,6 +100,8 @@ def create_server(jobs: JobService, address: str, *, max_message_bytes: int,
 async def _start(loop: ServerLoop, jobs: JobService, address: str, max_message_bytes: int,
                  limits: ServerLimits, files: FileService | None = None) -> RunningServer:
     blocking = BlockingCalls(limits.blocking_workers)
+    # Create reads model configs and datasets: its own threads, so Get / List / Watch never queue behind it.
+    checks = BlockingCalls(limits.create_workers, thread_name_prefix="grpc-create")
     if files is not None:  # an upload chunk is up to 4 MiB plus its framing
         max_message_bytes = max(max_message_bytes, MAX_CHUNK_BYTES + 64 * 1024)
     server = grpc.aio.server(options=limits.channel_options(max_message_bytes),
@@ -106,7 +109,7 @@ async def _start(loop: ServerLoop, jobs: JobService, address: str, max_message_b
     events = EventHub(jobs.store, blocking, poll_interval_s=jobs.watch_poll_interval_s)
     stream_limits = StreamLimits(limits.max_streams_total, limits.max_streams_per_client)
     trainer_pb2_grpc.add_FineTuningServiceServicer_to_server(
-        FineTuningServicer(jobs, events, blocking, stream_limits), server)
+        FineTuningServicer(jobs, events, blocking, checks, stream_limits), server)
     served = [SERVICE_NAME]
     if files is not None:
         files_pb2_grpc.add_FilesServiceServicer_to_server(FilesServicer(files, blocking, stream_limits), server)
@@ -122,6 +125,7 @@ async def _start(loop: ServerLoop, jobs: JobService, address: str, max_message_b
 
     def stopped() -> None:
         blocking.shutdown()
+        checks.shutdown()
         loop.call_soon(lambda: loop.loop.create_task(events.close()))
 
     return RunningServer(AsyncServer(loop, server, on_stopped=stopped), port, health_servicer, events,

@@ -15,16 +15,18 @@ from .stream_limits import StreamLimits
 
 
 class FineTuningServicer(trainer_pb2_grpc.FineTuningServiceServicer):
-    def __init__(self, jobs: JobService, events: EventHub, blocking: BlockingCalls, stream_limits: StreamLimits):
+    def __init__(self, jobs: JobService, events: EventHub, blocking: BlockingCalls, checks: BlockingCalls,
+                 stream_limits: StreamLimits):
         self.jobs = jobs
         self.events = events
-        self.blocking = blocking
+        self.blocking = blocking  # store reads and writes: short
+        self.checks = checks  # Create: model and dataset checks, longer
         self.stream_limits = stream_limits
 
     @grpc_errors
     async def CreateFineTuningJob(self, request, context):  # noqa: N802 - gRPC's method names
         spec, client_request_id = spec_from_pb(request)
-        return job_to_pb(await self.blocking(self.jobs.create, spec, client_request_id))
+        return job_to_pb(await self.checks(self.jobs.create, spec, client_request_id))
 
     @grpc_errors
     async def GetFineTuningJob(self, request, context):  # noqa: N802
