@@ -33,8 +33,8 @@ def locate_dataset(extracted: Path, *, name: str) -> DatasetLocation:
         root = entries[0]
     if any((root / marker).is_file() for marker in _HF_SAVED_MARKERS):
         return DatasetLocation(root)
-    if (root / LLAMAFACTORY_INFO).is_file():
-        return _llamafactory(root, name)
+    if (root / LLAMAFACTORY_INFO).is_file() and (found := _llamafactory(root, name)) is not None:
+        return found
     files = [entry for entry in _entries(root) if entry.is_file() and entry.name.lower().endswith(DATASET_SUFFIXES)]
     if len(files) == 1:
         return DatasetLocation(files[0])
@@ -54,7 +54,8 @@ def _entries(directory: Path) -> list[Path]:
     return [entry for entry in directory.iterdir() if entry.name not in _IGNORED and not entry.name.startswith("._")]
 
 
-def _llamafactory(root: Path, name: str) -> DatasetLocation:
+def _llamafactory(root: Path, name: str) -> DatasetLocation | None:
+    """None when the file is not LLaMA-Factory's (no entry has a file_name), e.g. our own generator's summary."""
     info_path = root / LLAMAFACTORY_INFO
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -62,10 +63,12 @@ def _llamafactory(root: Path, name: str) -> DatasetLocation:
         raise InvalidArgumentError(name, f"{LLAMAFACTORY_INFO} is not valid JSON ({err})") from None
     if not isinstance(info, dict):
         raise InvalidArgumentError(name, f"{LLAMAFACTORY_INFO} must be an object of dataset entries")
+    named = {key: entry["file_name"] for key, entry in info.items()
+             if isinstance(entry, dict) and isinstance(entry.get("file_name"), str)}
+    if not named:
+        return None
     # The repository's own data/dataset_info.json lists dozens of datasets; the archive holds the files of some.
-    present = sorted(key for key, entry in info.items()
-                     if isinstance(entry, dict) and isinstance(entry.get("file_name"), str)
-                     and (root / entry["file_name"]).exists())
+    present = sorted(key for key, file_name in named.items() if (root / file_name).exists())
     if len(present) == 1:
         return DatasetLocation(info_path, present[0])
     if not present:

@@ -72,6 +72,10 @@ class FileService:
     def get(self, file_id: str) -> StoredFile:
         return self._records.get(file_id)
 
+    def content_path(self, stored: StoredFile) -> Path:
+        """The file as uploaded (for an archive: the archive itself, beside its extracted/ directory)."""
+        return self._blobs / stored.sha256 / stored.filename
+
     def list(self, purpose: FilePurpose | None = None, *, page_size: int = 0,
              page_token: str = "") -> tuple[list[StoredFile], str]:
         size = min(page_size, self.limits.max_page_size) if page_size > 0 else 20

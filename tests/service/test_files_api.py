@@ -1,0 +1,208 @@
+"""The Files API on a real gRPC server (port 0): a 200 MB dataset archive uploaded over a stream that breaks
+halfway and is resumed from the committed offset arrives byte for byte; the same content is stored once; the
+upload cap answers RESOURCE_EXHAUSTED naming the setting; an unsafe archive is refused; a job trains on the
+file id, the file cannot be deleted under it, and the job's adapter comes back as a tar whose sha256 matches and
+that loads in transformers + peft."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from trainer_service.files import ArchiveLimits, FileLimits, FileService
+from trainer_service.grpc_api.server import create_server
+from trainer_service.jobs import JobService
+from trainer_service.launcher import LocalLauncher
+from trainer_service.store import JobStore
+from vlmforge.trainer.v1 import files_pb2 as fpb
+from vlmforge.trainer.v1 import files_pb2_grpc
+from vlmforge.trainer.v1 import trainer_pb2 as pb
+from vlmforge.trainer.v1 import trainer_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+CHUNK_BYTES = 4 * 1024 * 1024
+PADDING_BYTES = 200 * 1024 * 1024
+MAX_UPLOAD_BYTES = 256 * 1024 * 1024
+
+
+class _BrokenStream(Exception):
+    """Raised by the request iterator: grpc cancels the call, as when a client's connection drops."""
+
+
+@pytest.fixture(scope="module")
+def archive(small_dataset_dir: Path, tmp_path_factory) -> Path:
+    """The small dataset's train.jsonl and its images, plus 200 MB of random bytes (incompressible, so the
+    compression-ratio check passes), as one plain tar: written once per module."""
+    path = tmp_path_factory.mktemp("upload") / "charts.tar"
+    with tarfile.open(path, "w") as tar:
+        tar.add(small_dataset_dir / "train.jsonl", "train.jsonl")
+        tar.add(small_dataset_dir / "images" / "train", "images/train")
+        padding = tarfile.TarInfo("images/padding.bin")
+        padding.size = PADDING_BYTES
+        tar.addfile(padding, io.BytesIO(os.urandom(PADDING_BYTES)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer")
+    store = JobStore(root / "jobs.sqlite3")
+    files = FileService(root / "files", store, FileLimits(
+        MAX_UPLOAD_BYTES, ArchiveLimits(max_extracted_bytes=MAX_UPLOAD_BYTES, max_members=1000,
+                                        max_compression_ratio=50.0)))
+    launcher = LocalLauncher(store, root, poll_interval_s=0.1)
+    running = create_server(JobService(store, watch_poll_interval_s=0.05, files=files), "127.0.0.1:0",
+                            max_message_bytes=4 * 1024 * 1024, files=files)
+    launcher.start()
+    running.set_serving(True)
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield (files_pb2_grpc.FilesServiceStub(channel), trainer_pb2_grpc.FineTuningServiceStub(channel), files,
+               root)
+    running.server.stop(None)
+    launcher.stop()
+    files.close()
+
+
+def _requests(meta: fpb.UploadFileMetadata, path: Path, *, break_at: int | None = None):
+    yield fpb.UploadFileRequest(metadata=meta)
+    with open(path, "rb") as source:
+        source.seek(meta.resume_offset)
+        offset = meta.resume_offset
+        while chunk := source.read(CHUNK_BYTES):
+            if break_at is not None and offset >= break_at:
+                raise _BrokenStream
+            yield fpb.UploadFileRequest(chunk=chunk)
+            offset += len(chunk)
+
+
+def _metadata(path: Path, **overrides) -> fpb.UploadFileMetadata:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while block := source.read(CHUNK_BYTES):
+            digest.update(block)
+    fields = dict(filename=path.name, purpose=fpb.FILE_PURPOSE_FINE_TUNE, sha256=digest.hexdigest(),
+                  bytes=path.stat().st_size)
+    return fpb.UploadFileMetadata(**{**fields, **overrides})
+
+
+def _processed(files_client, file_id: str, timeout_s: float = 120) -> fpb.File:
+    deadline = time.monotonic() + timeout_s
+    while (current := files_client.GetFile(fpb.GetFileRequest(id=file_id))).status == fpb.FILE_STATUS_UPLOADED:
+        assert time.monotonic() < deadline, "validation did not end"
+        time.sleep(0.1)
+    return current
+
+
+@pytest.fixture(scope="module")
+def resumed_upload(service, archive: Path):
+    """Uploads the archive over a stream that breaks after ~half, then resumes from GetUploadOffset."""
+    files_client = service[0]
+    meta = _metadata(archive)
+    with pytest.raises(grpc.RpcError) as broken:
+        files_client.UploadFile(_requests(meta, archive, break_at=meta.bytes // 2), timeout=120)
+    assert broken.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
+    committed = files_client.GetUploadOffset(fpb.GetUploadOffsetRequest(sha256=meta.sha256, bytes=meta.bytes))
+    resumed = _metadata(archive, resume_offset=committed.committed_bytes)
+    uploaded = files_client.UploadFile(_requests(resumed, archive), timeout=120)
+    return meta, committed, uploaded
+
+
+def test_a_broken_upload_resumes_from_the_committed_offset_and_arrives_byte_for_byte(service, archive,
+                                                                                    resumed_upload) -> None:
+    files_client, _, files, _ = service
+    meta, committed, uploaded = resumed_upload
+    assert 0 < committed.committed_bytes < meta.bytes and committed.file_id == ""
+    assert uploaded.id.startswith("file-") and uploaded.bytes == meta.bytes and uploaded.sha256 == meta.sha256
+    assert uploaded.filename == "charts.tar"
+    stored = files.content_path(files.get(uploaded.id))
+    assert stored.stat().st_size == archive.stat().st_size
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == hashlib.sha256(archive.read_bytes()).hexdigest()
+    processed = _processed(files_client, uploaded.id)
+    assert processed.status == fpb.FILE_STATUS_PROCESSED, processed.status_details
+    assert processed.record_count == 48
+
+
+def test_the_same_content_uploaded_twice_is_stored_once(service, archive, resumed_upload) -> None:
+    files_client, _, _, root = service
+    meta, _, uploaded = resumed_upload
+    offset = files_client.GetUploadOffset(fpb.GetUploadOffsetRequest(sha256=meta.sha256, bytes=meta.bytes))
+    assert (offset.committed_bytes, offset.file_id) == (meta.bytes, uploaded.id)
+    again = files_client.UploadFile(_requests(_metadata(archive, filename="again.tar"), archive), timeout=120)
+    assert (again.id, again.filename) == (uploaded.id, "charts.tar")
+    assert [p.name for p in (root / "files" / "blobs").iterdir()] == [meta.sha256]
+    listed = files_client.ListFiles(fpb.ListFilesRequest(page_size=10))
+    assert [f.id for f in listed.files].count(uploaded.id) == 1
+
+
+def test_an_upload_over_the_cap_is_resource_exhausted_naming_the_setting(service, tmp_path) -> None:
+    files_client = service[0]
+    meta = fpb.UploadFileMetadata(filename="huge.jsonl", sha256="0" * 64, bytes=MAX_UPLOAD_BYTES + 1)
+    with pytest.raises(grpc.RpcError) as refused:
+        files_client.UploadFile(iter([fpb.UploadFileRequest(metadata=meta)]), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-upload-bytes" in refused.value.details()
+
+
+def test_an_unsafe_archive_is_invalid_argument_and_not_stored(service, tmp_path) -> None:
+    files_client = service[0]
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        link = tarfile.TarInfo("images")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc"
+        tar.addfile(link)
+    with pytest.raises(grpc.RpcError) as refused:
+        files_client.UploadFile(_requests(_metadata(path), path), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "evil.tar.gz: member 'images' is a symbolic link; links are refused"
+    listed = files_client.ListFiles(fpb.ListFilesRequest(page_size=100))
+    assert "evil.tar.gz" not in [f.filename for f in listed.files]
+
+
+def test_a_job_on_a_file_id_trains_and_its_adapter_downloads_and_loads(service, resumed_upload, tiny_model_dir,
+                                                                       tmp_path) -> None:
+    files_client, jobs_client, _, _ = service
+    uploaded = _processed(files_client, resumed_upload[2].id)
+    job = jobs_client.CreateFineTuningJob(pb.CreateFineTuningJobRequest(
+        model=str(tiny_model_dir), training_file=uploaded.id, suffix="files",
+        hyperparameters=pb.Hyperparameters(max_steps=2, batch_size=4, learning_rate=1e-3)))
+    with pytest.raises(grpc.RpcError) as in_use:
+        files_client.DeleteFile(fpb.DeleteFileRequest(id=uploaded.id))
+    assert in_use.value.code() == grpc.StatusCode.FAILED_PRECONDITION and job.id in in_use.value.details()
+    with pytest.raises(grpc.RpcError) as unfinished:
+        list(files_client.DownloadJobArtifacts(fpb.DownloadJobArtifactsRequest(job_id=job.id)))
+    assert unfinished.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    list(jobs_client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=240))
+    final = jobs_client.GetFineTuningJob(pb.GetFineTuningJobRequest(id=job.id))
+    assert final.status == pb.JOB_STATUS_SUCCEEDED, final.error.message
+
+    chunks = list(files_client.DownloadJobArtifacts(fpb.DownloadJobArtifactsRequest(job_id=job.id), timeout=60))
+    data = b"".join(c.data for c in chunks[:-1])
+    assert all(c.WhichOneof("payload") == "data" for c in chunks[:-1]) and chunks[-1].HasField("digest")
+    assert chunks[-1].digest.sha256 == hashlib.sha256(data).hexdigest() and chunks[-1].digest.bytes == len(data)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        tar.extractall(tmp_path / "downloaded", filter="data")
+    adapter = tmp_path / "downloaded" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert (adapter / "adapter_model.safetensors").read_bytes() == (
+        Path(final.adapter_path) / "adapter_model.safetensors").read_bytes()
+
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_model_dir), adapter)
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+
+    assert files_client.DeleteFile(fpb.DeleteFileRequest(id=uploaded.id)).deleted  # the job has ended
+    with pytest.raises(grpc.RpcError) as gone:
+        files_client.GetFile(fpb.GetFileRequest(id=uploaded.id))
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
