@@ -51,8 +51,8 @@ class FileRecords:
         file_id = FILE_ID_PREFIX + uuid.uuid4().hex[:24]
         with self._lock:
             cursor = self._connection.execute(
-                "INSERT INTO files (id, filename, purpose, bytes, sha256, created_at, status, dataset_path, dataset_name) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'uploaded', ?, ?) ON CONFLICT (sha256) DO NOTHING",
+                "INSERT INTO files (id, filename, purpose, bytes, sha256, created_at, status, dataset_path, "
+                "dataset_name) VALUES (?, ?, ?, ?, ?, ?, 'uploaded', ?, ?) ON CONFLICT (sha256) DO NOTHING",
                 (file_id, filename, purpose, size_bytes, sha256, time.time(), str(dataset_path), dataset_name))
             row = self._connection.execute("SELECT * FROM files WHERE sha256 = ?", (sha256,)).fetchone()
         return _stored(row), cursor.rowcount == 1
