@@ -206,3 +206,57 @@ def test_a_job_on_a_file_id_trains_and_its_adapter_downloads_and_loads(service, 
     with pytest.raises(grpc.RpcError) as gone:
         files_client.GetFile(fpb.GetFileRequest(id=uploaded.id))
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _limits() -> FileLimits:
+    return FileLimits(1024 * 1024, ArchiveLimits(max_extracted_bytes=1024 * 1024, max_members=10,
+                                                 max_compression_ratio=50.0))
+
+
+def test_a_partial_upload_survives_a_trainer_restart(tmp_path: Path) -> None:
+    from trainer_service.errors import FailedPreconditionError, InvalidArgumentError
+    from trainer_service.files import UploadMetadata
+
+    content = os.urandom(300_000)
+    meta = UploadMetadata("train.jsonl", "fine-tune", hashlib.sha256(content).hexdigest(), len(content))
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    before = FileService(tmp_path / "files", store, _limits())
+    upload = before.begin_upload(meta)
+    upload.write(content[:100_000])
+    upload.close()  # the stream broke
+    before.close()
+
+    after = FileService(tmp_path / "files", store, _limits())
+    assert after.committed_bytes(meta.sha256, meta.bytes) == (100_000, None)
+    with pytest.raises(FailedPreconditionError, match="resume_offset 200000 is past the 100000 bytes"):
+        after.begin_upload(UploadMetadata(**{**meta.__dict__, "resume_offset": 200_000}))
+    resumed = after.begin_upload(UploadMetadata(**{**meta.__dict__, "resume_offset": 100_000}))
+    resumed.write(content[100_000:])
+    stored = after.finish_upload(resumed)
+    assert after.content_path(stored).read_bytes() == content
+    assert after.committed_bytes(meta.sha256, meta.bytes) == (meta.bytes, stored)
+
+    wrong = UploadMetadata("other.jsonl", "fine-tune", "f" * 64, 10)
+    upload = after.begin_upload(wrong)
+    upload.write(b"0123456789")
+    with pytest.raises(InvalidArgumentError, match="hash to .*, not f{64}; upload again from 0"):
+        after.finish_upload(upload)
+    assert after.committed_bytes(wrong.sha256, wrong.bytes) == (0, None), "a corrupt partial is not kept"
+    after.close()
+
+
+def test_files_list_newest_first_in_stable_pages(tmp_path: Path) -> None:
+    from trainer_service.files import UploadMetadata
+
+    files = FileService(tmp_path / "files", JobStore(tmp_path / "jobs.sqlite3"), _limits())
+    ids = []
+    for index in range(3):
+        content = json.dumps({"n": index}).encode() + b"\n"
+        upload = files.begin_upload(UploadMetadata(f"{index}.jsonl", "fine-tune", hashlib.sha256(content).hexdigest(),
+                                                   len(content)))
+        upload.write(content)
+        ids.append(files.finish_upload(upload).id)
+    first, token = files.list(page_size=2)
+    second, last = files.list(page_size=2, page_token=token)
+    assert [f.id for f in first + second] == ids[::-1] and token and not last
+    files.close()

@@ -39,10 +39,17 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
             if isinstance(started, StoredFile):
                 return file_to_pb(started)  # this content is stored already: the bytes are not needed
             try:
+                # One write in flight while the next chunk is received: the network and the disk overlap.
+                writing = None
                 async for message in request_iterator:
                     if message.WhichOneof("payload") != "chunk":
                         raise InvalidArgumentError("metadata", "only the first message of an upload carries metadata")
-                    await self.blocking(started.write, message.chunk)
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(self.blocking(started.write, message.chunk))
+                    writing.add_done_callback(_retrieved)  # a broken stream never awaits its last write
+                if writing is not None:
+                    await writing
                 stored = await self.blocking(self.files.finish_upload, started)
             finally:
                 # Also after a broken stream: waits for a write still on the pool, keeps the partial for a resume.
@@ -87,6 +94,11 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
         if self.stream_limits is None:
             return contextlib.nullcontext()
         return self.stream_limits.hold(context.peer())
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def metadata_from_pb(message: pb.UploadFileMetadata) -> UploadMetadata:
