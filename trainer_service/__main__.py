@@ -27,6 +27,7 @@ from .launcher import LocalLauncher
 from .metrics import serve_metrics
 from .settings import TrainerSettings
 from .store import JobStore
+from .validation import DatasetValidator
 from .worker.backends import BACKEND_ENV, Placement, backend_unavailable
 
 logger = logging.getLogger("trainer_service")
@@ -46,7 +47,9 @@ def main() -> None:
     jobs = JobService(store, models_dir=settings.models_dir, qlora_unavailable=_qlora_unavailable(settings),
                       node_placement_unavailable=None if on_kubernetes else NODE_PLACEMENT_NEEDS_KUBERNETES,
                       worker_visible_root=settings.shared_mount_path if on_kubernetes else None,
-                      watch_poll_interval_s=settings.watch_poll_interval_s)
+                      watch_poll_interval_s=settings.watch_poll_interval_s, files=files)
+    validator = DatasetValidator(store, files=files)  # big dataset files are read after Create answers
+    validator.start()
     running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
                             max_message_bytes=settings.max_message_bytes, limits=ServerLimits.from_settings(settings),
                             files=files)
@@ -80,6 +83,7 @@ def main() -> None:
     launcher.stop()
     if worker_api is not None:
         worker_api.stop(settings.drain_timeout_s).wait()
+    validator.stop()
     files.close()
     store.close()
     logger.info("stopped")

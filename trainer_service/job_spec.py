@@ -1,7 +1,8 @@
 """What a client may ask for, with defaults and limits, checked before a job is queued.
 
-`JobSpec.validated()` checks values alone; `check_resources()` then checks what must exist on this machine
-(the base model, the dataset files and their every record). Both raise typed errors naming the field.
+`JobSpec.validated()` checks values alone; `check_model()` and the dataset helpers then check what must exist on
+this machine (the base model, the dataset files and their records; `check_resources()` does all of it at once).
+All raise typed errors naming the field.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmforge.data import ColumnMapping, DatasetFormat, DatasetFormatError, load_dataset
+from vlmforge.data import (ColumnMapping, Conversation, DatasetFormat, DatasetFormatError, DatasetSummary,
+                           inspect_dataset, load_dataset)
 from vlmforge.families import UnsupportedModelError, family_for_model_dir
 
 from .errors import FailedPreconditionError, InvalidArgumentError
@@ -195,8 +197,20 @@ NODE_PLACEMENT_NEEDS_KUBERNETES = ("placement.node_selector and placement.tolera
 
 def check_resources(spec: JobSpec, *, models_dir: Path | None, qlora_unavailable: str | None,
                     node_placement_unavailable: str | None = NODE_PLACEMENT_NEEDS_KUBERNETES) -> Path:
-    """Resolves the base model directory and loads every dataset file once; returns the model directory.
-    `qlora_unavailable` / `node_placement_unavailable` say why this trainer cannot do those (None: it can)."""
+    """Everything at once: the model (`check_model`), then every record of every dataset file the spec names
+    by path. The job service checks files in two stages instead: what is cheap in Create, the rest after."""
+    model_dir = check_model(spec, models_dir=models_dir, qlora_unavailable=qlora_unavailable,
+                            node_placement_unavailable=node_placement_unavailable)
+    for field_name, source in dataset_sources(spec.to_json()).items():
+        load_job_dataset(spec, field_name, source)
+    return model_dir
+
+
+def check_model(spec: JobSpec, *, models_dir: Path | None, qlora_unavailable: str | None,
+                node_placement_unavailable: str | None = NODE_PLACEMENT_NEEDS_KUBERNETES) -> Path:
+    """Resolves the base model directory and checks its family and what this trainer can run; returns the
+    directory. `qlora_unavailable` / `node_placement_unavailable` say why this trainer cannot do those (None: it
+    can)."""
     if spec.method == "qlora" and qlora_unavailable:
         raise FailedPreconditionError(qlora_unavailable)
     if spec.placement.selects_nodes and node_placement_unavailable:
@@ -208,15 +222,57 @@ def check_resources(spec: JobSpec, *, models_dir: Path | None, qlora_unavailable
         raise InvalidArgumentError("model", str(error)) from None
     except (OSError, ValueError):
         raise InvalidArgumentError("model", f"{spec.model!r}: config.json is not readable JSON") from None
-    for field_name in ("training_file", "validation_file", "test_file"):
-        path = getattr(spec, field_name)
-        if not path:
-            continue
-        try:
-            load_dataset(path, spec.dataset_format, columns=spec.columns)
-        except DatasetFormatError as err:
-            raise InvalidArgumentError(field_name, str(err)) from None
     return model_dir
+
+
+# Each dataset field of a job and the split a dataset with several (a DatasetDict, shards) gives it.
+DATASET_SPLITS = {"training_file": "train", "validation_file": "validation", "test_file": "test"}
+_FILE_ID = re.compile(r"^file-[A-Za-z0-9]+$")  # trainer_service.files ids; a path has a suffix or a slash
+
+
+def is_file_id(value: str) -> bool:
+    return bool(_FILE_ID.match(value))
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where one of a job's datasets is read: the path (a file id's stored dataset, or the field's own path) and
+    the dataset_info.json entry, when an uploaded LLaMA-Factory archive named one."""
+
+    path: str
+    dataset_name: str | None = None
+
+
+def dataset_sources(stored: dict[str, Any]) -> dict[str, DatasetSource]:
+    """Field -> source, for each dataset a stored job spec names. File ids resolve through the spec's
+    `resolved_files` (written by Create), paths are their own source."""
+    resolved = stored.get("resolved_files") or {}
+    sources = {}
+    for field_name in DATASET_SPLITS:
+        if value := stored.get(field_name):
+            known = resolved.get(field_name)
+            sources[field_name] = DatasetSource(**known) if known else DatasetSource(value)
+    return sources
+
+
+def load_job_dataset(spec: JobSpec, field_name: str, source: DatasetSource | None = None) -> list[Conversation]:
+    """Loads one of a job's datasets as Create, the background validator and the worker all do: its split by
+    role, the job's format, columns and dataset name. Errors name the field: `InvalidArgumentError`."""
+    return _dataset_call(load_dataset, spec, field_name, source)
+
+
+def inspect_job_dataset(spec: JobSpec, field_name: str, source: DatasetSource | None = None) -> DatasetSummary:
+    """The cheap check of one of a job's datasets: its format (and why) and its first records."""
+    return _dataset_call(inspect_dataset, spec, field_name, source)
+
+
+def _dataset_call(read, spec: JobSpec, field_name: str, source: DatasetSource | None):
+    source = source or DatasetSource(getattr(spec, field_name))
+    try:
+        return read(source.path, spec.dataset_format, columns=spec.columns,
+                    dataset_name=spec.dataset_name or source.dataset_name or None, split=DATASET_SPLITS[field_name])
+    except DatasetFormatError as err:
+        raise InvalidArgumentError(field_name, str(err)) from None
 
 
 def resolve_model(model: str, models_dir: Path | None) -> Path:

@@ -5,16 +5,33 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlmforge.families import ModelFamily, family_for_model_dir
 
 from .domain import Job, JobStatus
-from .errors import InvalidArgumentError, InvalidTransitionError, ServiceDrainingError
-from .job_spec import NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_CUDA, JobSpec, check_resources
+from .errors import InvalidArgumentError, InvalidTransitionError, ServiceDrainingError, StoredFileNotFoundError
+from .job_spec import (NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_CUDA, DatasetSource, JobSpec, check_model,
+                       dataset_sources, inspect_job_dataset, is_file_id, load_job_dataset)
 from .store import JobStore
 
+if TYPE_CHECKING:
+    from .files import FileService, StoredFile
+
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+INLINE_VALIDATION_MAX_BYTES = 1024 * 1024  # a few thousand rows, read in Create; bigger files after it
+
+
+@dataclass
+class _DatasetChecks:
+    """What Create learnt of a job's datasets."""
+
+    sources: dict[str, DatasetSource] = field(default_factory=dict)  # field -> where the worker reads it
+    resolved: dict[str, dict] = field(default_factory=dict)  # file-id fields -> their stored dataset
+    formats: dict[str, str] = field(default_factory=dict)  # field -> the format it is read as, and why
+    deferred: bool = False  # some file still needs a full read (validation.py)
 
 
 def _serving_note(spec: JobSpec, family: ModelFamily) -> str | None:
@@ -42,7 +59,8 @@ def _serving_note(spec: JobSpec, family: ModelFamily) -> str | None:
 class JobService:
     def __init__(self, store: JobStore, *, models_dir=None, qlora_unavailable: str | None = QLORA_NEEDS_CUDA,
                  node_placement_unavailable: str | None = NODE_PLACEMENT_NEEDS_KUBERNETES,
-                 worker_visible_root: Path | None = None, watch_poll_interval_s: float = 0.2):
+                 worker_visible_root: Path | None = None, watch_poll_interval_s: float = 0.2,
+                 files: FileService | None = None, inline_validation_max_bytes: int = INLINE_VALIDATION_MAX_BYTES):
         self.store = store
         self.models_dir = models_dir
         self.qlora_unavailable = qlora_unavailable
@@ -50,9 +68,13 @@ class JobService:
         self.worker_visible_root = worker_visible_root  # workers on other nodes see only this volume
         self.watch_poll_interval_s = watch_poll_interval_s  # read by the event hub that serves Watch streams
         self.draining = threading.Event()
+        self.files = files  # the Files API: jobs may name an uploaded file by its id
+        self.inline_validation_max_bytes = inline_validation_max_bytes
 
     def create(self, spec: JobSpec, client_request_id: str | None = None) -> Job:
-        """Validates values and files first, so a job that is created will at least start."""
+        """Checks values, the model and what is cheap about each dataset, so a job that is created will at least
+        start. Files seen whole here (small ones, processed uploads) leave the job QUEUED; otherwise it is
+        VALIDATING_FILES until the background validator (validation.py) has read every record."""
         if self.draining.is_set():
             raise ServiceDrainingError("the trainer is shutting down; retry on another replica or later")
         if client_request_id:
@@ -60,20 +82,60 @@ class JobService:
             if existing is not None:
                 return existing
         spec.validated()
-        model_dir = check_resources(spec, models_dir=self.models_dir, qlora_unavailable=self.qlora_unavailable,
-                                    node_placement_unavailable=self.node_placement_unavailable)
+        model_dir = check_model(spec, models_dir=self.models_dir, qlora_unavailable=self.qlora_unavailable,
+                                node_placement_unavailable=self.node_placement_unavailable)
+        checked = self._check_datasets(spec)
         if self.worker_visible_root is not None:
-            self._check_visible_to_workers(spec, model_dir)
-        stored = {**spec.to_json(), "model_dir": str(model_dir.resolve())}
-        job, _ = self.store.create_job(stored, client_request_id=client_request_id, status=JobStatus.QUEUED)
-        if note := _serving_note(spec, family_for_model_dir(model_dir)):
+            self._check_visible_to_workers(model_dir, checked.sources)
+        stored = {**spec.to_json(), "model_dir": str(model_dir.resolve()), "resolved_files": checked.resolved,
+                  "dataset_formats": checked.formats}  # the worker announces them (one creation event here)
+        status = JobStatus.VALIDATING_FILES if checked.deferred else JobStatus.QUEUED
+        job, created = self.store.create_job(stored, client_request_id=client_request_id, status=status)
+        if created and (note := _serving_note(spec, family_for_model_dir(model_dir))):
             self.store.append_event(job.id, "deployment", note)
         return job
 
-    def _check_visible_to_workers(self, spec: JobSpec, model_dir: Path) -> None:
+    def _check_datasets(self, spec: JobSpec) -> _DatasetChecks:
+        checked = _DatasetChecks()
+        for field_name, source in dataset_sources(spec.to_json()).items():
+            processed = False
+            if is_file_id(source.path):
+                stored = self._stored_file(field_name, source.path)
+                processed = stored.status == "processed"
+                source = DatasetSource(str(stored.dataset_path), stored.dataset_name)
+                checked.resolved[field_name] = {"path": source.path, "dataset_name": source.dataset_name}
+            checked.sources[field_name] = source
+            summary = inspect_job_dataset(spec, field_name, source)
+            chosen = summary.format.value
+            checked.formats[field_name] = f"{chosen} ({summary.format_reason.removeprefix(chosen + ': ')})"
+            if processed:
+                continue
+            if field_name not in checked.resolved and (summary.complete or self._small(spec, source)):
+                load_job_dataset(spec, field_name, source)
+            else:  # a big file, or an upload whose own validation has not ended
+                checked.deferred = True
+        return checked
+
+    def _stored_file(self, field_name: str, file_id: str) -> StoredFile:
+        if self.files is None:
+            raise InvalidArgumentError(field_name, f"{file_id!r} is a file id, and this trainer has no Files API")
+        try:
+            stored = self.files.get(file_id)
+        except StoredFileNotFoundError as err:
+            raise InvalidArgumentError(field_name, str(err)) from None
+        if stored.status == "error" or stored.dataset_path is None:
+            raise InvalidArgumentError(field_name, f"{file_id} failed validation: {stored.error_message}")
+        return stored
+
+    def _small(self, spec: JobSpec, source: DatasetSource) -> bool:
+        """Loaded in full inside Create: well under 100 ms. A dataset_info.json is small, its dataset need not be."""
+        path = Path(source.path)
+        return (not (spec.dataset_name or source.dataset_name) and path.is_file()
+                and path.stat().st_size <= self.inline_validation_max_bytes)
+
+    def _check_visible_to_workers(self, model_dir: Path, sources: dict[str, DatasetSource]) -> None:
         root = self.worker_visible_root.resolve()
-        paths = {"model": model_dir, **{name: Path(getattr(spec, name)) for name in
-                                        ("training_file", "validation_file", "test_file") if getattr(spec, name)}}
+        paths = {"model": model_dir, **{name: Path(source.path) for name, source in sources.items()}}
         for name, path in paths.items():
             if not path.resolve().is_relative_to(root):
                 raise InvalidArgumentError(name, f"{path} is not under {root}, the volume worker Jobs mount")

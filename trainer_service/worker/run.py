@@ -15,7 +15,6 @@ import torch
 
 from vlmforge.artifacts import ADAPTER_DIR, LOSS_PLOT_FILE, MANIFEST_FILE, MERGED_DIR, model_config_digest, safe_model_name
 from vlmforge.build_cache import built_atomically
-from vlmforge.data import load_dataset
 from vlmforge.families import family_for_model_dir
 from vlmforge.families.checkpoints import rename_weights_for_vllm
 
@@ -23,7 +22,7 @@ from ..deploy import InferenceNotifier
 from ..launcher import SERVICE_PID_ENV
 from ..domain import JobError, JobStatus
 from ..evaluation import answer_questions, score_answers
-from ..job_spec import Hyperparameters, JobSpec
+from ..job_spec import Hyperparameters, JobSpec, dataset_sources, load_job_dataset
 from ..store import JobRecords
 from .backends import TrainingBackend, select_backend
 from .distributed import Ranks
@@ -54,11 +53,14 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
         store.append_event(job_id, "log", f"training with {backend.name} on {backend.placement.device}{gpus} "
                            f"({str(backend.placement.dtype).removeprefix('torch.')}"
                            f"{', 4-bit NF4 base' if spec.method == 'qlora' else ''})")
+        for field_name, chosen in job.spec.get("dataset_formats", {}).items():  # as Create detected them
+            store.append_event(job_id, "log", f"dataset format: {chosen} for {field_name}")
     processor = AutoProcessor.from_pretrained(model_dir)
     model = backend.load(model_dir, quantize_4bit=spec.method == "qlora", hyper=hyper)
-    train_set = load_dataset(spec.training_file, spec.dataset_format, columns=spec.columns)
-    test_set = load_dataset(spec.test_file, spec.dataset_format, columns=spec.columns) if spec.test_file else []
-    validation_set = (load_dataset(spec.validation_file, spec.dataset_format, columns=spec.columns)
+    sources = dataset_sources(job.spec)  # a file id's stored dataset, or the path the job names
+    train_set = load_job_dataset(spec, "training_file", sources["training_file"])
+    test_set = load_job_dataset(spec, "test_file", sources["test_file"]) if spec.test_file else []
+    validation_set = (load_job_dataset(spec, "validation_file", sources["validation_file"])
                       if spec.validation_file and hyper.eval_every_steps else [])
     train_set, held_out = split_training_set(train_set, hyper, validation_file_given=bool(spec.validation_file))
     validation_set = validation_set or (held_out if hyper.eval_every_steps else [])
