@@ -202,6 +202,12 @@ def test_a_job_on_a_file_id_trains_and_its_adapter_downloads_and_loads(service, 
     model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_model_dir), adapter)
     assert any("lora_A" in name for name, _ in model.named_parameters())
 
+    with_merged = files_client.DownloadJobArtifacts(fpb.DownloadJobArtifactsRequest(
+        job_id=job.id, include_merged_model=True), timeout=60)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(c.data for c in with_merged)), mode="r:") as tar:
+        names = set(tar.getnames())
+    assert {"adapter/adapter_config.json", "merged_model/config.json"} <= names
+
     assert files_client.DeleteFile(fpb.DeleteFileRequest(id=uploaded.id)).deleted  # the job has ended
     with pytest.raises(grpc.RpcError) as gone:
         files_client.GetFile(fpb.GetFileRequest(id=uploaded.id))
@@ -225,8 +231,14 @@ def test_a_partial_upload_survives_a_trainer_restart(tmp_path: Path) -> None:
     upload.write(content[:100_000])
     upload.close()  # the stream broke
     before.close()
+    orphan = tmp_path / "files" / "blobs" / ("a" * 64)  # renamed into place, then the trainer died
+    orphan.mkdir()
+    abandoned = tmp_path / "files" / "partial" / f"{'b' * 64}-10.part"
+    abandoned.write_bytes(b"12345")
+    os.utime(abandoned, (time.time() - 8 * 24 * 3600,) * 2)
 
     after = FileService(tmp_path / "files", store, _limits())
+    assert not orphan.exists() and not abandoned.exists()
     assert after.committed_bytes(meta.sha256, meta.bytes) == (100_000, None)
     with pytest.raises(FailedPreconditionError, match="resume_offset 200000 is past the 100000 bytes"):
         after.begin_upload(UploadMetadata(**{**meta.__dict__, "resume_offset": 200_000}))
@@ -234,7 +246,8 @@ def test_a_partial_upload_survives_a_trainer_restart(tmp_path: Path) -> None:
     resumed.write(content[100_000:])
     stored = after.finish_upload(resumed)
     assert after.content_path(stored).read_bytes() == content
-    assert after.committed_bytes(meta.sha256, meta.bytes) == (meta.bytes, stored)
+    held, existing = after.committed_bytes(meta.sha256, meta.bytes)
+    assert (held, existing.id) == (meta.bytes, stored.id)  # its status moves on in the background
 
     wrong = UploadMetadata("other.jsonl", "fine-tune", "f" * 64, 10)
     upload = after.begin_upload(wrong)

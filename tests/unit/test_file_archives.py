@@ -133,7 +133,7 @@ def test_a_safe_archive_extracts_and_its_llava_dataset_is_found(tmp_path: Path) 
     record = {"id": "1", "image": "coco/000000033471.jpg",
               "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A bus"}]}
     image = bytes(range(256)) * 40
-    archive = _tar(tmp_path / "llava.tgz", [(_info("llava", tarfile.DIRTYPE), b""),
+    archive = _tar(tmp_path / "llava.tgz", [(_info("./", tarfile.DIRTYPE), b""), (_info("llava", tarfile.DIRTYPE), b""),
                                             (_info("llava/llava_mix.json"), json.dumps([record]).encode()),
                                             (_info("llava/coco/000000033471.jpg"), image)], mode="w:gz")
     extract_archive(archive, tmp_path / "out", LIMITS, name=archive.name)

@@ -94,7 +94,8 @@ def _tar_members(tar: tarfile.TarFile, limits: ArchiveLimits, name: str) -> Iter
             raise InvalidArgumentError(name, f"member {info.name!r} is a device file or FIFO; refused")
         if not (info.isreg() or info.isdir()):
             raise InvalidArgumentError(name, f"member {info.name!r} is not a regular file or directory; refused")
-        yield _Member(_safe_parts(info.name, name), info.isdir(), 0 if info.isdir() else info.size, info)
+        if (parts := _safe_parts(info.name, name, is_dir=info.isdir())):
+            yield _Member(parts, info.isdir(), 0 if info.isdir() else info.size, info)
 
 
 def _extract_zip(archive: Path, destination: Path, limits: ArchiveLimits, name: str) -> None:
@@ -120,7 +121,8 @@ def _zip_members(zf: zipfile.ZipFile, name: str) -> Iterator[_Member]:
             raise InvalidArgumentError(name, f"member {info.filename!r} is a device file or FIFO; refused")
         if info.flag_bits & 0x1:
             raise InvalidArgumentError(name, f"member {info.filename!r} is encrypted; refused")
-        yield _Member(_safe_parts(info.filename, name), info.is_dir(), 0 if info.is_dir() else info.file_size, info)
+        if (parts := _safe_parts(info.filename, name, is_dir=info.is_dir())):
+            yield _Member(parts, info.is_dir(), 0 if info.is_dir() else info.file_size, info)
 
 
 def _checked(members: Iterator[_Member], archive: Path, limits: ArchiveLimits, name: str) -> list[_Member]:
@@ -153,7 +155,8 @@ def _check_totals(extracted_bytes: int, archive_bytes: int, limits: ArchiveLimit
                                    "refused as a possible zip bomb")
 
 
-def _safe_parts(member_name: str, name: str) -> tuple[str, ...]:
+def _safe_parts(member_name: str, name: str, *, is_dir: bool) -> tuple[str, ...]:
+    """The member's path parts; () for the archive's own root directory ('./', as `tar -C dir .` writes)."""
     if "\x00" in member_name:
         raise InvalidArgumentError(name, f"member {member_name!r} has a NUL byte in its name")
     if member_name.startswith(("/", "\\")) or _DRIVE.match(member_name):
@@ -162,7 +165,7 @@ def _safe_parts(member_name: str, name: str) -> tuple[str, ...]:
     parts = tuple(part for part in re.split(r"[/\\]", member_name) if part not in ("", "."))
     if ".." in parts:
         raise InvalidArgumentError(name, f"member {member_name!r} leaves the archive's directory (..)")
-    if not parts:
+    if not parts and not is_dir:
         raise InvalidArgumentError(name, f"member {member_name!r} has an empty name")
     return parts
 

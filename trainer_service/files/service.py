@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ class FileLimits:
     max_upload_bytes: int
     archive: ArchiveLimits
     max_page_size: int = 100
+    # A partial upload nobody resumed for this long is removed when the trainer starts.
+    partial_upload_max_age_s: float = 7 * 24 * 3600
 
 
 class FileService:
@@ -53,9 +56,21 @@ class FileService:
         self._blobs.mkdir(parents=True, exist_ok=True)
         # Renames into blobs/ and the table change together under this lock (uploads of one content, deletes).
         self._commit_lock = threading.Lock()
+        self._sweep()
         self._validator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-validation")
         for stored in self._records.with_status("uploaded"):  # the trainer stopped before validating them
             self._schedule_validation(stored)
+
+    def _sweep(self) -> None:
+        """Removes what a previous run left half done: blobs committed to disk but not to the table (it stopped
+        between the two), and partial uploads abandoned for longer than `partial_upload_max_age_s`."""
+        for blob in self._blobs.iterdir():
+            if self._records.find_by_sha256(blob.name) is None:
+                shutil.rmtree(blob, ignore_errors=True)
+        oldest = time.time() - self.limits.partial_upload_max_age_s
+        for partial in self._partials.directory.iterdir():
+            if partial.stat().st_mtime < oldest:
+                partial.unlink(missing_ok=True)
 
     @classmethod
     def from_settings(cls, settings, jobs) -> FileService:
