@@ -57,32 +57,45 @@ PartParser = Callable[[dict, Path, int, str], Part]
 
 
 def parse_chat_record(record: dict, path: Path, line: int, parse_media_part: PartParser) -> Conversation:
-    """`{"messages": [{"role", "content": str | [parts]}]}`, shared by the conversation and OpenAI formats."""
-    raw_messages = require(record, "messages", list, path=path, line=line)
+    """`{"messages": [{"role", "content": str | [parts]}]}`, shared by the conversation, OpenAI and TRL formats.
+    Field names for errors are built only when there is an error: this runs a million times a dataset."""
+    raw_messages = record.get("messages")
+    if type(raw_messages) is not list:
+        require(record, "messages", list, path=path, line=line)
     messages = []
-    for index, raw in enumerate(raw_messages):
-        field = f"messages[{index}]"
-        if not isinstance(raw, dict):
-            raise DatasetFormatError(path, "expected an object", line=line, field=field)
-        role = check_role(raw.get("role"), path=path, line=line, field=f"{field}.role")
-        content = require(raw, "content", (str, list), path=path, line=line, field=f"{field}.content")
-        parts = _chat_parts(content, path, line, f"{field}.content", parse_media_part)
-        messages.append(Message(role=role, parts=parts))  # type: ignore[arg-type]
+    for index, raw in enumerate(raw_messages):  # type: ignore[arg-type]
+        if type(raw) is not dict:
+            raise DatasetFormatError(path, "expected an object", line=line, field=f"messages[{index}]")
+        role = raw.get("role")
+        if role not in _ROLES:
+            check_role(role, path=path, line=line, field=f"messages[{index}].role")
+        content = raw.get("content")
+        if type(content) is str:
+            parts: tuple[Part, ...] = (TextPart(content),)
+        elif type(content) is list:
+            parts = _chat_parts(content, path, line, index, parse_media_part)
+        else:
+            parts = ()
+            require(raw, "content", (str, list), path=path, line=line, field=f"messages[{index}].content")
+        messages.append(Message(role, parts))  # type: ignore[arg-type]
     return build_conversation(messages, path=path, line=line)
 
 
-def _chat_parts(content: str | list, path: Path, line: int, field: str, parse_media_part: PartParser) -> tuple[Part, ...]:
-    if isinstance(content, str):
-        return (TextPart(content),)
+def _chat_parts(content: list, path: Path, line: int, message_index: int,
+                parse_media_part: PartParser) -> tuple[Part, ...]:
     parts: list[Part] = []
     for index, raw in enumerate(content):
-        part_field = f"{field}[{index}]"
+        if type(raw) is dict and raw.get("type") == "text":
+            text = raw.get("text")
+            if type(text) is not str:
+                require(raw, "text", str, path=path, line=line,
+                        field=f"messages[{message_index}].content[{index}].text")
+            parts.append(TextPart(text))  # type: ignore[arg-type]
+            continue
+        field = f"messages[{message_index}].content[{index}]"
         if not isinstance(raw, dict):
-            raise DatasetFormatError(path, "expected an object", line=line, field=part_field)
-        if raw.get("type") == "text":
-            parts.append(TextPart(require(raw, "text", str, path=path, line=line, field=f"{part_field}.text")))
-        else:
-            parts.append(parse_media_part(raw, path, line, part_field))
+            raise DatasetFormatError(path, "expected an object", line=line, field=field)
+        parts.append(parse_media_part(raw, path, line, field))
     return tuple(parts)
 
 
@@ -104,8 +117,8 @@ def place_images(messages: list[Message], images: list[ImageRef], placeholders: 
     """LLaMA-Factory's rule: each `<image>` takes the next image; with no placeholder at all the images go
     before the first user text. Messages come in as text only."""
     if placeholders and placeholders != len(images):
-        raise DatasetFormatError(path, f"{placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(images)} images{hint}",
-                                 line=line, field=field)
+        raise DatasetFormatError(path, f"{placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(images)} "
+                                       f"images{hint}", line=line, field=field)
     if not images:
         return messages
     pending = list(images)

@@ -22,7 +22,10 @@ def parser(images: ImageResolver) -> Parser:
         if raw.get("type") != "image":
             raise DatasetFormatError(path, f"part type must be 'text' or 'image', got {raw.get('type')!r}", line=line,
                                      field=f"{field}.type")
-        return ImagePart(images.from_path(raw.get("image"), file=path, line=line, field=f"{field}.image"))
+        image = images.resolve(raw.get("image"))
+        if type(image) is str:
+            raise DatasetFormatError(path, image, line=line, field=f"{field}.image")
+        return ImagePart(image)  # type: ignore[arg-type]
 
     def parse(record: dict, path: Path, line: int) -> Conversation:
         return parse_chat_record(record, path, line, image_part)

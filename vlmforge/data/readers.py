@@ -63,7 +63,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 record = loads(line)
             except json.JSONDecodeError as err:
-                raise DatasetFormatError(path, f"invalid JSON ({err.msg} at column {err.colno})", line=line_number) from None
+                raise DatasetFormatError(path, f"invalid JSON ({err.msg} at column {err.colno})",
+                                         line=line_number) from None
             if not isinstance(record, dict):
                 raise DatasetFormatError(path, f"expected a JSON object, got {type(record).__name__}", line=line_number)
             yield line_number, record

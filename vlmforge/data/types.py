@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -14,19 +15,26 @@ Role = Literal["system", "user", "assistant"]
 # slots: a million-sample dataset holds several million of these objects; a __dict__ each would double that.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ImageRef:
-    """An image that is read only when needed: a file already confined to the dataset directory, or bytes."""
+    """An image that is read only when needed: a file already confined to the dataset directory, or bytes.
+    The file is kept as a string (`location`): a Path per sample costs more than the whole rest of loading."""
 
-    path: Path | None = None
-    data: bytes | None = None
+    location: str | None
+    data: bytes | None
 
-    def __post_init__(self) -> None:
-        if (self.path is None) == (self.data is None):
+    def __init__(self, path: str | os.PathLike[str] | None = None, data: bytes | None = None):
+        if (path is None) == (data is None):
             raise ValueError("ImageRef needs exactly one of path or data")
+        object.__setattr__(self, "location", None if path is None else os.fspath(path))
+        object.__setattr__(self, "data", data)
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.location is None else Path(self.location)
 
     def open(self) -> Image.Image:
-        source = self.path if self.path is not None else io.BytesIO(self.data)  # type: ignore[arg-type]
+        source = self.location if self.location is not None else io.BytesIO(self.data)  # type: ignore[arg-type]
         with Image.open(source) as image:
             return image.convert("RGB")
 
