@@ -6,23 +6,34 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
+import os
+import shutil
+import socket
+import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 
+from trainer_service.domain import JobStatus
+from trainer_service.files import ArchiveLimits, FileLimits, FileService
 from trainer_service.grpc_api.server import create_server
 from trainer_service.jobs import JobService
 from trainer_service.store import JobStore
 from vlmforge.client import (
     AsyncTrainer,
+    DataLossError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     Trainer,
     types,
 )
+from vlmforge.client._artifacts import receive_artifacts
+from vlmforge.client._sources import source_for
+from vlmforge.trainer.v1 import files_pb2 as fpb
 
 # The test restarts the trainer on the same port: let the channel retry the connection quickly.
 FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
@@ -146,3 +157,166 @@ def test_async_trainer_retrieves_and_follows_events(server, job_fields) -> None:
     job, events = asyncio.run(scenario())
     assert job.status == "cancelled"
     assert [e.sequence for e in events] == [1, 2] and events[-1].data.status == "cancelled"
+
+
+# --- Files API: uploads (resumed over a connection that is cut), files, artifact download ---
+
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+PADDING_BYTES = 6 * 1024 * 1024
+
+
+class _CuttingProxy:
+    """Forwards loopback TCP to the trainer; the first connection is cut (both ways, at once) once the client
+    has sent `cut_after_bytes` through it, as a dropped network link would. Later connections pass whole."""
+
+    def __init__(self, target_port: int, cut_after_bytes: int):
+        self.target_port, self.cut_after_bytes = target_port, cut_after_bytes
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.cut = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            limit = self.cut_after_bytes if self.connections == 0 else None
+            self.connections += 1
+            threading.Thread(target=self._pump, args=(downstream, upstream, limit), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, downstream, None), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+                sent += len(data)
+                if limit is not None and sent >= limit:
+                    self.cut.set()
+                    break
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture()
+def files_server(store, tmp_path: Path):
+    files = FileService(tmp_path / "files", store, FileLimits(MAX_UPLOAD_BYTES, ArchiveLimits(
+        max_extracted_bytes=MAX_UPLOAD_BYTES, max_members=1000, max_compression_ratio=50.0)))
+    running = create_server(JobService(store, watch_poll_interval_s=0.05, files=files), "127.0.0.1:0",
+                            max_message_bytes=4 * 1024 * 1024, files=files)
+    running.set_serving(True)
+    yield running, files
+    running.server.stop(None)
+    files.close()
+
+
+@pytest.fixture()
+def dataset_dir(small_dataset_dir: Path, tmp_path: Path) -> Path:
+    """A directory as a user has it: one train.jsonl, its images, and some incompressible bulk."""
+    directory = tmp_path / "my_dataset"
+    directory.mkdir()
+    shutil.copy(small_dataset_dir / "train.jsonl", directory / "train.jsonl")
+    shutil.copytree(small_dataset_dir / "images" / "train", directory / "images" / "train")
+    (directory / "images" / "padding.bin").write_bytes(os.urandom(PADDING_BYTES))
+    return directory
+
+
+def test_a_directory_upload_resumes_after_the_connection_is_cut(files_server, dataset_dir, job_fields) -> None:
+    running, files = files_server
+    proxy = _CuttingProxy(running.port, cut_after_bytes=3 * 1024 * 1024)
+    updates: list[types.UploadProgress] = []
+    try:
+        with Trainer(f"127.0.0.1:{proxy.port}", options=FAST_RECONNECT) as client:
+            uploaded = client.files.upload(dataset_dir, progress=updates.append, chunk_bytes=CHUNK_BYTES)
+            assert proxy.cut.is_set() and proxy.connections >= 2
+            resumed_from = {u.resumed_from for u in updates}
+            assert 0 in resumed_from and max(resumed_from) > 0, "the second stream did not resume"
+            assert updates[-1].sent_bytes == updates[-1].total_bytes == uploaded.bytes
+
+            source = source_for(dataset_dir)
+            assert (uploaded.filename, uploaded.sha256, uploaded.bytes) == ("my_dataset.tar", source.sha256,
+                                                                             source.size)
+            stored = files.content_path(files.get(uploaded.id)).read_bytes()
+            assert hashlib.sha256(stored).hexdigest() == source.sha256  # byte for byte what the client tarred
+
+            processed = client.files.wait_for_processing(uploaded.id, poll_interval_s=0.1, timeout_s=60)
+            assert processed.status == "processed" and processed.record_count == 48, processed.status_details
+            assert [f.id for f in client.files.list()] == [uploaded.id]
+            again: list[types.UploadProgress] = []
+            assert client.files.upload(dataset_dir, progress=again.append).id == uploaded.id
+            assert [u.resumed_from for u in again] == [uploaded.bytes]  # stored already: nothing sent
+
+            job = client.jobs.create(**{**job_fields, "training_file": uploaded})
+            assert job.training_file == uploaded.id
+            with pytest.raises(FailedPreconditionError, match=job.id):
+                client.files.delete(uploaded.id)
+            client.jobs.cancel(job.id)
+            assert client.files.delete(uploaded.id) == types.FileDeleted(uploaded.id, True)
+            with pytest.raises(NotFoundError):
+                client.files.retrieve(uploaded.id)
+    finally:
+        proxy.close()
+
+
+def _succeeded_job(client: Trainer, store: JobStore, job_fields: dict, artifacts: Path) -> str:
+    """A job moved to SUCCEEDED on the trainer's store, its artifacts written as the worker lays them out."""
+    (artifacts / "adapter").mkdir(parents=True)
+    (artifacts / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (artifacts / "adapter" / "adapter_model.safetensors").write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    (artifacts / "merged").mkdir()
+    (artifacts / "merged" / "config.json").write_text("{}")
+    job = client.jobs.create(**job_fields)
+    deadline = time.monotonic() + 30
+    while client.jobs.retrieve(job.id).status != "queued":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    store.transition(job.id, JobStatus.RUNNING, "running")
+    store.transition(job.id, JobStatus.SUCCEEDED, "succeeded", result={
+        "adapter_path": str(artifacts / "adapter"), "merged_model_path": str(artifacts / "merged")})
+    return job.id
+
+
+def test_download_adapter_verifies_and_unpacks_the_artifacts(files_server, store, job_fields, tmp_path) -> None:
+    running, _ = files_server
+    with Trainer(f"127.0.0.1:{running.port}") as client:
+        job_id = _succeeded_job(client, store, job_fields, tmp_path / "artifacts")
+        received: list[int] = []
+        downloaded = client.jobs.download_adapter(job_id, tmp_path / "out", progress=received.append)
+        adapter = Path(downloaded.adapter_path)
+        assert (adapter / "adapter_model.safetensors").read_bytes() == \
+            (tmp_path / "artifacts" / "adapter" / "adapter_model.safetensors").read_bytes()
+        assert downloaded.merged_model_path == "" and not (tmp_path / "out" / "merged_model").exists()
+        assert received[-1] == downloaded.bytes and len(downloaded.sha256) == 64
+        merged = client.jobs.download_adapter(job_id, tmp_path / "both", merged=True)
+        assert (Path(merged.merged_model_path) / "config.json").read_text() == "{}"
+        with pytest.raises(FileExistsError):
+            client.jobs.download_adapter(job_id, tmp_path / "both")
+        queued = client.jobs.create(**job_fields)
+        with pytest.raises(FailedPreconditionError, match="only a succeeded job"):
+            client.jobs.download_adapter(queued.id, tmp_path / "never")
+        assert not (tmp_path / "never").exists()
+
+
+def test_an_artifact_stream_whose_digest_differs_is_refused_and_nothing_is_unpacked(tmp_path) -> None:
+    chunks = [fpb.ArtifactChunk(data=b"x" * 1024),
+              fpb.ArtifactChunk(digest=fpb.ArtifactDigest(sha256=hashlib.sha256(b"y" * 1024).hexdigest(),
+                                                          bytes=1024))]
+    with pytest.raises(DataLossError, match="sha256"):
+        receive_artifacts(iter(chunks), tmp_path / "out", merged=False, progress=None)
+    with pytest.raises(DataLossError, match="ended before"):
+        receive_artifacts(iter(chunks[:1]), tmp_path / "out", merged=False, progress=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -1,27 +1,52 @@
-"""The client CLI against a real server on port 0 (with the local launcher, so `create` follows a real run)."""
+"""The client CLI against a real server on port 0 (with the local launcher, so `create` follows a real run, and
+the Files API, so datasets upload and artifacts download)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import grpc
 import pytest
 
 from trainer_service import cli
-
-from .test_trainer_jobs_run import service  # noqa: F401 - the same real server + launcher fixture
+from trainer_service.files import ArchiveLimits, FileLimits, FileService
+from trainer_service.grpc_api.server import create_server
+from trainer_service.jobs import JobService
+from trainer_service.launcher import LocalLauncher
+from trainer_service.store import JobStore
 
 pytestmark = pytest.mark.slow
 
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 
-def test_create_follows_the_job_then_get_list_checkpoints_and_errors(service, tiny_model_dir, small_dataset_dir,  # noqa: F811
-                                                                     capsys) -> None:
+
+@pytest.fixture()
+def service(tmp_path: Path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    files = FileService(tmp_path / "files", store, FileLimits(MAX_UPLOAD_BYTES, ArchiveLimits(
+        max_extracted_bytes=MAX_UPLOAD_BYTES, max_members=1000, max_compression_ratio=50.0)))
+    launcher = LocalLauncher(store, tmp_path, poll_interval_s=0.1)
+    running = create_server(JobService(store, watch_poll_interval_s=0.05, files=files), "127.0.0.1:0",
+                            max_message_bytes=4 * 1024 * 1024, files=files)
+    launcher.start()
+    running.set_serving(True)
+    yield store, launcher, running.port
+    running.server.stop(None)
+    launcher.stop()
+    files.close()
+
+
+def test_create_follows_the_job_then_get_list_checkpoints_and_errors(service, tiny_model_dir, small_dataset_dir,
+                                                                     capsys, tmp_path) -> None:
     _, _, port = service
     address = f"--server=127.0.0.1:{port}"
     code = cli.main([address, "create", str(tiny_model_dir), str(small_dataset_dir / "train.jsonl"),
                      "--max-steps", "2", "--batch-size", "2", "--suffix", "cli"])
     output = capsys.readouterr().out
     assert code == 0, output
+    assert "uploaded" not in output  # the trainer is on this machine: it reads the path itself
     job_id = output.split("created ")[1].split()[0]
     assert "SUCCEEDED: tiny-qwen2-vl-ft-cli-" in output
     merged_line = next(line for line in output.splitlines() if line.strip().startswith("merged"))
@@ -36,3 +61,45 @@ def test_create_follows_the_job_then_get_list_checkpoints_and_errors(service, ti
     assert cli.main([address, "get", "ftjob-missing"]) == 1
     assert "NOT_FOUND" in capsys.readouterr().out
 
+    assert cli.main([address, "download", job_id, str(tmp_path / "mine")]) == 0
+    output = capsys.readouterr().out
+    assert "(verified)" in output
+    assert (tmp_path / "mine" / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_create_uploads_a_local_directory_and_files_commands(service, tiny_model_dir, small_dataset_dir, capsys,
+                                                             tmp_path) -> None:
+    _, _, port = service
+    address = f"--server=127.0.0.1:{port}"
+    dataset = tmp_path / "my_dataset_dir"
+    dataset.mkdir()
+    shutil.copy(small_dataset_dir / "train.jsonl", dataset)
+    shutil.copytree(small_dataset_dir / "images" / "train", dataset / "images" / "train")
+    code = cli.main([address, "create", str(tiny_model_dir), str(dataset), "--upload", "--no-wait"])
+    output = capsys.readouterr().out
+    assert code == 0, output
+    file_id = output.split(" as ")[1].split()[0]
+    assert file_id.startswith("file-") and f"uploaded {dataset} as {file_id}" in output
+    job_id = output.split("created ")[1].split()[0]
+    assert cli.main([address, "get", job_id]) == 0
+    assert json.loads(capsys.readouterr().out)["training_file"] == file_id
+
+    assert cli.main([address, "files", "list"]) == 0 and file_id in capsys.readouterr().out
+    assert cli.main([address, "files", "get", file_id]) == 0
+    assert json.loads(capsys.readouterr().out)["filename"] == "my_dataset_dir.tar"
+    assert cli.main([address, "files", "delete", file_id]) == 1  # the queued job uses it
+    assert "FAILED_PRECONDITION" in capsys.readouterr().out
+    assert cli.main([address, "cancel", job_id]) == 0
+    capsys.readouterr()
+    assert cli.main([address, "files", "delete", file_id]) == 0 and f"deleted {file_id}" in capsys.readouterr().out
+    assert cli.main([address, "files", "upload", str(tmp_path / "absent")]) == 2
+    assert "no such file or directory" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("address", "loopback"), [
+    ("127.0.0.1:50051", True), ("localhost:50051", True), ("[::1]:50051", True), ("127.8.0.3:1", True),
+    ("unix:/run/trainer.sock", True), ("dns:///localhost:50051", True),
+    ("10.0.0.5:50051", False), ("trainer.example.com:443", False), ("[2001:db8::1]:50051", False),
+])
+def test_whether_the_trainer_can_see_local_paths_is_judged_from_its_address(address, loopback) -> None:
+    assert cli.server_is_loopback(address) is loopback
