@@ -9,8 +9,12 @@ in the store, so those left VALIDATING_FILES by a restart are picked up the same
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +28,6 @@ if TYPE_CHECKING:
     from .files import FileService
 
 logger = logging.getLogger(__name__)
-_SPAWN = multiprocessing.get_context("spawn")  # never fork a process that holds gRPC and SQLite threads
 
 
 def error_code(field: str) -> str:
@@ -145,29 +148,32 @@ class DatasetValidator:
                 self._active.pop(job.id, None)
 
     def _load_in_child(self, job_id: str, spec: dict[str, Any], to_load: dict[str, DatasetSource]) -> dict | None:
+        """None when it stopped early: the trainer is stopping, or the job left VALIDATING_FILES."""
         if not to_load:
             return {"ok": True, "counts": {}}
-        receiver, sender = _SPAWN.Pipe(duplex=False)
-        child = _SPAWN.Process(target=_load_files, args=(spec, to_load, sender), name=f"validate-{job_id}",
-                               daemon=True)
-        child.start()
-        sender.close()
+        # A plain child process (python -m this module), not multiprocessing: nothing of ours is re-imported
+        # or pickled, and the child starts without the server's threads.
+        child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+        request = json.dumps({"spec": spec, "to_load": {f: dataclasses.asdict(s) for f, s in to_load.items()}})
         try:
-            while not receiver.poll(self.poll_interval_s):
-                if not child.is_alive() or self._stopping.is_set() or not self._still_validating(job_id):
+            while True:
+                try:
+                    out, err = child.communicate(request, timeout=self.poll_interval_s)
                     break
-            else:
-                return receiver.recv()
-            if receiver.poll(0):  # finished just as we looked away
-                return receiver.recv()
-            if child.is_alive():
-                return None
-            raise RuntimeError(f"the validating process ended with exit code {child.exitcode}")
+                except subprocess.TimeoutExpired:
+                    request = None  # sent already; communicate() keeps what was read so far
+                    if self._stopping.is_set() or not self._still_validating(job_id):
+                        return None
         finally:
-            receiver.close()
-            if child.is_alive():
-                child.terminate()
-            child.join()
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
+        if child.returncode != 0 or not out.strip():
+            raise RuntimeError(f"the validating process ended with exit code {child.returncode}: "
+                               f"{err.strip().splitlines()[-1] if err.strip() else 'no output'}")
+        return json.loads(out)
 
     def _still_validating(self, job_id: str) -> bool:
         try:
@@ -182,15 +188,18 @@ class DatasetValidator:
             logger.info("job %s left validation before it ended; not moved to %s", job_id, status.value)
 
 
-def _load_files(spec: dict[str, Any], to_load: dict[str, DatasetSource], sender) -> None:
-    """In the child: loads each file fully, sends the record counts or the first error."""
+def _load_files(spec: dict[str, Any], to_load: dict[str, dict]) -> dict:
+    """In the child: loads each file fully; the record counts, or the first error."""
     job_spec = JobSpec.from_json(spec)
     counts = {}
     try:
         for field, source in to_load.items():
-            counts[field] = len(load_job_dataset(job_spec, field, source))
+            counts[field] = len(load_job_dataset(job_spec, field, DatasetSource(**source)))
     except InvalidArgumentError as err:
-        sender.send({"ok": False, "field": err.field, "message": str(err)})
-    else:
-        sender.send({"ok": True, "counts": counts})
-    sender.close()
+        return {"ok": False, "field": err.field, "message": str(err)}
+    return {"ok": True, "counts": counts}
+
+
+if __name__ == "__main__":
+    request = json.load(sys.stdin)
+    print(json.dumps(_load_files(request["spec"], request["to_load"])))

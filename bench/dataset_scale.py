@@ -1,0 +1,259 @@
+"""Dataset scale: the same job on 1k / 100k / 1M rows of a generated dataset of image paths (the rows share a
+few hundred images). A real trainer gRPC server on port 0 in this process, with its background validator:
+
+- Create latency p50 (and max) over a few creates of each size (each cancelled at once but the last);
+- background validation rows/s: from Create to QUEUED (files up to 1 MiB are validated inside Create);
+- samples/s of the same short job (tiny model, CPU, the real worker process) relative to 1k rows, and the
+  worker's peak RSS (it holds every row, never a decoded image);
+- peak RSS of this process (the trainer) and of the validator's child processes;
+- upload MB/s of the 1M-row file over loopback through the Files API, where the trainer has it.
+
+    python bench/dataset_scale.py [--sizes 1000,100000,1000000] [--creates 5] [--steps 8] [--work-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+IMAGES = 300  # distinct image files the rows cycle over
+TARGETS = "Create p50 < 200 ms at 1M rows; validation >= 50,000 rows/s; samples/s at 1M >= 0.9x of 1k; upload " \
+          ">= 200 MB/s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,100000,1000000")
+    parser.add_argument("--creates", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--work-dir", type=Path, default=None, help="keeps the images and tiny model between runs")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the measuring child's inputs (JSON)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(**json.loads(args.measure))))
+        return
+    sizes = [int(size) for size in args.sizes.split(",")]
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="dataset-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data_dir, model_dir = _images_and_model(work)
+    files = [str(write_dataset(data_dir, rows)) for rows in sizes]
+    # Measured in a fresh process, so its peak RSS (and its children's) is the trainer's, not the model build's.
+    inputs = {"model_dir": str(model_dir), "files": files, "state_dir": str(work / f"state-{time.time_ns()}"),
+              "creates": args.creates, "steps": args.steps, "batch_size": args.batch_size}
+    child = subprocess.run([sys.executable, __file__, "--measure", json.dumps(inputs)], check=True,
+                           stdout=subprocess.PIPE, text=True)
+    _report(json.loads(child.stdout.splitlines()[-1]))
+
+
+def measure(model_dir: str, files: list[str], state_dir: str, creates: int, steps: int, batch_size: int) -> dict:
+    state = Path(state_dir)
+    rows_out = []
+    with _Trainer(state) as trainer:
+        for path in map(Path, files):
+            rows_out.append({"rows": _rows(path), "mb": path.stat().st_size / 1e6,
+                             **trainer.create_and_validate(Path(model_dir), path, creates, steps, batch_size)})
+        validator_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # before any worker
+        for row in rows_out:
+            row.update(trainer.train(row.pop("job_id"), state))
+        trainer_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the upload's client
+        upload = trainer.upload_mb_per_s(Path(files[-1]))
+    return {"rows": rows_out, "validator_rss_mib": validator_rss_mib, "trainer_rss_mib": trainer_rss_mib,
+            "upload": upload}
+
+
+def _report(result: dict) -> None:
+    rows = result["rows"]
+    base = rows[0]["samples_per_s"]
+    print(f"\n{TARGETS}\n")
+    print("| rows | file MB | Create p50 ms | Create max ms | validated | validation rows/s | samples/s | vs first "
+          "| worker peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        rate = f"{r['validation_rows_per_s']:,.0f}" if r["validation_rows_per_s"] else "–"
+        print(f"| {r['rows']:,} | {r['mb']:.0f} | {r['create_p50_ms']:.0f} | {r['create_max_ms']:.0f} | "
+              f"{r['validation']} | {rate} | {r['samples_per_s']:.2f} | {r['samples_per_s'] / base:.2f} | "
+              f"{r['worker_rss_mib']:.0f} |")
+    print(f"\ntrainer (the serving process) peak RSS {result['trainer_rss_mib']:.0f} MiB; its validation child "
+          f"processes peak RSS {result['validator_rss_mib']:.0f} MiB")
+    print(result["upload"])
+    print(json.dumps(result))
+
+
+def _rows(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def _images_and_model(work: Path) -> tuple[Path, Path]:
+    """A few hundred generated images and the tiny model the tests build (both cached in `work`)."""
+    import dataclasses
+
+    from vlmforge.datagen import DatasetSpec, build_dataset
+    from vlmforge.tiny_model.build import build_tiny_model
+    from vlmforge.tiny_model.spec import TinyModelSpec
+
+    spec = DatasetSpec(train_images=IMAGES, validation_images=8, test_images=8, pretrain_images=48)
+    data_dir = build_dataset(work / "data", spec, workers=2)
+    quick = dataclasses.replace(TinyModelSpec(), pretrain_steps=4, pretrain_warmup_steps=2, dataset=spec)
+    return data_dir, build_tiny_model(work / "tiny-qwen2-vl", data_dir, quick)
+
+
+def write_dataset(data_dir: Path, rows: int) -> Path:
+    """`rows` lines of conversation JSONL, cycling over the dataset's own training records (and images)."""
+    path = data_dir / f"scale-{rows}.jsonl"
+    if path.exists() and sum(1 for _ in path.open("rb")) == rows:
+        return path
+    lines = (data_dir / "train.jsonl").read_text().splitlines(keepends=True)
+    whole, rest = divmod(rows, len(lines))
+    with path.open("w") as handle:
+        block = "".join(lines)
+        for _ in range(whole):
+            handle.write(block)
+        handle.write("".join(lines[:rest]))
+    return path
+
+
+class _Trainer:
+    """The service's parts as `python -m trainer_service` wires them, on loopback."""
+
+    def __init__(self, state_dir: Path):
+        import grpc
+
+        from trainer_service.grpc_api.server import create_server
+        from trainer_service.jobs import JobService
+        from trainer_service.store import JobStore
+        from trainer_service.validation import DatasetValidator
+        from vlmforge.trainer.v1 import trainer_pb2_grpc
+
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(state_dir / "jobs.sqlite3")
+        self.files = _file_service(state_dir, self.store)
+        self.validator = DatasetValidator(self.store, files=self.files, poll_interval_s=0.02)
+        self.validator.start()
+        kwargs = {"files": self.files} if self.files is not None else {}
+        self.jobs = JobService(self.store, **kwargs)
+        self.running = create_server(self.jobs, "127.0.0.1:0", max_message_bytes=8 * 1024 * 1024, **kwargs)
+        self.running.set_serving(True)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.running.port}")
+        self.client = trainer_pb2_grpc.FineTuningServiceStub(self.channel)
+
+    def __enter__(self) -> _Trainer:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.channel.close()
+        self.running.server.stop(None)
+        self.validator.stop()
+        if self.files is not None:
+            self.files.close()
+        self.store.close()
+
+    def create_and_validate(self, model_dir: Path, dataset: Path, creates: int, steps: int,
+                            batch_size: int) -> dict:
+        from trainer_service.domain import JobStatus
+        from vlmforge.trainer.v1 import trainer_pb2 as pb
+
+        hyper = pb.Hyperparameters(max_steps=steps, batch_size=batch_size, checkpoint_every_steps=10_000,
+                                   learning_rate=1e-4)
+        latencies_ms, job = [], None
+        for index in range(creates + 1):  # the first one warms the channel and is not counted
+            started = time.perf_counter()
+            job = self.client.CreateFineTuningJob(pb.CreateFineTuningJobRequest(
+                model=str(model_dir), training_file=str(dataset), hyperparameters=hyper))
+            created = time.perf_counter()
+            if index:
+                latencies_ms.append((created - started) * 1000)
+            if index < creates and job.status == pb.JOB_STATUS_VALIDATING_FILES:
+                self.client.CancelFineTuningJob(pb.CancelFineTuningJobRequest(id=job.id))
+        rows = _rows(dataset)
+        inline = job.status == pb.JOB_STATUS_QUEUED
+        while (status := self.store.get_job(job.id).status) is JobStatus.VALIDATING_FILES:
+            time.sleep(0.01)
+        validated_s = time.perf_counter() - created
+        if status is not JobStatus.QUEUED:
+            raise RuntimeError(f"validation ended {status.value}: {self.store.get_job(job.id).error}")
+        return {"job_id": job.id, "create_p50_ms": statistics.median(latencies_ms),
+                "create_max_ms": max(latencies_ms), "validation": "in Create" if inline else "background",
+                "validation_rows_per_s": None if inline else rows / validated_s}
+
+    def train(self, job_id: str, state_dir: Path) -> dict:
+        """Runs the job in the worker process the local launcher would start; its peak RSS from wait4."""
+        from trainer_service.domain import JobStatus
+        from trainer_service.launcher import worker_command
+
+        self.store.transition(job_id, JobStatus.RUNNING, "bench")
+        command = worker_command(job_id, state_dir, state_dir / "artifacts", 1, database=self.store.path)
+        with (state_dir / f"worker-{job_id}.log").open("wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+        job = self.store.get_job(job_id)
+        if job.status is not JobStatus.SUCCEEDED:
+            raise RuntimeError(f"job {job_id} ended {job.status.value}: {job.error} (see {log.name})")
+        progress = [e.payload for e in self.store.events_after(job_id, 0, limit=100_000) if e.kind == "progress"]
+        # The median step after the first two (warm-up), as samples/s: a short job's average is mostly its start.
+        step_s = statistics.median(p["step_seconds"] for p in progress[2:])
+        hyper = job.spec["hyperparameters"]
+        samples_per_step = hyper["batch_size"] * hyper["gradient_accumulation_steps"]
+        return {"samples_per_s": samples_per_step / step_s, "worker_rss_mib": usage.ru_maxrss / 1024}
+
+    def upload_mb_per_s(self, path: Path) -> str:
+        """The Files API's UploadFile over loopback, where this trainer serves it."""
+        try:
+            from vlmforge.trainer.v1 import files_pb2, files_pb2_grpc
+        except ImportError:
+            return "upload: skipped, no Files API stubs (make protos)"
+        if self.files is None or not _serves(self.channel, "vlmforge.trainer.v1.FilesService"):
+            return "upload: skipped, this trainer's server does not serve FilesService"
+        import hashlib
+
+        chunk_bytes = 4 * 1024 * 1024
+        digest, size = hashlib.sha256(), path.stat().st_size
+        with path.open("rb") as handle:
+            while piece := handle.read(chunk_bytes):
+                digest.update(piece)
+
+        def requests():
+            yield files_pb2.UploadFileRequest(metadata=files_pb2.UploadFileMetadata(
+                filename=path.name, purpose=files_pb2.FILE_PURPOSE_FINE_TUNE, sha256=digest.hexdigest(), bytes=size))
+            with path.open("rb") as handle:
+                while piece := handle.read(chunk_bytes):
+                    yield files_pb2.UploadFileRequest(chunk=piece)
+
+        started = time.perf_counter()
+        uploaded = files_pb2_grpc.FilesServiceStub(self.channel).UploadFile(requests())
+        seconds = time.perf_counter() - started
+        return (f"upload: {size / 1e6:.0f} MB in {seconds:.2f} s = {size / 1e6 / seconds:.0f} MB/s "
+                f"over loopback (sha256 checked, {uploaded.id})")
+
+
+def _file_service(state_dir: Path, store):
+    """The Files API as __main__ builds it (FileService.from_settings), with its default limits."""
+    try:
+        from trainer_service.files import ArchiveLimits, FileLimits, FileService
+    except ImportError:
+        return None
+    return FileService(state_dir / "files", store, FileLimits(20 * 1024**3, ArchiveLimits(50 * 1024**3, 1_000_000,
+                                                                                           100.0)))
+
+
+def _serves(channel, service: str) -> bool:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answer = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    return service in {s.name for s in answer.list_services_response.service}
+
+
+if __name__ == "__main__":
+    main()
