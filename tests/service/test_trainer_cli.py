@@ -16,6 +16,7 @@ from trainer_service.grpc_api.server import create_server
 from trainer_service.jobs import JobService
 from trainer_service.launcher import LocalLauncher
 from trainer_service.store import JobStore
+from vlmforge.client import Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +95,49 @@ def test_create_uploads_a_local_directory_and_files_commands(service, tiny_model
     assert cli.main([address, "files", "delete", file_id]) == 0 and f"deleted {file_id}" in capsys.readouterr().out
     assert cli.main([address, "files", "upload", str(tmp_path / "absent")]) == 2
     assert "no such file or directory" in capsys.readouterr().out
+
+
+def test_create_from_a_llamafactory_config_uploads_its_dataset_dir(service, tiny_model_dir, small_dataset_dir,
+                                                                  capsys, tmp_path) -> None:
+    """LLaMA-Factory's layout: dataset_info.json (its own mllm_demo entry), mllm_demo.json with `<image>` marks and
+    images under mllm_demo_data/, beside another dataset's file that the upload leaves out."""
+    _, _, port = service
+    data = tmp_path / "data"
+    (data / "mllm_demo_data").mkdir(parents=True)
+    records = []
+    for index, image in enumerate(sorted((small_dataset_dir / "images" / "train").iterdir())[:6]):
+        shutil.copy(image, data / "mllm_demo_data" / f"{index}.png")
+        records.append({"messages": [{"content": "<image>How many bars are in the chart?", "role": "user"},
+                                     {"content": str(index), "role": "assistant"}],
+                        "images": [f"mllm_demo_data/{index}.png"]})
+    (data / "mllm_demo.json").write_text(json.dumps(records))
+    (data / "identity.json").write_text(json.dumps([{"instruction": "hi", "input": "", "output": "hello"}]))
+    (data / "dataset_info.json").write_text(json.dumps({
+        "identity": {"file_name": "identity.json"},
+        "mllm_demo": {"file_name": "mllm_demo.json", "formatting": "sharegpt",
+                      "columns": {"messages": "messages", "images": "images"},
+                      "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                               "assistant_tag": "assistant"}}}))
+    config = tmp_path / "qwen2vl_lora_sft.yaml"
+    config.write_text(f"model_name_or_path: Qwen/Qwen2-VL-7B-Instruct\nimage_max_pixels: 262144\nstage: sft\n"
+                      f"finetuning_type: lora\nlora_rank: 8\nlora_target: all\ndataset: mllm_demo\n"
+                      f"dataset_dir: {data}\ncutoff_len: 2048\nlearning_rate: 1.0e-4\nnum_train_epochs: 3.0\n"
+                      "warmup_ratio: 0.1\nval_size: 0.2\n")
+    code = cli.main([f"--server=127.0.0.1:{port}", "create", str(tiny_model_dir), "--llamafactory-config",
+                     str(config), "--ignore-unsupported", "--upload", "--no-wait"])
+    output = capsys.readouterr().out
+    assert code == 0, output
+    assert "unsupported: image_max_pixels" in output and f"uploaded {data} as file-" in output
+    job_id = output.split("created ")[1].split()[0]
+    with Trainer(f"127.0.0.1:{port}") as client:
+        job = client.jobs.retrieve(job_id)
+        assert job.dataset_name == "mllm_demo" and job.training_file.startswith("file-")
+        assert (job.hyperparameters.warmup_ratio, job.hyperparameters.validation_split) == (0.1, 0.2)
+        assert (job.hyperparameters.lora_rank, job.hyperparameters.lora_alpha) == (8, 16.0)
+        assert job.hyperparameters.finetune_vision_layers is False
+        file = client.files.wait_for_processing(job.training_file, poll_interval_s=0.1, timeout_s=60)
+        assert (file.status, file.record_count) == ("processed", 6), file.status_details
+        client.jobs.cancel(job_id)
 
 
 @pytest.mark.parametrize(("address", "loopback"), [
