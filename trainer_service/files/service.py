@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,9 @@ class FileService:
         self._commit_lock = threading.Lock()
         self._sweep()
         self._validator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-validation")
+        # Finishing an upload hashes nothing more but may extract gigabytes: threads of its own, so the gRPC
+        # pool that serves Get / List / Watch never waits behind an archive.
+        self._finisher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="file-finish")
         for stored in self._records.with_status("uploaded"):  # the trainer stopped before validating them
             self._schedule_validation(stored)
 
@@ -79,6 +82,7 @@ class FileService:
         return cls(settings.files_root, jobs, limits)
 
     def close(self) -> None:
+        self._finisher.shutdown(wait=True, cancel_futures=True)
         self._validator.shutdown(wait=True, cancel_futures=True)
         self._records.close()
 
@@ -112,6 +116,10 @@ class FileService:
         if existing is not None and existing.bytes == meta.bytes:
             return existing
         return self._partials.open(meta)
+
+    def finish_upload_soon(self, upload: Upload) -> Future[StoredFile]:
+        """`finish_upload` on this service's own threads."""
+        return self._finisher.submit(self.finish_upload, upload)
 
     def finish_upload(self, upload: Upload) -> StoredFile:
         """Verifies the digest, extracts an archive safely, commits; validation then starts in the background."""

@@ -50,7 +50,7 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
                     writing.add_done_callback(_retrieved)  # a broken stream never awaits its last write
                 if writing is not None:
                     await writing
-                stored = await self.blocking(self.files.finish_upload, started)
+                stored = await asyncio.wrap_future(self.files.finish_upload_soon(started))
             finally:
                 # Also after a broken stream: waits for a write still on the pool, keeps the partial for a resume.
                 await asyncio.shield(self.blocking(started.close))
