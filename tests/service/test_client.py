@@ -104,6 +104,8 @@ def test_errors_are_typed_with_the_grpc_code_and_the_trainers_details(client, jo
         list(client.jobs.events("ftjob-missing"))
     with pytest.raises(ValueError, match="n_epochs"):  # caught here, before any call
         client.jobs.create(**job_fields, hyperparameters={"n_epochs": 3})
+    with pytest.raises(ValueError, match="hyperparameters.epochs: 'three' must be a whole number"):
+        client.jobs.create(**job_fields, hyperparameters={"epochs": "three"})
 
 
 def test_events_resume_after_a_drain_and_a_restart_without_gaps_or_repeats(store, job_fields) -> None:

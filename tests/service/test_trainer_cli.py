@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import grpc
 import pytest
 
 from trainer_service import cli

@@ -48,7 +48,11 @@ def hyperparameters_to_pb(value: types.Hyperparameters | Mapping[str, Any] | Non
     message = pb.Hyperparameters()
     for name in _SCALARS:
         if given.get(name) is not None:
-            setattr(message, name, given[name])
+            try:
+                setattr(message, name, given[name])
+            except (TypeError, ValueError):
+                kind = {bool: "true or false", int: "a whole number"}.get(type(getattr(message, name)), "a number")
+                raise ValueError(f"hyperparameters.{name}: {given[name]!r} must be {kind}") from None
     if given.get("scheduler") is not None:
         message.scheduler = _choice(_SCHEDULER_TO_PB, given["scheduler"], "hyperparameters.scheduler")
     message.lora_target_modules.extend(given.get("lora_target_modules") or ())
