@@ -125,7 +125,9 @@ def place_images(messages: list[Message], images: list[ImageRef], placeholders: 
     placed = []
     for message in messages:
         if placeholders:
-            message = Message(message.role, split_placeholders(message.text, pending))
+            text = message.text
+            if IMAGE_PLACEHOLDER in text:
+                message = Message(message.role, split_placeholders(text, pending))
         elif pending and message.role == "user":
             message = Message(message.role, tuple(ImagePart(image) for image in pending) + message.parts)
             pending = []

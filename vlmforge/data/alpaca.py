@@ -88,7 +88,7 @@ def parser(layout: AlpacaLayout, images: ImageResolver) -> Parser:
         raw = [raw] if isinstance(raw, (str, dict)) else raw
         if not isinstance(raw, list):
             raise DatasetFormatError(path, "expected a list of images", line=line, field=layout.images)
-        return [image_from_value(value, images, file=path, line=line, field=f"{layout.images}[{i}]")
+        return [image_from_value(value, images, file=path, line=line, field=layout.images, index=i)
                 for i, value in enumerate(raw)]
 
     return parse

@@ -100,9 +100,17 @@ def image_from_path(raw: object, dataset_dir: Path, *, file: Path, line: int, fi
     return ImageResolver(dataset_dir).from_path(raw, file=file, line=line, field=field)
 
 
-def image_from_value(value: object, images: ImageResolver, *, file: Path, line: int, field: str) -> ImageRef:
+def image_from_value(value: object, images: ImageResolver, *, file: Path, line: int, field: str,
+                     index: int | None = None) -> ImageRef:
     """Any cell a dataset may hold for an image: a path or `data:` URL, encoded bytes, a `datasets` Image value
-    (`{"bytes", "path"}`), or an already decoded PIL image (re-encoded once as PNG)."""
+    (`{"bytes", "path"}`), or an already decoded PIL image (re-encoded once as PNG). The error's field is
+    `field[index]` when an index is given (built only on error)."""
+    if type(value) is str:
+        outcome = images.resolve(value)
+        if type(outcome) is not str:
+            return outcome  # type: ignore[return-value]
+    if index is not None:
+        field = f"{field}[{index}]"
     if isinstance(value, dict):
         if value.get("bytes"):
             return image_from_bytes(value["bytes"], file=file, line=line, field=field)

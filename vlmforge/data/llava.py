@@ -30,10 +30,11 @@ def parser(images: ImageResolver) -> Parser:
         messages: list[Message] = []
         placeholders = 0
         for index, turn in enumerate(turns):
-            field = f"conversations[{index}]"
-            if not isinstance(turn, dict):
-                raise DatasetFormatError(path, "expected an object", line=line, field=field)
-            value = require(turn, "value", str, path=path, line=line, field=f"{field}.value")
+            if type(turn) is not dict:
+                raise DatasetFormatError(path, "expected an object", line=line, field=f"conversations[{index}]")
+            value = turn.get("value")
+            if type(value) is not str:  # field names are built on errors only: this loop runs millions of times
+                require(turn, "value", str, path=path, line=line, field=f"conversations[{index}].value")
             tag = turn.get("from")
             if index == 0 and tag == "system":
                 messages.append(Message("system", (TextPart(value),)))
@@ -42,7 +43,7 @@ def parser(images: ImageResolver) -> Parser:
             want = "human" if turns_so_far % 2 == 0 else "gpt"
             if tag != want:
                 raise DatasetFormatError(path, f"'from' must be {want!r} here (turns alternate human, gpt), "
-                                               f"got {tag!r}", line=line, field=f"{field}.from")
+                                               f"got {tag!r}", line=line, field=f"conversations[{index}].from")
             placeholders += value.count(IMAGE_PLACEHOLDER)
             messages.append(Message(_ROLES[tag], (TextPart(value),)))
         if placeholders and placeholders != len(record_images):
@@ -57,7 +58,10 @@ def parser(images: ImageResolver) -> Parser:
             return []
         if isinstance(raw, list):  # LLaVA-NeXT / OneVision multi-image records
             return [images.from_path(value, file=path, line=line, field=f"image[{i}]") for i, value in enumerate(raw)]
-        return [images.from_path(raw, file=path, line=line, field="image")]
+        image = images.resolve(raw)
+        if type(image) is str:
+            raise DatasetFormatError(path, image, line=line, field="image")
+        return [image]  # type: ignore[list-item]
 
     return parse
 

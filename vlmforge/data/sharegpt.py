@@ -62,20 +62,23 @@ def parser(layout: ShareGptLayout, images: ImageResolver) -> Parser:
         system = _system(record, path, line)
         texts = []
         for index, turn in enumerate(turns):
-            field = f"{layout.messages}[{index}]"
-            if not isinstance(turn, dict):
-                raise DatasetFormatError(path, "expected an object", line=line, field=field)
+            if type(turn) is not dict:
+                raise DatasetFormatError(path, "expected an object", line=line, field=f"{layout.messages}[{index}]")
             tag = turn.get(layout.role_tag)
-            value = require(turn, layout.content_tag, str, path=path, line=line, field=f"{field}.{layout.content_tag}")
+            value = turn.get(layout.content_tag)
+            if type(value) is not str:  # field names are built on errors only: this loop runs millions of times
+                require(turn, layout.content_tag, str, path=path, line=line,
+                        field=f"{layout.messages}[{index}].{layout.content_tag}")
             if index == 0 and layout.system_tag is not None and tag == layout.system_tag:
                 system = value  # a leading system turn overrides the system column, as in LLaMA-Factory
                 continue
-            if tag in layout.unsupported_tags:
-                raise DatasetFormatError(path, f"tool turns ({tag!r}) are not supported", line=line,
-                                         field=f"{field}.{layout.role_tag}")
-            role = roles.get(tag)  # type: ignore[arg-type]
+            role = roles.get(tag) if type(tag) is str else None
             want = expected[len(messages) % 2]
             if role != want:
+                field = f"{layout.messages}[{index}]"
+                if tag in layout.unsupported_tags:
+                    raise DatasetFormatError(path, f"tool turns ({tag!r}) are not supported", line=line,
+                                             field=f"{field}.{layout.role_tag}")
                 known = ", ".join(repr(t) for t in (*roles, layout.system_tag) if t is not None)
                 message = (f"{layout.role_tag} must be {tags_by_role[want]} here (turns alternate user, assistant)"
                            if role else f"{layout.role_tag} must be one of {known}, got {tag!r}")
@@ -96,7 +99,7 @@ def parser(layout: ShareGptLayout, images: ImageResolver) -> Parser:
         raw = [raw] if isinstance(raw, (str, dict)) else raw  # LLaMA-Factory also takes a single image
         if not isinstance(raw, list):
             raise DatasetFormatError(path, "expected a list of images", line=line, field=layout.images)
-        return [image_from_value(value, images, file=path, line=line, field=f"{layout.images}[{i}]")
+        return [image_from_value(value, images, file=path, line=line, field=layout.images, index=i)
                 for i, value in enumerate(raw)]
 
     def _system(record: dict, path: Path, line: int) -> str | None:

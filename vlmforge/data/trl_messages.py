@@ -24,7 +24,7 @@ def parser(images: ImageResolver) -> Parser:
         raw_images = [] if raw_images is None else raw_images
         if not isinstance(raw_images, (list, tuple)):
             raise DatasetFormatError(path, "expected a list of images", line=line, field="images")
-        pending: list[ImageRef] = [image_from_value(value, images, file=path, line=line, field=f"images[{i}]")
+        pending: list[ImageRef] = [image_from_value(value, images, file=path, line=line, field="images", index=i)
                                    for i, value in enumerate(raw_images)]
         used = 0
 
