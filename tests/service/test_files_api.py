@@ -273,3 +273,11 @@ def test_files_list_newest_first_in_stable_pages(tmp_path: Path) -> None:
     second, last = files.list(page_size=2, page_token=token)
     assert [f.id for f in first + second] == ids[::-1] and token and not last
     files.close()
+
+
+def test_get_upload_offset_refuses_a_key_that_is_not_a_digest(service) -> None:
+    files_client = service[0]
+    with pytest.raises(grpc.RpcError) as refused:
+        files_client.GetUploadOffset(fpb.GetUploadOffsetRequest(sha256="../../jobs.sqlite3", bytes=10))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "sha256: must be the content's sha256 as 64 lowercase hex digits"

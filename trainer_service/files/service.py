@@ -24,7 +24,7 @@ from .artifacts import TarStream, artifact_dirs
 from .datasets import DatasetLocation, locate_dataset, validate_dataset
 from .models import FilePurpose, StoredFile, UploadMetadata
 from .store import FileRecords
-from .uploads import PartialUploads, Upload, check_metadata
+from .uploads import PartialUploads, Upload, check_content_key, check_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +102,12 @@ class FileService:
 
     def committed_bytes(self, sha256: str, size_bytes: int) -> tuple[int, StoredFile | None]:
         """Where an upload of this content resumes, and the File when the content is already stored."""
-        existing = self._records.find_by_sha256(sha256.lower())
+        sha256 = sha256.lower()
+        check_content_key(sha256, size_bytes)
+        existing = self._records.find_by_sha256(sha256)
         if existing is not None and existing.bytes == size_bytes:
             return size_bytes, existing
-        return self._partials.committed_bytes(sha256.lower(), size_bytes), None
+        return self._partials.committed_bytes(sha256, size_bytes), None
 
     # uploading
 

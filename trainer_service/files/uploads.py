@@ -29,15 +29,20 @@ def check_metadata(meta: UploadMetadata, *, max_upload_bytes: int) -> None:
     if not name.lower().endswith(DATASET_SUFFIXES + ARCHIVE_SUFFIXES):
         raise InvalidArgumentError("metadata.filename", f"{name!r}: the extension must be one of "
                                    f"{', '.join(DATASET_SUFFIXES + ARCHIVE_SUFFIXES)}")
-    if not _SHA256.match(meta.sha256):
-        raise InvalidArgumentError("metadata.sha256", "must be the content's sha256 as 64 lowercase hex digits")
-    if meta.bytes <= 0:
-        raise InvalidArgumentError("metadata.bytes", "must be the content's size, above 0")
+    check_content_key(meta.sha256, meta.bytes, prefix="metadata.")
     if meta.bytes > max_upload_bytes:
         raise LimitExceededError("max_upload_bytes", f"{name} is {meta.bytes} bytes; this trainer takes uploads "
                                  f"of at most {max_upload_bytes} bytes")
     if not 0 <= meta.resume_offset <= meta.bytes:
         raise InvalidArgumentError("metadata.resume_offset", f"must be between 0 and bytes ({meta.bytes})")
+
+
+def check_content_key(sha256: str, size_bytes: int, *, prefix: str = "") -> None:
+    """The (sha256, bytes) that names a partial upload on disk: checked before it becomes part of a path."""
+    if not _SHA256.match(sha256):
+        raise InvalidArgumentError(f"{prefix}sha256", "must be the content's sha256 as 64 lowercase hex digits")
+    if size_bytes <= 0:
+        raise InvalidArgumentError(f"{prefix}bytes", "must be the content's size, above 0")
 
 
 class PartialUploads:
