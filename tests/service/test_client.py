@@ -86,6 +86,9 @@ def test_jobs_come_back_as_dataclasses_and_list_walks_every_page(client, job_fie
     cancelled = client.jobs.cancel(job.id)
     assert cancelled.status == "cancelled" and cancelled.done and cancelled.finished_at is not None
     assert client.jobs.checkpoints(job.id) == []
+    seen: list[types.JobEvent] = []
+    assert client.jobs.wait(job.id, on_event=seen.append) == cancelled
+    assert [e.type for e in seen][-1] == "status_changed" and seen[-1].data == types.StatusChanged("cancelled", None)
 
 
 def test_errors_are_typed_with_the_grpc_code_and_the_trainers_details(client, job_fields) -> None:
