@@ -432,3 +432,10 @@ def test_repeated_image_paths_are_checked_once_and_share_one_reference(tmp_path:
     assert samples[2].images[0] == samples[0].images[0]  # the same file, spelled differently
     assert samples[0].images[0].path == (tmp_path / "imgs" / "a.png").resolve()
 
+
+
+def test_parquet_shards_without_split_names_are_one_dataset(tmp_path: Path) -> None:
+    for index, (color, query) in enumerate([("red", "First?"), ("blue", "Second?")]):
+        pq.write_table(_chartqa_table([(color, query, color)]), tmp_path / f"chunk_{index}.parquet")
+    assert [s.question for s in load_dataset(tmp_path, split="train")] == ["First?", "Second?"]
+    assert "2 Parquet shard(s) without split names" in inspect_dataset(tmp_path, split="validation").format_reason

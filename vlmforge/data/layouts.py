@@ -119,6 +119,9 @@ def _parquet_shards(path: Path, shards: list[Path], split: str | None) -> Source
     by_split: dict[str, list[Path]] = {}
     for shard in shards:
         by_split.setdefault(_shard_split(path, shard), []).append(shard)
+    if not any(canonical_split(name) in _SPLIT_KEYWORDS for name in by_split):  # chunk-1.parquet, ...: one dataset
+        return Source(tuple(record_file(shard) for shard in shards), path,
+                      f"{len(shards)} Parquet shard(s) without split names")
     chosen = _choose_split(path, list(by_split), split)
     chosen_shards = by_split[chosen]
     listing = f"splits: {', '.join(by_split)}" if len(by_split) > 1 else "the only split"
