@@ -13,6 +13,7 @@ import os
 import tarfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import pytest
@@ -32,6 +33,14 @@ pytestmark = pytest.mark.slow
 CHUNK_BYTES = 4 * 1024 * 1024
 PADDING_BYTES = 200 * 1024 * 1024
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024
+
+
+class _Service(NamedTuple):
+    files_client: files_pb2_grpc.FilesServiceStub
+    jobs_client: trainer_pb2_grpc.FineTuningServiceStub
+    files: FileService
+    root: Path
+    channel: grpc.Channel
 
 
 class _BrokenStream(Exception):
@@ -65,8 +74,8 @@ def service(tmp_path_factory):
     launcher.start()
     running.set_serving(True)
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        yield (files_pb2_grpc.FilesServiceStub(channel), trainer_pb2_grpc.FineTuningServiceStub(channel), files,
-               root)
+        yield _Service(files_pb2_grpc.FilesServiceStub(channel), trainer_pb2_grpc.FineTuningServiceStub(channel),
+                       files, root, channel)
     running.server.stop(None)
     launcher.stop()
     files.close()
@@ -105,7 +114,7 @@ def _processed(files_client, file_id: str, timeout_s: float = 120) -> fpb.File:
 @pytest.fixture(scope="module")
 def resumed_upload(service, archive: Path):
     """Uploads the archive over a stream that breaks after ~half, then resumes from GetUploadOffset."""
-    files_client = service[0]
+    files_client = service.files_client
     meta = _metadata(archive)
     with pytest.raises(grpc.RpcError) as broken:
         files_client.UploadFile(_requests(meta, archive, break_at=meta.bytes // 2), timeout=120)
@@ -118,7 +127,7 @@ def resumed_upload(service, archive: Path):
 
 def test_a_broken_upload_resumes_from_the_committed_offset_and_arrives_byte_for_byte(service, archive,
                                                                                     resumed_upload) -> None:
-    files_client, _, files, _ = service
+    files_client, files = service.files_client, service.files
     meta, committed, uploaded = resumed_upload
     assert 0 < committed.committed_bytes < meta.bytes and committed.file_id == ""
     assert uploaded.id.startswith("file-") and uploaded.bytes == meta.bytes and uploaded.sha256 == meta.sha256
@@ -132,7 +141,7 @@ def test_a_broken_upload_resumes_from_the_committed_offset_and_arrives_byte_for_
 
 
 def test_the_same_content_uploaded_twice_is_stored_once(service, archive, resumed_upload) -> None:
-    files_client, _, _, root = service
+    files_client, root = service.files_client, service.root
     meta, _, uploaded = resumed_upload
     offset = files_client.GetUploadOffset(fpb.GetUploadOffsetRequest(sha256=meta.sha256, bytes=meta.bytes))
     assert (offset.committed_bytes, offset.file_id) == (meta.bytes, uploaded.id)
@@ -144,7 +153,7 @@ def test_the_same_content_uploaded_twice_is_stored_once(service, archive, resume
 
 
 def test_an_upload_over_the_cap_is_resource_exhausted_naming_the_setting(service, tmp_path) -> None:
-    files_client = service[0]
+    files_client = service.files_client
     meta = fpb.UploadFileMetadata(filename="huge.jsonl", sha256="0" * 64, bytes=MAX_UPLOAD_BYTES + 1)
     with pytest.raises(grpc.RpcError) as refused:
         files_client.UploadFile(iter([fpb.UploadFileRequest(metadata=meta)]), timeout=30)
@@ -153,7 +162,7 @@ def test_an_upload_over_the_cap_is_resource_exhausted_naming_the_setting(service
 
 
 def test_an_unsafe_archive_is_invalid_argument_and_not_stored(service, tmp_path) -> None:
-    files_client = service[0]
+    files_client = service.files_client
     path = tmp_path / "evil.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
         link = tarfile.TarInfo("images")
@@ -169,7 +178,7 @@ def test_an_unsafe_archive_is_invalid_argument_and_not_stored(service, tmp_path)
 
 def test_a_job_on_a_file_id_trains_and_its_adapter_downloads_and_loads(service, resumed_upload, tiny_model_dir,
                                                                        tmp_path) -> None:
-    files_client, jobs_client, _, _ = service
+    files_client, jobs_client = service.files_client, service.jobs_client
     uploaded = _processed(files_client, resumed_upload[2].id)
     job = jobs_client.CreateFineTuningJob(pb.CreateFineTuningJobRequest(
         model=str(tiny_model_dir), training_file=uploaded.id, suffix="files",
@@ -276,8 +285,16 @@ def test_files_list_newest_first_in_stable_pages(tmp_path: Path) -> None:
 
 
 def test_get_upload_offset_refuses_a_key_that_is_not_a_digest(service) -> None:
-    files_client = service[0]
+    files_client = service.files_client
     with pytest.raises(grpc.RpcError) as refused:
         files_client.GetUploadOffset(fpb.GetUploadOffsetRequest(sha256="../../jobs.sqlite3", bytes=10))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == "sha256: must be the content's sha256 as 64 lowercase hex digits"
+
+
+def test_reflection_lists_the_files_service(service) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(service.channel)
+    (answer,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    assert "vlmforge.trainer.v1.FilesService" in {s.name for s in answer.list_services_response.service}
