@@ -298,3 +298,23 @@ def test_reflection_lists_the_files_service(service) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(service.channel)
     (answer,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     assert "vlmforge.trainer.v1.FilesService" in {s.name for s in answer.list_services_response.service}
+
+
+def test_a_bad_line_makes_the_file_an_error_naming_file_line_and_field(service, small_dataset_dir: Path) -> None:
+    """An OpenAI fine-tuning JSONL (vision) with data: URL images, as OpenAI documents it; its second line has no
+    assistant answer."""
+    import base64
+
+    image = (small_dataset_dir / "images" / "train" / "00000.png").read_bytes()
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    user = {"role": "user", "content": [{"type": "text", "text": "How many bars?"},
+                                        {"type": "image_url", "image_url": {"url": url}}]}
+    lines = [{"messages": [user, {"role": "assistant", "content": "5"}]}, {"messages": [user]}]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    meta = fpb.UploadFileMetadata(filename="vision.jsonl", sha256=hashlib.sha256(content).hexdigest(),
+                                  bytes=len(content))
+    uploaded = service.files_client.UploadFile(iter([fpb.UploadFileRequest(metadata=meta),
+                                                     fpb.UploadFileRequest(chunk=content)]), timeout=30)
+    failed = _processed(service.files_client, uploaded.id)
+    assert failed.status == fpb.FILE_STATUS_ERROR and not failed.HasField("record_count")
+    assert failed.status_details.startswith("vision.jsonl line 2, field messages"), failed.status_details
