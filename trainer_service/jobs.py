@@ -16,6 +16,7 @@ from .errors import InvalidArgumentError, InvalidTransitionError, ServiceDrainin
 from .job_spec import (NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_CUDA, DatasetSource, JobSpec, check_model,
                        dataset_sources, inspect_job_dataset, is_file_id, load_job_dataset)
 from .store import JobStore
+from .validated_files import RecentlyValidated
 
 if TYPE_CHECKING:
     from .files import FileService, StoredFile
@@ -70,6 +71,7 @@ class JobService:
         self.draining = threading.Event()
         self.files = files  # the Files API: jobs may name an uploaded file by its id
         self.inline_validation_max_bytes = inline_validation_max_bytes
+        self._recently_validated = RecentlyValidated()  # a sweep of jobs on one file reads it once
 
     def create(self, spec: JobSpec, client_request_id: str | None = None) -> Job:
         """Checks values, the model and what is cheap about each dataset, so a job that is created will at least
@@ -111,7 +113,9 @@ class JobService:
             if processed:
                 continue
             if field_name not in checked.resolved and (summary.complete or self._small(spec, source)):
-                load_job_dataset(spec, field_name, source)
+                how = (field_name, spec.dataset_format, spec.columns, spec.dataset_name, source.dataset_name)
+                self._recently_validated.validate_once(source.path, how,
+                                                       lambda: load_job_dataset(spec, field_name, source))
             else:  # a big file, or an upload whose own validation has not ended
                 checked.deferred = True
         return checked

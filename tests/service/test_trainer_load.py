@@ -24,7 +24,7 @@ from vlmforge.trainer.v1 import trainer_pb2 as pb
 from vlmforge.trainer.v1 import trainer_pb2_grpc
 
 WATCHED_JOBS, WATCHERS_PER_JOB, PROGRESS_EVENTS, CREATES = 10, 20, 30, 100
-LIMITS = ServerLimits(blocking_workers=8, create_workers=2)
+LIMITS = ServerLimits(blocking_workers=8, create_workers=4)
 
 
 @pytest.fixture()

@@ -29,6 +29,35 @@ def test_the_same_client_request_id_returns_the_same_job(store: JobStore) -> Non
     assert other.id != first.id
 
 
+def test_concurrent_creates_share_commits_and_keep_each_request_id_to_one_job(store: JobStore,
+                                                                             monkeypatch) -> None:
+    """64 threads create at once, each request id twice: every caller gets its answer, each id makes one job,
+    and the writes took fewer transactions than creates (group commit)."""
+    transactions = []
+    write_all = store._creates._write_all
+    monkeypatch.setattr(store._creates, "_write_all", lambda batch: transactions.append(len(batch)) or
+                        write_all(batch))
+    answers: dict[int, list] = {}
+    start = threading.Barrier(64)
+
+    def create(n: int) -> None:
+        start.wait()
+        answers[n] = [store.create_job(SPEC, client_request_id=f"req-{n % 32}") for _ in range(2)]
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids_by_request = {}
+    for n, results in answers.items():
+        for job, _ in results:
+            assert ids_by_request.setdefault(n % 32, job.id) == job.id
+    assert sum(created for results in answers.values() for _, created in results) == 32
+    assert len(store.list_jobs(page_size=100)[0]) == 32
+    assert sum(transactions) == 128 and len(transactions) < 128
+
+
 def test_queue_is_fifo(store: JobStore) -> None:
     jobs = [store.create_job(SPEC, status=JobStatus.QUEUED)[0] for _ in range(3)]
     assert store.next_queued().id == jobs[0].id

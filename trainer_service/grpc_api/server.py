@@ -36,7 +36,7 @@ class ServerLimits:
     """Connection and stream limits (TrainerSettings has the same names, documented there)."""
 
     blocking_workers: int = 8
-    create_workers: int = 2
+    create_workers: int = 4
     max_streams_total: int = 4096
     max_streams_per_client: int = 1024
     keepalive_time_s: float = 60.0
