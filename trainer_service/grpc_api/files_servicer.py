@@ -13,6 +13,7 @@ from vlmforge.trainer.v1 import files_pb2_grpc
 
 from ..errors import InvalidArgumentError
 from ..files import FileService, StoredFile, UploadMetadata
+from ..files.uploads import Upload
 from .blocking import BlockingCalls
 from .status_codes import grpc_errors
 from .stream_limits import StreamLimits
@@ -39,22 +40,26 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
             if isinstance(started, StoredFile):
                 return file_to_pb(started)  # this content is stored already: the bytes are not needed
             try:
-                # One write in flight while the next chunk is received: the network and the disk overlap.
-                writing = None
-                async for message in request_iterator:
-                    if message.WhichOneof("payload") != "chunk":
-                        raise InvalidArgumentError("metadata", "only the first message of an upload carries metadata")
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(self.blocking(started.write, message.chunk))
-                    writing.add_done_callback(_retrieved)  # a broken stream never awaits its last write
-                if writing is not None:
-                    await writing
+                await self._receive(request_iterator, started)
                 stored = await asyncio.wrap_future(self.files.finish_upload_soon(started))
             finally:
                 # Also after a broken stream: waits for a write still on the pool, keeps the partial for a resume.
                 await asyncio.shield(self.blocking(started.close))
             return file_to_pb(stored)
+
+    async def _receive(self, request_iterator, upload: Upload) -> None:
+        """Writes the chunks with one write in flight while the next is received: the network and the disk
+        overlap."""
+        writing = None
+        async for message in request_iterator:
+            if message.WhichOneof("payload") != "chunk":
+                raise InvalidArgumentError("metadata", "only the first message of an upload carries metadata")
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(self.blocking(upload.write, message.chunk))
+            writing.add_done_callback(_retrieved)  # a broken stream never awaits its last write
+        if writing is not None:
+            await writing
 
     @grpc_errors
     async def GetUploadOffset(self, request, context):  # noqa: N802
