@@ -126,13 +126,15 @@ class FileService:
     def finish_upload(self, upload: Upload) -> StoredFile:
         """Verifies the digest, extracts an archive safely, commits; validation then starts in the background."""
         partial = upload.finish()
-        upload.close()
         meta = upload.meta
         staging = self._staging / uuid.uuid4().hex
         staging.mkdir()
         try:
             blob = staging / meta.filename
-            partial.rename(blob)
+            try:
+                partial.rename(blob)
+            finally:
+                upload.close()  # only now: a stream of the same content that claims it next starts afresh
             location = DatasetLocation(blob)
             if archive_kind(meta.filename):
                 extract_archive(blob, staging / "extracted", self.limits.archive, name=meta.filename)

@@ -130,16 +130,16 @@ class Upload:
         self.offset += len(chunk)
 
     def finish(self) -> Path:
-        """Checks size and digest; returns the complete file (the caller moves it), or raises and keeps nothing
-        that cannot be resumed."""
+        """Checks size and digest; returns the complete file, which the caller moves away before `close`
+        releases the claim. Raises, keeping nothing that cannot be resumed."""
         if self.offset != self.meta.bytes:
             raise InvalidArgumentError("chunk", f"the stream ended after {self.offset} of {self.meta.bytes} bytes; "
                                        f"resume with resume_offset={self.offset}")
         with self._lock:
             os.fsync(self._fd)
         if self._hasher.hexdigest() != self.meta.sha256:
+            self.path.unlink(missing_ok=True)  # before the claim is released: another stream may take it next
             self.close()
-            self.path.unlink(missing_ok=True)
             raise InvalidArgumentError("metadata.sha256", f"the {self.meta.bytes} bytes received hash to "
                                        f"{self._hasher.hexdigest()}, not {self.meta.sha256}; upload again from 0")
         return self.path
