@@ -318,3 +318,20 @@ def test_a_bad_line_makes_the_file_an_error_naming_file_line_and_field(service, 
     failed = _processed(service.files_client, uploaded.id)
     assert failed.status == fpb.FILE_STATUS_ERROR and not failed.HasField("record_count")
     assert failed.status_details.startswith("vision.jsonl line 2, field messages"), failed.status_details
+
+
+def test_one_stream_at_a_time_appends_to_a_content(tmp_path: Path) -> None:
+    from trainer_service.errors import ConflictError
+    from trainer_service.files import UploadMetadata
+    from trainer_service.files.uploads import PartialUploads
+
+    partials = PartialUploads(tmp_path / "partial", busy_wait_s=0.2)
+    meta = UploadMetadata("train.jsonl", "fine-tune", "c" * 64, 10)
+    first = partials.open(meta)
+    with pytest.raises(ConflictError, match="another upload of this content"):
+        partials.open(meta)
+    first.write(b"01234")
+    first.close()  # the first stream broke: the next one resumes where it stopped
+    second = partials.open(UploadMetadata(**{**meta.__dict__, "resume_offset": 5}))
+    assert second.offset == 5
+    second.close()
