@@ -3,6 +3,8 @@ first records (what a request handler can afford), both with the same checks and
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,7 +55,7 @@ def load_dataset(
     entry). `split` picks one of several splits (default: the only one, else train); a plain file ignores it.
     `system_prompt` is given to samples that have no system message. Raises DatasetFormatError on bad input."""
     path = Path(path)
-    with _as_format_errors(path):
+    with _as_format_errors(path), _without_cyclic_gc():
         plan = _plan(path, dataset_format, columns, dataset_name, split)
         conversations = list(_conversations(plan, system_prompt))
     if not conversations:
@@ -87,6 +89,20 @@ def detect_format(path: str | Path, *, dataset_name: str | None = None, split: s
     path = Path(path)
     with _as_format_errors(path):
         return _plan(path, None, None, dataset_name, split).format
+
+
+@contextlib.contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """A million samples are some ten million small objects, none in a cycle; the cyclic collector would walk all
+    of those held so far again and again while they are made (a third of the load time at 100k rows). Reference
+    counting still frees everything; the collector is back on (if it was on) as soon as the load ends."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class _as_format_errors:
