@@ -8,7 +8,7 @@ few hundred images). A real trainer gRPC server on port 0 in this process, with 
 - peak RSS of this process (the trainer) and of the validator's child processes;
 - upload MB/s of the 1M-row file over loopback through the Files API, where the trainer has it.
 
-    python bench/dataset_scale.py [--sizes 1000,100000,1000000] [--creates 5] [--steps 8] [--work-dir DIR]
+    python bench/dataset_scale.py [--sizes 1000,100000,1000000] [--creates 5] [--steps 16] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -36,22 +36,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--work-dir", type=Path, default=None, help="keeps the images and tiny model between runs")
-    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the measuring child's inputs (JSON)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)  # internal: (prepare|measure|upload, JSON)
     args = parser.parse_args()
-    if args.measure:
-        print(json.dumps(measure(**json.loads(args.measure))))
+    if args.child:
+        role, inputs = args.child
+        print(json.dumps({"prepare": prepare, "measure": measure, "upload": upload}[role](**json.loads(inputs))))
         return
-    sizes = [int(size) for size in args.sizes.split(",")]
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="dataset-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    data_dir, model_dir = _images_and_model(work)
-    files = [str(write_dataset(data_dir, rows)) for rows in sizes]
-    # Measured in a fresh process, so its peak RSS (and its children's) is the trainer's, not the model build's.
-    inputs = {"model_dir": str(model_dir), "files": files, "state_dir": str(work / f"state-{time.time_ns()}"),
-              "creates": args.creates, "steps": args.steps, "batch_size": args.batch_size}
-    child = subprocess.run([sys.executable, __file__, "--measure", json.dumps(inputs)], check=True,
-                           stdout=subprocess.PIPE, text=True)
-    _report(json.loads(child.stdout.splitlines()[-1]))
+    # Each stage in a fresh process: Linux keeps a process's peak RSS across fork and exec, so a parent that built
+    # the model would set the floor of every trainer, validator and worker figure below.
+    prepared = _child("prepare", work=str(work), sizes=[int(size) for size in args.sizes.split(",")])
+    _report(_child("measure", **prepared, state_dir=str(work / f"state-{time.time_ns()}"), creates=args.creates,
+                   steps=args.steps, batch_size=args.batch_size))
+
+
+def _child(role: str, **inputs) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", role, json.dumps(inputs)], check=True,
+                          stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def prepare(work: str, sizes: list[int]) -> dict:
+    data_dir, model_dir = _images_and_model(Path(work))
+    return {"model_dir": str(model_dir), "files": [str(write_dataset(data_dir, rows)) for rows in sizes]}
 
 
 def measure(model_dir: str, files: list[str], state_dir: str, creates: int, steps: int, batch_size: int) -> dict:
@@ -64,8 +72,8 @@ def measure(model_dir: str, files: list[str], state_dir: str, creates: int, step
         validator_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # before any worker
         for row in rows_out:
             row.update(trainer.train(row.pop("job_id"), state))
-        trainer_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the upload's client
-        upload = trainer.upload_mb_per_s(Path(files[-1]))
+        trainer_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        upload = trainer.upload_mb_per_s(Path(max(files, key=lambda f: Path(f).stat().st_size)))
     return {"rows": rows_out, "validator_rss_mib": validator_rss_mib, "trainer_rss_mib": trainer_rss_mib,
             "upload": upload}
 
@@ -208,33 +216,42 @@ class _Trainer:
         return {"samples_per_s": samples_per_step / step_s, "worker_rss_mib": usage.ru_maxrss / 1024}
 
     def upload_mb_per_s(self, path: Path) -> str:
-        """The Files API's UploadFile over loopback, where this trainer serves it."""
-        try:
-            from vlmforge.trainer.v1 import files_pb2, files_pb2_grpc
-        except ImportError:
-            return "upload: skipped, no Files API stubs (make protos)"
+        """The Files API's UploadFile from a client process over loopback, where this trainer serves it."""
         if self.files is None or not _serves(self.channel, "vlmforge.trainer.v1.FilesService"):
             return "upload: skipped, this trainer's server does not serve FilesService"
-        import hashlib
+        sent = _child("upload", port=self.running.port, path=str(path))
+        megabytes = sent["bytes"] / 1e6
+        return (f"upload: {megabytes:.0f} MB in {sent['seconds']:.2f} s = {megabytes / sent['seconds']:.0f} MB/s from "
+                f"a client process over loopback (4 MiB chunks, sha256 checked by the server, {sent['id']})")
 
-        chunk_bytes = 4 * 1024 * 1024
-        digest, size = hashlib.sha256(), path.stat().st_size
-        with path.open("rb") as handle:
+
+def upload(port: int, path: str) -> dict:
+    """The client side: the digest first (a client knows it before sending), then one timed UploadFile."""
+    import hashlib
+
+    import grpc
+
+    from vlmforge.trainer.v1 import files_pb2, files_pb2_grpc
+
+    chunk_bytes = 4 * 1024 * 1024
+    digest, size = hashlib.sha256(), Path(path).stat().st_size
+    with open(path, "rb") as handle:
+        while piece := handle.read(chunk_bytes):
+            digest.update(piece)
+
+    def requests():
+        yield files_pb2.UploadFileRequest(metadata=files_pb2.UploadFileMetadata(
+            filename=Path(path).name, purpose=files_pb2.FILE_PURPOSE_FINE_TUNE, sha256=digest.hexdigest(), bytes=size))
+        with open(path, "rb") as handle:
             while piece := handle.read(chunk_bytes):
-                digest.update(piece)
+                yield files_pb2.UploadFileRequest(chunk=piece)
 
-        def requests():
-            yield files_pb2.UploadFileRequest(metadata=files_pb2.UploadFileMetadata(
-                filename=path.name, purpose=files_pb2.FILE_PURPOSE_FINE_TUNE, sha256=digest.hexdigest(), bytes=size))
-            with path.open("rb") as handle:
-                while piece := handle.read(chunk_bytes):
-                    yield files_pb2.UploadFileRequest(chunk=piece)
-
+    options = [("grpc.max_send_message_length", chunk_bytes + 65536)]
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
         started = time.perf_counter()
-        uploaded = files_pb2_grpc.FilesServiceStub(self.channel).UploadFile(requests())
+        uploaded = files_pb2_grpc.FilesServiceStub(channel).UploadFile(requests())
         seconds = time.perf_counter() - started
-        return (f"upload: {size / 1e6:.0f} MB in {seconds:.2f} s = {size / 1e6 / seconds:.0f} MB/s "
-                f"over loopback (sha256 checked, {uploaded.id})")
+    return {"bytes": size, "seconds": seconds, "id": uploaded.id}
 
 
 def _file_service(state_dir: Path, store):

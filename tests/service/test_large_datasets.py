@@ -179,3 +179,64 @@ def test_an_epoch_order_costs_the_same_per_micro_batch_at_a_million_rows_as_at_a
     assert time.perf_counter() - first < 1.0
     order = [i for step in range(MILLION // 8) for i in batch_indices(step, 0, hyper, MILLION)][:MILLION]
     assert sorted(order[:1000]) != list(range(1000)) and len(set(order)) == MILLION  # an epoch: a permutation
+
+
+def _uploaded(files, name: str, content: bytes):
+    """Through the Files API's own upload path (begin, write, finish); returns the committed StoredFile."""
+    import hashlib
+
+    from trainer_service.files import UploadMetadata
+
+    upload = files.begin_upload(UploadMetadata(name, "fine-tune", hashlib.sha256(content).hexdigest(), len(content)))
+    upload.write(content)
+    return files.finish_upload(upload)
+
+
+def _archive(data_dir: Path, rows: list[str]) -> bytes:
+    """A .tar.gz of a conversation JSONL and the images it names, as a client would pack its dataset."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        body = "".join(rows).encode()
+        info = tarfile.TarInfo("train.jsonl")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+        for image in sorted((data_dir / "images").iterdir()):
+            tar.add(image, arcname=f"images/{image.name}")
+    return buffer.getvalue()
+
+
+def test_a_file_id_resolves_to_its_stored_dataset_processed_skips_validation_error_is_refused(
+        tmp_path: Path, data_dir: Path, tiny_model_dir: Path) -> None:
+    from trainer_service.errors import InvalidArgumentError
+    from trainer_service.files import ArchiveLimits, FileLimits, FileService
+    from trainer_service.job_spec import dataset_sources
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    files = FileService(tmp_path / "files", store, FileLimits(1 << 30, ArchiveLimits(1 << 30, 1000, 100.0)))
+    jobs = JobService(store, files=files)
+    image = sorted((data_dir / "images").iterdir())[0].name
+    rows = [json.dumps(_record(f"images/{image}", f"question {i}", f"answer {i}")) + "\n" for i in range(40)]
+    good = _uploaded(files, "shapes.tar.gz", _archive(data_dir, rows))
+    bad = _uploaded(files, "broken.tar.gz", _archive(data_dir, rows[:5] + [rows[5].replace('"user"', '"robot"')]))
+    deadline = time.monotonic() + 30
+    while {files.get(f.id).status for f in (good, bad)} & {"uploaded"}:
+        assert time.monotonic() < deadline, "upload validation never ended"
+        time.sleep(0.05)
+    assert (files.get(good.id).status, files.get(bad.id).status) == ("processed", "error")
+
+    job = jobs.create(JobSpec(str(tiny_model_dir), good.id, test_file=good.id))
+    assert job.status is JobStatus.QUEUED  # validated once, at upload
+    assert job.spec["training_file"] == good.id  # what the client sent, shown back
+    sources = dataset_sources(job.spec)
+    assert Path(sources["training_file"].path) == files.get(good.id).dataset_path == Path(sources["test_file"].path)
+    with pytest.raises(InvalidArgumentError) as refused:
+        jobs.create(JobSpec(str(tiny_model_dir), good.id, validation_file=bad.id))
+    assert refused.value.field == "validation_file"
+    assert "line 6, field messages[0].role" in str(refused.value)  # the upload's own validation error
+    with pytest.raises(InvalidArgumentError, match="training_file: no file 'file-0123456789abcdef01234567'"):
+        jobs.create(JobSpec(str(tiny_model_dir), "file-0123456789abcdef01234567"))
+    files.close()
+    store.close()

@@ -4,6 +4,7 @@ the artifacts atomically, evaluate the result, and report every step through the
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
                       if spec.validation_file and hyper.eval_every_steps else [])
     train_set, held_out = split_training_set(train_set, hyper, validation_file_given=bool(spec.validation_file))
     validation_set = validation_set or (held_out if hyper.eval_every_steps else [])
+    gc.freeze()  # the rows live as long as the job: full collections during training need not walk them again
 
     if ranks.is_main and test_set and "evaluation_before" not in job.result:
         _evaluate(store, job_id, "before", backend, model, processor, test_set)
