@@ -46,7 +46,7 @@ def build_conversation(messages: list[Message], *, path: Path, line: int, field:
                                  field=f"{field}[{len(messages) - 1}]")
     if not turns[-1].text.strip():
         raise DatasetFormatError(path, "the assistant's answer is empty", line=line, field=f"{field}[{len(messages) - 1}]")
-    if turns[-1].images:
+    if any(type(part) is ImagePart for part in turns[-1].parts):
         raise DatasetFormatError(path, "the assistant's answer may not contain images", line=line,
                                  field=f"{field}[{len(messages) - 1}]")
     return Conversation(messages=tuple(messages), source=f"{path.name}:{line}")

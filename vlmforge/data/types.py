@@ -59,7 +59,10 @@ class Message:
 
     @property
     def text(self) -> str:
-        return "".join(part.text for part in self.parts if isinstance(part, TextPart))
+        parts = self.parts
+        if len(parts) == 1 and type(parts[0]) is TextPart:  # most turns: no join, no generator
+            return parts[0].text
+        return "".join(part.text for part in parts if isinstance(part, TextPart))
 
     @property
     def images(self) -> list[ImageRef]:
