@@ -30,23 +30,20 @@ class UploadSource:
 
     def chunks(self, offset: int, chunk_bytes: int) -> Iterator[bytes]:
         """The content from `offset` on, in pieces of exactly `chunk_bytes` (the last may be shorter)."""
+        if not self.path.is_dir():
+            with open(self.path, "rb") as file:
+                file.seek(offset)
+                while chunk := file.read(chunk_bytes):
+                    yield chunk
+            return
         pending = bytearray()
-        for piece in self._pieces(offset):
+        for piece in _skip(_tar_stream(self.path, self.exclude), offset):
             pending += piece
             while len(pending) >= chunk_bytes:
                 yield bytes(pending[:chunk_bytes])
                 del pending[:chunk_bytes]
         if pending:
             yield bytes(pending)
-
-    def _pieces(self, offset: int) -> Iterator[bytes]:
-        if self.path.is_dir():
-            yield from _skip(_tar_stream(self.path, self.exclude), offset)
-            return
-        with open(self.path, "rb") as file:
-            file.seek(offset)
-            while piece := file.read(_READ_BYTES):
-                yield piece
 
 
 def source_for(path: str | os.PathLike, *, exclude: frozenset[str] = frozenset()) -> UploadSource:

@@ -9,6 +9,8 @@ import grpc
 
 from vlmforge.trainer.v1 import files_pb2_grpc, trainer_pb2_grpc
 
+from ._files import Files
+from ._jobs import Jobs
 from .errors import from_rpc_error
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -48,9 +50,6 @@ class Trainer:
     def __init__(self, address: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0,
                  credentials: grpc.ChannelCredentials | None = None,
                  options: Sequence[tuple[str, object]] = ()):
-        from ._files import Files
-        from ._jobs import Jobs
-
         self.address = resolve_address(address)
         self.timeout_s = timeout_s
         self.metadata = call_metadata(api_key)
