@@ -5,10 +5,14 @@ workers while the GPU trains, LM head only on answer tokens, LoRA matmuls in bf1
 the same with PEFT's fp32 LoRA matmuls; `unsloth`), LoRA and QLoRA, with and without
 gradient checkpointing. Each configuration runs in its own process (Unsloth patches transformers when
 imported) with the worker's loading and adapter code, on the same synthetic batches: one random RGB image and
-a fixed number of text tokens per sample, LoRA on every linear layer (language + vision). Ratios and the
-largest loss difference are against `plain` in the same method, mode and GPU count.
+a fixed number of text tokens per sample (`--workload uniform`), or (`--workload realistic`) images and answers
+whose sizes vary as real VQA data's do: per sample a shortest side of 280-1344 px and an aspect of 0.5-2
+(log-uniform), an answer of 1-256 tokens (log-uniform), drawn from a fixed seed, the processor at Qwen2-VL's
+published pixel limits. LoRA on every linear layer (language + vision). Ratios and the largest loss difference
+are against `plain` in the same method, mode and GPU count. Tokens/s and MFU count real tokens only (no padding).
 
     python bench/train_throughput.py --model-dir DIR [--configs plain:lora:gc,transformers:lora:gc,...]
+    python bench/train_throughput.py --model-dir DIR --workload realistic --batch-size 4
     python -m vlmforge.model_shapes DIR --shape 2b --tokenizer-from TINY_MODEL_DIR   # a 2B-shaped DIR
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,6 +30,8 @@ import time
 from pathlib import Path
 
 PROFILE_MARK = "\n=== profile ===\n"
+H200_BF16_DENSE_PEAK_FLOPS = 989.4e12  # NVIDIA's H100/H200 SXM datasheet, dense (no sparsity)
+QWEN2_VL_PIXELS = (56 * 56, 28 * 28 * 16384)  # min_pixels / max_pixels of Qwen/Qwen2-VL-2B-Instruct's processor
 DEFAULT_CONFIGS = ("plain:lora:nogc,transformers:lora:nogc,unsloth:lora:nogc,plain:lora:gc,transformers:lora:gc,"
                    "unsloth:lora:gc,plain:qlora:gc,transformers:qlora:gc,unsloth:qlora:gc")
 
@@ -39,6 +46,8 @@ def main() -> None:
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--image-size-px", type=int, default=448)
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--workload", choices=("uniform", "realistic"), default="uniform")
+    parser.add_argument("--time-budget-s", type=float, default=None, help="start no configuration after this long")
     parser.add_argument("--gpus", default="1", help="GPU counts to run each configuration on, e.g. 1,2 (DDP)")
     parser.add_argument("--profile", action="store_true", help="also print each configuration's top CUDA "
                         "operations over 3 steps after the warm-up (torch.profiler)")
@@ -48,7 +57,11 @@ def main() -> None:
         print("RESULT " + json.dumps(_measure(args, args.child)))
         return
     results = {}
+    started = time.perf_counter()
     for config in [f"{c}:{g}gpu" for c in args.configs.split(",") for g in args.gpus.split(",")]:
+        if args.time_budget_s is not None and time.perf_counter() - started > args.time_budget_s:
+            print(f"{config}: skipped (time budget spent)", file=sys.stderr)
+            continue
         gpus = int(config.rpartition(":")[2].removesuffix("gpu"))
         runner = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                      f"--nproc-per-node={gpus}"]
@@ -62,7 +75,7 @@ def main() -> None:
             print(f"{config}, 3 profiled steps:\n{child.stdout.split(PROFILE_MARK)[1]}")
         results[config] = json.loads(lines[-1].removeprefix("RESULT "))
         print(f"{config}: {results[config]['samples_per_second']:.2f} samples/s, "
-              f"{results[config]['peak_gib']:.1f} GiB", flush=True)
+              f"{results[config]['peak_gib']:.1f} GiB, losses {results[config]['losses']}", flush=True)
     _print_table(results, args)
 
 
@@ -75,6 +88,9 @@ def _measure(args, config: str) -> dict:
     from trainer_service.worker.train import seed_everything, train
 
     backend_name, method, checkpointing, _ = config.split(":")
+    if backend_name == "unsloth_eager":  # Unsloth without its regional compilation of the decoder blocks
+        os.environ["UNSLOTH_BLOCK_COMPILE"] = "0"
+        backend_name = "unsloth"
     ranks = Ranks.from_environment()
     ranks.start()
     backend = select_backend("transformers" if backend_name in ("plain", "fp32lora") else backend_name)  # Unsloth 1st
@@ -87,13 +103,16 @@ def _measure(args, config: str) -> dict:
                             gradient_checkpointing=checkpointing == "gc", checkpoint_every_steps=10**6,
                             max_sequence_length=16384)  # LLaVA-1.6 and Idefics3 tile a 448 px image: ~3k tokens
     processor = AutoProcessor.from_pretrained(args.model_dir)
+    if args.workload == "realistic":  # the shaped model's processor resizes every image to one size
+        processor.image_processor.size = {"shortest_edge": QWEN2_VL_PIXELS[0], "longest_edge": QWEN2_VL_PIXELS[1]}
     loaded_at = time.perf_counter()
     model = backend.load(args.model_dir, quantize_4bit=method == "qlora", hyper=hyper)
     seed_everything(hyper.seed)
     peft_model = backend.add_lora(model, hyper)
     load_s = time.perf_counter() - loaded_at
-    samples = _samples(processor, args.batch_size * hyper.max_steps * ranks.world_size, args.text_tokens,
-                       args.image_size_px)
+    count = args.batch_size * hyper.max_steps * ranks.world_size
+    samples = (_realistic_samples(processor, count) if args.workload == "realistic" else
+               _samples(processor, count, args.text_tokens, args.image_size_px))
     step_ends: list[float] = []
     profiler = _profiler(args.warmup_steps) if args.profile and ranks.is_main else None
 
@@ -118,8 +137,13 @@ def _measure(args, config: str) -> dict:
         table = profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
         print(f"{PROFILE_MARK}{table}{PROFILE_MARK}")
     timed = step_ends[args.warmup_steps - 1:]
+    seconds = timed[-1] - timed[0]
     samples_per_step = args.batch_size * ranks.world_size
-    return {"samples_per_second": samples_per_step * (len(timed) - 1) / (timed[-1] - timed[0]),
+    work = _timed_work(peft_model, processor, samples, hyper, ranks, range(args.warmup_steps, hyper.max_steps))
+    return {"samples_per_second": samples_per_step * (len(timed) - 1) / seconds,
+            "tokens_per_second": work["tokens"] * ranks.world_size / seconds if work else None,
+            "mfu": work["flops"] * ranks.world_size / seconds / (H200_BF16_DENSE_PEAK_FLOPS * ranks.world_size)
+            if work else None, "spread": work.get("spread") if work else None,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "load_s": load_s, "losses": losses,
             "trainable_parameters": sum(p.numel() for p in peft_model.parameters() if p.requires_grad)}
 
@@ -186,15 +210,123 @@ def _samples(processor, count: int, text_tokens: int, image_size_px: int):
     return samples
 
 
+def _realistic_samples(processor, count: int):
+    """Sizes as real VQA data has them (ChartQA / DocVQA / CORD): per sample a shortest side of 280-1344 px and an
+    aspect of 0.5-2, both log-uniform, and an answer of 1-256 tokens (log-uniform: most answers are short), from a
+    fixed seed. JPEG, as most such datasets ship, so making 3-megapixel images stays quick."""
+    import numpy as np
+    from PIL import Image
+
+    from vlmforge.data.types import Conversation, ImagePart, ImageRef, Message, TextPart
+
+    words = ("the total of the second column is forty two and the invoice lists three items with their prices "
+             "while the chart shows revenue by quarter for each region ") * 24
+    ids = processor.tokenizer.encode(words, add_special_tokens=False)
+    question = processor.tokenizer.decode(ids[:24])
+    generator = np.random.default_rng(1)
+    base = generator.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    samples = []
+    for index in range(count):
+        short = math.exp(generator.uniform(math.log(280), math.log(1344)))
+        aspect = math.exp(generator.uniform(math.log(0.5), math.log(2)))
+        width, height = (round(short * aspect), round(short)) if aspect >= 1 else (round(short), round(short / aspect))
+        image = Image.fromarray(np.roll(base, index, axis=0)).resize((width, height), Image.Resampling.BILINEAR)
+        jpeg = io.BytesIO()
+        image.save(jpeg, format="JPEG", quality=90)
+        answer_tokens = round(math.exp(generator.uniform(0, math.log(256))))
+        answer = processor.tokenizer.decode(ids[index % 97:index % 97 + answer_tokens])
+        samples.append(Conversation((Message("user", (ImagePart(ImageRef(data=jpeg.getvalue())), TextPart(question))),
+                                     Message("assistant", (TextPart(answer),))), source=f"realistic:{index}"))
+    return samples
+
+
+def sample_work(processor, sample) -> dict[str, int] | None:
+    """A Qwen2-VL sample's real (unpadded) sizes without running the processor: language tokens, vision patches
+    per image and answer tokens. None for other families."""
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    from vlmforge.chat_format import to_hf_messages
+    from vlmforge.data.types import ImagePart, TextPart
+
+    image_processor = processor.image_processor
+    if type(image_processor).__name__ not in ("Qwen2VLImageProcessor", "Qwen2VLImageProcessorFast"):
+        return None
+    factor = image_processor.patch_size * image_processor.merge_size
+    size = image_processor.size
+    pixels = (size["shortest_edge"], size["longest_edge"]) if isinstance(size, dict) else (size.shortest_edge,
+                                                                                           size.longest_edge)
+    patches = []
+    for message in sample.messages:
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                width, height = Image.open(io.BytesIO(part.image.data)).size
+                resized = smart_resize(height, width, factor=factor, min_pixels=pixels[0], max_pixels=pixels[1])
+                patches.append(resized[0] * resized[1] // image_processor.patch_size**2)
+    text = processor.apply_chat_template(to_hf_messages(sample.messages), tokenize=False)
+    tokens = len(processor.tokenizer.encode(text, add_special_tokens=False))
+    tokens += sum(p // image_processor.merge_size**2 - 1 for p in patches)  # each image's one pad token expands
+    answer = "".join(part.text for message in sample.messages if message.role == "assistant"
+                     for part in message.parts if isinstance(part, TextPart))
+    return {"tokens": tokens, "patches": patches,
+            "answer_tokens": len(processor.tokenizer.encode(answer, add_special_tokens=False)) + 1}  # + turn end
+
+
+def model_flops(config, work: dict) -> float:
+    """Model FLOPs of one LoRA training step on one sample's real tokens (no padding, no recomputation): every
+    frozen matmul runs forward and backward to its input (2 x 2 x params x tokens; frozen weights take no weight
+    gradient), attention forward + backward (3x its forward; causal counted as half), the LM head on answer
+    tokens only (all the loss needs). The adapters' own FLOPs (~1% of the base's) are left out."""
+    text, vision = config.text_config, config.vision_config
+    hidden, layers = text.hidden_size, text.num_hidden_layers
+    kv = hidden // text.num_attention_heads * text.num_key_value_heads
+    lm_params = layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * text.intermediate_size)
+    width, depth = vision.embed_dim, vision.depth
+    block_params = depth * (4 * width * width + 2 * width * width * vision.mlp_ratio)
+    merged = width * vision.spatial_merge_size**2
+    merger_params = merged * merged + merged * vision.hidden_size
+    flops = 4 * lm_params * work["tokens"] + 3 * 2 * layers * work["tokens"] ** 2 * hidden
+    flops += 4 * hidden * text.vocab_size * work["answer_tokens"]
+    for patches in work["patches"]:
+        flops += 4 * block_params * patches + 4 * merger_params * patches // vision.spatial_merge_size**2
+        flops += 3 * 4 * depth * patches**2 * width
+    return float(flops)
+
+
+def _timed_work(peft_model, processor, samples, hyper, ranks, steps) -> dict | None:
+    """Real tokens and model FLOPs of the timed steps on this rank, and how unequal the samples of a batch are."""
+    from trainer_service.worker.train import batch_indices
+
+    config = peft_model.config
+    if config.model_type != "qwen2_vl":  # the FLOP count is Qwen2-VL's (Qwen2.5-VL's vision attends in windows)
+        return None
+    tokens = flops = 0.0
+    spreads = []
+    for step in steps:
+        for micro in range(hyper.gradient_accumulation_steps):
+            works = [sample_work(processor, samples[i])
+                     for i in batch_indices(step, micro, hyper, len(samples), ranks)]
+            tokens += sum(w["tokens"] for w in works)
+            flops += sum(model_flops(config, w) for w in works)
+            spreads.append(max(w["tokens"] for w in works) / min(w["tokens"] for w in works))
+    spreads.sort()
+    return {"tokens": tokens, "flops": flops, "spread": spreads[len(spreads) // 2]}
+
+
 def _print_table(results: dict[str, dict], args) -> None:
     import torch
 
-    print(f"\n{torch.cuda.get_device_name()}, batch {args.batch_size}, {args.image_size_px}px image + "
-          f"{args.text_tokens} text tokens per sample, LoRA r={args.lora_rank} on every linear layer, "
-          f"{args.steps} timed steps after {args.warmup_steps}")
-    print("| loop / backend | method | gradient checkpointing | GPUs | samples/s | peak GiB (rank 0) "
-          "| vs plain | largest loss difference vs plain |")
-    print("|---|---|---|---|---|---|---|---|")
+    workload = (f"{args.image_size_px}px image + {args.text_tokens} text tokens per sample"
+                if args.workload == "uniform" else "realistic sizes (280-1344 px shortest side, aspect 0.5-2, "
+                "answers of 1-256 tokens)")
+    spread = next((r["spread"] for r in results.values() if r.get("spread")), None)
+    print(f"\n{torch.cuda.get_device_name()}, batch {args.batch_size}, {workload}, LoRA r={args.lora_rank} on every "
+          f"linear layer, {args.steps} timed steps after {args.warmup_steps}; MFU against "
+          f"{H200_BF16_DENSE_PEAK_FLOPS / 1e12:.1f} TFLOP/s (bf16 dense, datasheet)"
+          + (f"; a batch's longest sample has {spread:.1f}x the tokens of its shortest (median)" if spread else ""))
+    print("| loop / backend | method | gradient checkpointing | GPUs | samples/s | real tokens/s | MFU "
+          "| peak GiB (rank 0) | vs plain | largest loss difference vs plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for config, result in results.items():
         backend, method, checkpointing, gpus = config.split(":")
         baseline = results.get(f"plain:{method}:{checkpointing}:{gpus}")
@@ -202,8 +334,10 @@ def _print_table(results: dict[str, dict], args) -> None:
         drift = "-"
         if baseline and backend != "plain":
             drift = f"{max(abs(a - b) / abs(b) for a, b in zip(result['losses'], baseline['losses'])):.2%}"
+        tokens = f"{result['tokens_per_second']:,.0f}" if result.get("tokens_per_second") else "-"
+        mfu = f"{result['mfu']:.1%}" if result.get("mfu") else "-"
         print(f"| {backend} | {method} | {'on' if checkpointing == 'gc' else 'off'} | {gpus.removesuffix('gpu')} | "
-              f"{result['samples_per_second']:.2f} | {result['peak_gib']:.1f} | {ratio} | {drift} |")
+              f"{result['samples_per_second']:.2f} | {tokens} | {mfu} | {result['peak_gib']:.1f} | {ratio} | {drift} |")
     for config, result in results.items():
         print(f"{config} first losses: {', '.join(f'{loss:.4f}' for loss in result['losses'][:5])}")
 
