@@ -15,7 +15,7 @@ from trainer_service.grpc_api.server import create_server
 from trainer_service.jobs import JobService
 from trainer_service.launcher import LocalLauncher
 from trainer_service.store import JobStore
-from vlmforge.client import Trainer
+from vlmforge.client import Trainer, types
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +42,10 @@ def test_create_follows_the_job_then_get_list_checkpoints_and_errors(service, ti
                                                                      capsys, tmp_path) -> None:
     _, _, port = service
     address = f"--server=127.0.0.1:{port}"
+    # warmup_ratio / validation_split / max_samples run through the worker's schedule and split for real.
     code = cli.main([address, "create", str(tiny_model_dir), str(small_dataset_dir / "train.jsonl"),
-                     "--max-steps", "2", "--batch-size", "2", "--suffix", "cli"])
+                     "--max-steps", "2", "--batch-size", "2", "--suffix", "cli", "--warmup-ratio", "0.5",
+                     "--validation-split", "0.25", "--max-samples", "40"])
     output = capsys.readouterr().out
     assert code == 0, output
     assert "uploaded" not in output  # the trainer is on this machine: it reads the path itself
@@ -53,7 +55,13 @@ def test_create_follows_the_job_then_get_list_checkpoints_and_errors(service, ti
     assert (Path(merged_line.split()[1]) / "config.json").is_file()  # printed whole, not wrapped
 
     assert cli.main([address, "get", job_id]) == 0
-    assert json.loads(capsys.readouterr().out)["status"] == "JOB_STATUS_SUCCEEDED"
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "JOB_STATUS_SUCCEEDED"
+    assert {k: shown["hyperparameters"][k] for k in ("warmup_ratio", "validation_split", "max_samples")} == \
+        {"warmup_ratio": 0.5, "validation_split": 0.25, "max_samples": 40}
+    with Trainer(f"127.0.0.1:{port}") as client:
+        progress = [e.data for e in client.jobs.events(job_id) if isinstance(e.data, types.TrainingProgress)]
+    assert progress[-1].epoch == pytest.approx(4 / 30)  # 2 steps x 2 samples of 40 - ceil(0.25 x 40) records
     assert cli.main([address, "list"]) == 0 and job_id in capsys.readouterr().out
     assert cli.main([address, "checkpoints", job_id]) == 0
     assert cli.main([address, "cancel", job_id]) == 1
