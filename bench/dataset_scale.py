@@ -1,12 +1,13 @@
 """Dataset scale: the same job on 1k / 100k / 1M rows of a generated dataset of image paths (the rows share a
-few hundred images). A real trainer gRPC server on port 0 in this process, with its background validator:
+few hundred images). A real trainer gRPC server on port 0 in one process, with its background validator:
 
 - Create latency p50 (and max) over a few creates of each size (each cancelled at once but the last);
-- background validation rows/s: from Create to QUEUED (files up to 1 MiB are validated inside Create);
-- samples/s of the same short job (tiny model, CPU, the real worker process) relative to 1k rows, and the
-  worker's peak RSS (it holds every row, never a decoded image);
-- peak RSS of this process (the trainer) and of the validator's child processes;
-- upload MB/s of the 1M-row file over loopback through the Files API, where the trainer has it.
+- background validation rows/s, from Create to QUEUED (files up to 1 MiB are validated inside Create);
+- samples/s of the same short job (tiny model, CPU, the real worker process; the median step after two) relative
+  to the first size, and the worker's peak RSS (it holds every row, never a decoded image);
+- the worker's data path alone: dataset load rows/s, batch_indices and one micro-batch's collation per size;
+- peak RSS of the serving process and of its validation children;
+- upload MB/s of the largest file from a client process over loopback through the Files API.
 
     python bench/dataset_scale.py [--sizes 1000,100000,1000000] [--creates 5] [--steps 16] [--work-dir DIR]
 """
@@ -40,7 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         role, inputs = args.child
-        print(json.dumps({"prepare": prepare, "measure": measure, "upload": upload}[role](**json.loads(inputs))))
+        roles = {"prepare": prepare, "measure": measure, "upload": upload, "data_cost": data_cost}
+        print(json.dumps(roles[role](**json.loads(inputs))))
         return
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="dataset-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -69,10 +71,13 @@ def measure(model_dir: str, files: list[str], state_dir: str, creates: int, step
         for path in map(Path, files):
             rows_out.append({"rows": _rows(path), "mb": path.stat().st_size / 1e6,
                              **trainer.create_and_validate(Path(model_dir), path, creates, steps, batch_size)})
-        validator_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # before any worker
+        # Children waited for so far: the validation processes only (each starts at this process's small peak).
+        validator_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         for row in rows_out:
             row.update(trainer.train(row.pop("job_id"), state))
-        trainer_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        trainer_rss_mib = _peak_rss_mib()
+        for row, path in zip(rows_out, files):
+            row.update(_child("data_cost", model_dir=model_dir, path=path, batch_size=batch_size))
         upload = trainer.upload_mb_per_s(Path(max(files, key=lambda f: Path(f).stat().st_size)))
     return {"rows": rows_out, "validator_rss_mib": validator_rss_mib, "trainer_rss_mib": trainer_rss_mib,
             "upload": upload}
@@ -82,14 +87,16 @@ def _report(result: dict) -> None:
     rows = result["rows"]
     base = rows[0]["samples_per_s"]
     print(f"\n{TARGETS}\n")
-    print("| rows | file MB | Create p50 ms | Create max ms | validated | validation rows/s | samples/s | vs first "
-          "| worker peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| rows | file MB | Create p50 ms | Create max ms | validated | validation rows/s | worker load rows/s "
+          "| batch_indices us | micro-batch ms | worker samples/s | vs first | worker peak RSS MiB | "
+          "rows' process peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         rate = f"{r['validation_rows_per_s']:,.0f}" if r["validation_rows_per_s"] else "–"
         print(f"| {r['rows']:,} | {r['mb']:.0f} | {r['create_p50_ms']:.0f} | {r['create_max_ms']:.0f} | "
-              f"{r['validation']} | {rate} | {r['samples_per_s']:.2f} | {r['samples_per_s'] / base:.2f} | "
-              f"{r['worker_rss_mib']:.0f} |")
+              f"{r['validation']} | {rate} | {r['load_rows_per_s']:,.0f} | {r['index_us']:.0f} | "
+              f"{r['micro_batch_ms']:.1f} | {r['samples_per_s']:.2f} | {r['samples_per_s'] / base:.2f} | "
+              f"{r['worker_rss_mib']:.0f} | {r['rows_rss_mib']:.0f} |")
     print(f"\ntrainer (the serving process) peak RSS {result['trainer_rss_mib']:.0f} MiB; its validation child "
           f"processes peak RSS {result['validator_rss_mib']:.0f} MiB")
     print(result["upload"])
@@ -223,6 +230,42 @@ class _Trainer:
         megabytes = sent["bytes"] / 1e6
         return (f"upload: {megabytes:.0f} MB in {sent['seconds']:.2f} s = {megabytes / sent['seconds']:.0f} MB/s from "
                 f"a client process over loopback (4 MiB chunks, sha256 checked by the server, {sent['id']})")
+
+
+def data_cost(model_dir: str, path: str, batch_size: int, micro_batches: int = 40) -> dict:
+    """The worker's data path alone, in a process of its own: the dataset loaded as the worker loads it, then
+    each micro-batch's indices (batch_indices) and its collation (images decoded, tokenized) timed."""
+    from transformers import AutoProcessor
+
+    from trainer_service.job_spec import Hyperparameters, JobSpec, load_job_dataset
+    from trainer_service.worker.train import batch_indices
+    from vlmforge.chat_format import ChatCollator
+    from vlmforge.families import family_for_model_dir
+
+    started = time.perf_counter()
+    rows = load_job_dataset(JobSpec(model_dir, path), "training_file")
+    load_s = time.perf_counter() - started
+    collate = ChatCollator(AutoProcessor.from_pretrained(model_dir), family=family_for_model_dir(Path(model_dir)))
+    hyper = Hyperparameters(batch_size=batch_size, seed=1)
+    index_s, batch_s = [], []
+    for step in range(micro_batches):
+        started = time.perf_counter()
+        indices = batch_indices(step, 0, hyper, len(rows))
+        picked = time.perf_counter()
+        collate([rows[i] for i in indices])
+        index_s.append(picked - started)
+        batch_s.append(time.perf_counter() - started)
+    return {"load_s": load_s, "load_rows_per_s": len(rows) / load_s,
+            "index_us": statistics.median(index_s[1:]) * 1e6, "micro_batch_ms": statistics.median(batch_s[1:]) * 1e3,
+            "rows_rss_mib": _peak_rss_mib()}
+
+
+def _peak_rss_mib() -> float:
+    """This process's own peak (VmHWM starts again at exec, unlike getrusage's ru_maxrss)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def upload(port: int, path: str) -> dict:

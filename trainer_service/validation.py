@@ -52,17 +52,13 @@ class DatasetValidator:
         self.poll_interval_s = poll_interval_s
         self.max_concurrent = max_concurrent
         self._stopping = threading.Event()
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # set by stop(): no waiting out the poll interval
         self._lock = threading.Lock()
         self._active: dict[str, threading.Thread] = {}
         self._thread = threading.Thread(target=self._loop, name="dataset-validator", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-
-    def wake(self) -> None:
-        """Looks for new VALIDATING_FILES jobs now rather than at the next poll."""
-        self._wake.set()
 
     def in_progress(self) -> set[str]:
         """Ids of the jobs whose files are being loaded now."""
@@ -92,7 +88,9 @@ class DatasetValidator:
         jobs, _ = self.store.list_jobs([JobStatus.VALIDATING_FILES], page_size=1000)
         for job in reversed(jobs):  # oldest first
             with self._lock:
-                if job.id in self._active or len(self._active) >= self.max_concurrent:
+                if len(self._active) >= self.max_concurrent:
+                    return
+                if job.id in self._active:
                     continue
             plan = self._plan(job)
             if plan.waiting:
