@@ -412,6 +412,8 @@ def test_inspect_reads_only_the_first_records_and_checks_them_like_the_full_load
     assert _error(array) == "big.json record 10001, field images[0]: image file 'missing.png' does not exist"
     array.write_text("[" + json.dumps(good) + ", {oops")
     assert _error(array).startswith("big.json: record 2: invalid JSON (")
+    array.write_text("[" + json.dumps(good) + ", 7]")
+    assert _error(array) == "big.json record 2: expected a JSON object, got int"
 
     small = tmp_path / "small.jsonl"
     small.write_text(json.dumps(bad) + "\n")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -22,13 +20,3 @@ class DatasetFormatError(ValueError):
             where += f", field {field}"
         super().__init__(f"{where}: {message}")
 
-
-@contextmanager
-def numbered_as(unit: str) -> Iterator[None]:
-    """Re-labels errors raised inside as 'row N' / 'record N' for formats whose items are not file lines."""
-    try:
-        yield
-    except DatasetFormatError as err:
-        if err.line is None:
-            raise
-        raise DatasetFormatError(err.path, err.reason, line=err.line, field=err.field, unit=unit) from None

@@ -6,17 +6,17 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import alpaca, conversation_jsonl, llamafactory, llava, openai_jsonl, sharegpt, table, trl_messages
 from ._records import Parser
 from .detect import DatasetFormat, detect
-from .errors import DatasetFormatError, numbered_as
+from .errors import DatasetFormatError
 from .images import ImageResolver
 from .layouts import Source, open_source
-from .readers import record_file
+from .readers import RecordFile, record_file
 from .table import ColumnMapping
 from .types import Conversation, Message, TextPart
 
@@ -34,12 +34,16 @@ class DatasetSummary:
     source: str  # "JSONL file", "split train of 3 Parquet shard(s) (...)"
 
 
+_Located = tuple[RecordFile, int, dict]  # the file, the record's number in it, the record
+
+
 @dataclass(frozen=True)
 class _Plan:
     source: Source
     format: DatasetFormat
     reason: str
     parse: Parser
+    head: list[_Located]  # the first records, read once for detection (and all that inspect_dataset checks)
 
 
 def load_dataset(
@@ -56,8 +60,8 @@ def load_dataset(
     `system_prompt` is given to samples that have no system message. Raises DatasetFormatError on bad input."""
     path = Path(path)
     with _as_format_errors(path), _without_cyclic_gc():
-        plan = _plan(path, dataset_format, columns, dataset_name, split)
-        conversations = list(_conversations(plan, system_prompt))
+        plan = _plan(path, dataset_format, columns, dataset_name, split, _DETECT_RECORDS)
+        conversations = list(_conversations(plan, _all_records(plan.source), system_prompt))
     if not conversations:
         raise DatasetFormatError(path, "dataset is empty")
     return conversations
@@ -75,20 +79,19 @@ def inspect_dataset(
     """Checks the first `max_records` records exactly as `load_dataset` would, reading no further than that."""
     path = Path(path)
     with _as_format_errors(path):
-        plan = _plan(path, dataset_format, columns, dataset_name, split)
-        stream = _conversations(plan, None)
-        checked = sum(1 for _ in itertools.islice(stream, max(max_records, 1)))
+        wanted = max(max_records, 1)
+        plan = _plan(path, dataset_format, columns, dataset_name, split, max(wanted + 1, _DETECT_RECORDS))
+        checked = sum(1 for _ in _conversations(plan, plan.head[:wanted], None))
         if not checked:
             raise DatasetFormatError(path, "dataset is empty")
-        complete = _has_no_more(plan.source, checked)
-    return DatasetSummary(plan.format, plan.reason, checked, complete, plan.source.description)
+    return DatasetSummary(plan.format, plan.reason, checked, len(plan.head) <= wanted, plan.source.description)
 
 
 def detect_format(path: str | Path, *, dataset_name: str | None = None, split: str | None = None) -> DatasetFormat:
     """The format `load_dataset` would read `path` in (see `inspect_dataset` for the reason too)."""
     path = Path(path)
     with _as_format_errors(path):
-        return _plan(path, None, None, dataset_name, split).format
+        return _plan(path, None, None, dataset_name, split, _DETECT_RECORDS).format
 
 
 @contextlib.contextmanager
@@ -125,29 +128,30 @@ class _as_format_errors:
 
 
 def _plan(path: Path, dataset_format: DatasetFormat | str | None, columns: ColumnMapping | None,
-          dataset_name: str | None, split: str | None) -> _Plan:
+          dataset_name: str | None, split: str | None, head_records: int) -> _Plan:
     chosen = _format_named(path, dataset_format)
     if llamafactory.is_llamafactory_config(path):
-        return _llamafactory_plan(path, chosen, columns, dataset_name)
+        return _llamafactory_plan(path, chosen, columns, dataset_name, head_records)
     if dataset_name is not None:
         raise DatasetFormatError(path, f"dataset_name {dataset_name!r} names an entry of a LLaMA-Factory "
                                        "dataset_info.json, and this is not one")
     source = open_source(path, split)
-    head = _head(source, _DETECT_RECORDS)
+    head = _head(source, head_records)
     if not head:
         raise DatasetFormatError(path, "dataset is empty")
+    first_records = [record for _, _, record in head[:_DETECT_RECORDS]]
     if chosen is not None:
         reason = "named by the caller"
     elif columns is not None:
         chosen, reason = DatasetFormat.TABLE, "columns were named"
     else:
-        chosen, reason = detect(path, head)
+        chosen, reason = detect(path, first_records)
     if columns is not None and chosen is not DatasetFormat.TABLE:
         raise DatasetFormatError(path, f"columns name a table's image/question/answer columns; the {chosen.value} "
                                        "format has none")
     images = ImageResolver(source.images_dir)
     return _Plan(source, chosen, f"{chosen.value}: {reason}; {source.description}",
-                 _parser(chosen, head[0], source, columns, images))
+                 _parser(chosen, first_records[0], source, columns, images), head)
 
 
 def _format_named(path: Path, dataset_format: DatasetFormat | str | None) -> DatasetFormat | None:
@@ -179,7 +183,7 @@ def _parser(chosen: DatasetFormat, first: dict, source: Source, columns: ColumnM
 
 
 def _llamafactory_plan(path: Path, chosen: DatasetFormat | None, columns: ColumnMapping | None,
-                       dataset_name: str | None) -> _Plan:
+                       dataset_name: str | None, head_records: int) -> _Plan:
     entry = llamafactory.resolve(path, dataset_name)
     entry_format = DatasetFormat.ALPACA if entry.formatting == "alpaca" else DatasetFormat.SHAREGPT
     if chosen not in (None, entry_format):
@@ -192,36 +196,31 @@ def _llamafactory_plan(path: Path, chosen: DatasetFormat | None, columns: Column
     images = ImageResolver(entry.dataset_dir)
     parse = (alpaca.parser(entry.layout, images) if isinstance(entry.layout, alpaca.AlpacaLayout)
              else sharegpt.parser(entry.layout, images))
-    return _Plan(source, entry_format, f"{entry_format.value}: {entry.reason}", parse)
+    return _Plan(source, entry_format, f"{entry_format.value}: {entry.reason}", parse, _head(source, head_records))
 
 
-def _records(source: Source) -> Iterator[tuple[Path, str, int, dict]]:
+def _all_records(source: Source) -> Iterator[_Located]:
     for record_file in source.files:
         for number, record in record_file.read():
-            yield record_file.path, record_file.unit, number, record
+            yield record_file, number, record
 
 
-def _head(source: Source, count: int) -> list[dict]:
-    head = []
-    for record_file in source.files:
-        with numbered_as(record_file.unit):
-            head += [record for _, record in itertools.islice(record_file.read(), count - len(head))]
-        if len(head) >= count:
-            break
-    return head
+def _head(source: Source, count: int) -> list[_Located]:
+    return list(itertools.islice(_all_records(source), count))
 
 
-def _has_no_more(source: Source, checked: int) -> bool:
-    return sum(1 for _ in itertools.islice(_records(source), checked + 1)) <= checked
-
-
-def _conversations(plan: _Plan, system_prompt: str | None) -> Iterator[Conversation]:
+def _conversations(plan: _Plan, records: Iterable[_Located], system_prompt: str | None) -> Iterator[Conversation]:
     system = Message("system", (TextPart(system_prompt),)) if system_prompt else None
     parse = plan.parse
-    for record_file in plan.source.files:
-        with numbered_as(record_file.unit):
-            for number, record in record_file.read():
-                conversation = parse(record, record_file.path, number)
-                if system is not None and conversation.messages[0].role != "system":
-                    conversation = Conversation((system, *conversation.messages), conversation.source)
-                yield conversation
+    unit = None
+    try:
+        for record_file, number, record in records:
+            unit = record_file.unit
+            conversation = parse(record, record_file.path, number)
+            if system is not None and conversation.messages[0].role != "system":
+                conversation = Conversation((system, *conversation.messages), conversation.source)
+            yield conversation
+    except DatasetFormatError as err:  # a record's number in its file's own unit: line, record or row
+        if err.line is None or unit is None:
+            raise
+        raise DatasetFormatError(err.path, err.reason, line=err.line, field=err.field, unit=unit) from None

@@ -128,7 +128,8 @@ def read_json_array(path: Path) -> Iterator[tuple[int, dict]]:
             position = end
             number += 1
             if not isinstance(record, dict):
-                raise DatasetFormatError(path, f"expected a JSON object, got {type(record).__name__}", line=number)
+                raise DatasetFormatError(path, f"expected a JSON object, got {type(record).__name__}", line=number,
+                                         unit="record")
             yield number, record
 
 
