@@ -244,8 +244,17 @@ def test_llava_errors_name_the_record(llava_dir: Path) -> None:
     records[1] = {"id": "x", "conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]}
     _write_json(path, records)
     assert _error(path, "llava") == "broken.json record 2, field image: 1 <image> placeholders but 0 images"
-    assert "singular 'image' key: that is the LLaVA-Instruct layout" in _error(llava_dir / "llava_v1_5_mix665k.json",
-                                                                               "sharegpt")
+    _write_json(llava_dir / "dataset_info.json", {"llava": {"file_name": "llava_v1_5_mix665k.json",
+                                                             "formatting": "sharegpt"}})
+    assert "singular 'image' key: that is the LLaVA-Instruct layout" in _error(llava_dir)
+
+
+def test_llava_file_whose_first_records_are_text_only(llava_dir: Path) -> None:
+    """Detection sees no image key in the first records and reads ShareGPT, which takes LLaVA's `image` too."""
+    path = _write_json(llava_dir / "sorted.json", [LLAVA_MIX[1]] * 20 + [LLAVA_MIX[0]])
+    assert inspect_dataset(path).format is DatasetFormat.SHAREGPT
+    samples = load_dataset(path)
+    assert len(samples) == 21 and _red(samples[-1].images[0]) and _kinds(samples[-1].messages[0]) == ["image", "text"]
 
 
 # Hugging Face datasets: save_to_disk, Parquet shards, Image features, ChartQA's schema, TRL's vision layout

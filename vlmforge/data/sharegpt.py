@@ -36,6 +36,7 @@ class ShareGptLayout:
     assistant_tags: tuple[str, ...] = ("gpt",)
     system_tag: str | None = "system"
     unsupported_tags: tuple[str, ...] = ("observation", "function_call")  # tool turns: not trained here
+    llava_image: bool = False  # also read LLaVA's singular `image` (a file whose first records had no image key)
     origin: str = ""  # " (dataset_info.json entry 'x')", appended to messages about the layout
 
 
@@ -46,7 +47,7 @@ def bare_layout(first: dict) -> ShareGptLayout:
     turn = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
     role_tag, content_tag = ("role", "content") if "role" in turn and "from" not in turn else ("from", "value")
     return ShareGptLayout(messages=messages, role_tag=role_tag, content_tag=content_tag,
-                          user_tags=("human", "user"), assistant_tags=("gpt", "assistant"))
+                          user_tags=("human", "user"), assistant_tags=("gpt", "assistant"), llava_image=True)
 
 
 def parser(layout: ShareGptLayout, images: ImageResolver) -> Parser:
@@ -93,9 +94,11 @@ def parser(layout: ShareGptLayout, images: ImageResolver) -> Parser:
         return build_conversation(messages, path=path, line=line, field=layout.messages)
 
     def _images(record: dict, path: Path, line: int) -> list[ImageRef]:
-        if layout.images is None or record.get(layout.images) is None:
+        raw = record.get(layout.images) if layout.images is not None else None
+        if raw is None and layout.llava_image:
+            raw = record.get("image")
+        if raw is None:
             return []
-        raw = record[layout.images]
         raw = [raw] if isinstance(raw, (str, dict)) else raw  # LLaMA-Factory also takes a single image
         if not isinstance(raw, list):
             raise DatasetFormatError(path, "expected a list of images", line=line, field=layout.images)
@@ -111,7 +114,7 @@ def parser(layout: ShareGptLayout, images: ImageResolver) -> Parser:
 
     def _hint(record: dict, placeholders: int, found: list[ImageRef]) -> str:
         if placeholders and not found:
-            if layout.images != "image" and isinstance(record.get("image"), str):
+            if not layout.llava_image and isinstance(record.get("image"), str):
                 return " (this record has a singular 'image' key: that is the LLaVA-Instruct layout, format llava)"
             if layout.images is None:
                 return f" (no images column is mapped{layout.origin})"
