@@ -401,6 +401,10 @@ def test_detection_reasons_cover_every_chat_layout(tmp_path: Path) -> None:
         assert (summary.format, detect_format(path)) == (expected, expected)
         assert why in summary.format_reason and "JSONL file" in summary.format_reason
     assert inspect_dataset(path, "sharegpt").format_reason == "sharegpt: named by the caller; JSONL file"
+    path.write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n")
+    assert _error(path) == ("train.jsonl: cannot tell the image/question/answer columns from ['completion', 'prompt']; "
+                            "name them explicitly; nor is it a chat layout (no chat keys (conversations, messages, "
+                            "instruction/output) in the first record)")
 
 
 def test_inspect_reads_only_the_first_records_and_checks_them_like_the_full_load(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def detect(path: Path, records: list[dict]) -> tuple[DatasetFormat, str]:
         names = " or ".join(f"{f.value} ({why})" for f, why in families.items())
         raise DatasetFormatError(path, f"ambiguous: the first record could be {names}; name the dataset format")
     if not families:
-        return DatasetFormat.TABLE, "no chat keys (conversations, messages, instruction/output) in the first record"
+        return DatasetFormat.TABLE, NO_CHAT_KEYS
     family, why = next(iter(families.items()))
     if family is DatasetFormat.SHAREGPT:
         return _refine(path, records, _conversations_evidence, DatasetFormat.SHAREGPT,
@@ -42,7 +42,10 @@ def detect(path: Path, records: list[dict]) -> tuple[DatasetFormat, str]:
     if family is DatasetFormat.CONVERSATION:
         return _refine(path, records, _messages_evidence, DatasetFormat.CONVERSATION,
                        "records have 'messages' without images: conversation (openai reads them alike)")
-    return family, why
+    return family, f"the first record has {why}"
+
+
+NO_CHAT_KEYS = "no chat keys (conversations, messages, instruction/output) in the first record"
 
 
 def _families(record: dict) -> dict[DatasetFormat, str]:
@@ -52,10 +55,10 @@ def _families(record: dict) -> dict[DatasetFormat, str]:
     if isinstance(record.get("messages"), list):
         found[DatasetFormat.CONVERSATION] = "'messages'"
     if "instruction" in record and "output" in record:
-        found[DatasetFormat.ALPACA] = "Alpaca: 'instruction' and 'output'"
+        found[DatasetFormat.ALPACA] = "'instruction' and 'output' (Alpaca)"
     mapping = known_mapping(set(record))
     if mapping is not None:
-        found[DatasetFormat.TABLE] = f"table columns {mapping.image}/{mapping.question}/{mapping.answer}"
+        found[DatasetFormat.TABLE] = f"the columns {mapping.image}/{mapping.question}/{mapping.answer}"
     return found
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import alpaca, conversation_jsonl, llamafactory, llava, openai_jsonl, sharegpt, table, trl_messages
 from ._records import Parser
-from .detect import DatasetFormat, detect
+from .detect import NO_CHAT_KEYS, DatasetFormat, detect
 from .errors import DatasetFormatError
 from .images import ImageResolver
 from .layouts import Source, open_source
@@ -150,8 +150,13 @@ def _plan(path: Path, dataset_format: DatasetFormat | str | None, columns: Colum
         raise DatasetFormatError(path, f"columns name a table's image/question/answer columns; the {chosen.value} "
                                        "format has none")
     images = ImageResolver(source.images_dir)
-    return _Plan(source, chosen, f"{chosen.value}: {reason}; {source.description}",
-                 _parser(chosen, first_records[0], source, columns, images), head)
+    try:
+        parse = _parser(chosen, first_records[0], source, columns, images)
+    except DatasetFormatError as err:
+        if reason != NO_CHAT_KEYS or source.files[0].path.suffix.lower() not in (".json", ".jsonl"):
+            raise
+        raise DatasetFormatError(err.path, f"{err.reason}; nor is it a chat layout ({reason})") from None
+    return _Plan(source, chosen, f"{chosen.value}: {reason}; {source.description}", parse, head)
 
 
 def _format_named(path: Path, dataset_format: DatasetFormat | str | None) -> DatasetFormat | None:
