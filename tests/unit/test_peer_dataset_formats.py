@@ -436,6 +436,18 @@ def test_inspect_reads_only_the_first_records_and_checks_them_like_the_full_load
     assert inspect_dataset(small).complete
 
 
+def test_an_images_column_the_detected_format_does_not_read_is_refused_not_dropped(tmp_path: Path) -> None:
+    text_only = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    with_images = {"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "a"}],
+                   "images": ["a.png"]}
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [text_only] * 20 + [with_images]))
+    assert inspect_dataset(path).format is DatasetFormat.CONVERSATION
+    assert _error(path).startswith("train.jsonl line 21, field images: an 'images' column is not read by this format")
+    (tmp_path / "a.png").write_bytes(_image_bytes("red", "PNG"))
+    assert len(load_dataset(path, "sharegpt")[-1].images) == 1
+
+
 def test_repeated_image_paths_are_checked_once_and_share_one_reference(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.png").write_bytes(_image_bytes("red", "PNG"))

@@ -56,12 +56,17 @@ PartParser = Callable[[dict, Path, int, str], Part]
 """Parses one non-text content part (the piece in which chat formats differ): (part, file, line, field)."""
 
 
-def parse_chat_record(record: dict, path: Path, line: int, parse_media_part: PartParser) -> Conversation:
+def parse_chat_record(record: dict, path: Path, line: int, parse_media_part: PartParser, *,
+                      reads_images_column: bool = False) -> Conversation:
     """`{"messages": [{"role", "content": str | [parts]}]}`, shared by the conversation, OpenAI and TRL formats.
     Field names for errors are built only when there is an error: this runs a million times a dataset."""
     raw_messages = record.get("messages")
     if type(raw_messages) is not list:
         require(record, "messages", list, path=path, line=line)
+    if record.get("images") and not reads_images_column:
+        # Never dropped silently: a file whose first records had no images was detected as this format.
+        raise DatasetFormatError(path, "an 'images' column is not read by this format; it is ShareGPT's (mllm_demo) "
+                                       "or TRL's layout: name that dataset format", line=line, field="images")
     messages = []
     for index, raw in enumerate(raw_messages):  # type: ignore[arg-type]
         if type(raw) is not dict:

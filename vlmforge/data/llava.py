@@ -53,6 +53,9 @@ def parser(images: ImageResolver) -> Parser:
         return build_conversation(messages, path=path, line=line, field="conversations")
 
     def _images(record: dict, path: Path, line: int) -> list[ImageRef]:
+        if record.get("images"):  # never dropped silently: ShareGPT's key in a file detected as LLaVA
+            raise DatasetFormatError(path, "an 'images' list is ShareGPT's key, LLaVA's is 'image': name the "
+                                           "dataset format sharegpt", line=line, field="images")
         raw = record.get("image")
         if raw is None:
             return []

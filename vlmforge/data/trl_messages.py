@@ -39,7 +39,7 @@ def parser(images: ImageResolver) -> Parser:
                                                     "entries of images", line=part_line, field=field)
             return ImagePart(pending[used - 1])
 
-        conversation = parse_chat_record(record, path, line, image_part)
+        conversation = parse_chat_record(record, path, line, image_part, reads_images_column=True)
         if used != len(pending):
             raise DatasetFormatError(path, f"{len(pending)} images but {used} {{'type': 'image'}} parts", line=line,
                                      field="images")
