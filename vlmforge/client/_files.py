@@ -36,8 +36,7 @@ class Files:
         The sha256 is computed first; content the trainer already holds is not sent again. A stream that
         breaks (UNAVAILABLE / ABORTED) resumes from the offset the trainer committed, up to `max_attempts`
         streams in all. `exclude`: paths inside a directory (relative, with "/") left out of its tar.
-        `progress` is called before the first chunk and after
-        every chunk handed to the stream."""
+        `progress` is called before the first chunk and after every chunk handed to the stream."""
         if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
             raise ValueError(f"chunk_bytes must be between 1 and {MAX_CHUNK_BYTES}")
         source = source_for(path, exclude=frozenset(exclude))

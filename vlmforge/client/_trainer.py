@@ -16,7 +16,11 @@ from .errors import from_rpc_error
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "VLMFORGE_TRAINER_ADDRESS"
 API_KEY_ENV = "VLMFORGE_API_KEY"
-_DEFAULT_CHANNEL_OPTIONS = (("grpc.max_reconnect_backoff_ms", 5000),)
+# A restarted trainer is reconnected to within seconds (gRPC's own backoff grows to 120 s between attempts), and
+# a connection that died silently (a laptop asleep, a NAT timeout) is noticed by keepalive pings every 30 s
+# (the trainer accepts them from 10 s on), so a long Watch stream breaks with UNAVAILABLE and reconnects.
+_DEFAULT_CHANNEL_OPTIONS = (("grpc.max_reconnect_backoff_ms", 5000), ("grpc.keepalive_time_ms", 30_000),
+                            ("grpc.keepalive_timeout_ms", 10_000))
 
 
 def resolve_address(address: str | None) -> str:
@@ -24,8 +28,7 @@ def resolve_address(address: str | None) -> str:
 
 
 def channel_options(options: Sequence[tuple[str, object]]) -> list[tuple[str, object]]:
-    """The caller's options over ours: a trainer that restarts is reconnected to within seconds (gRPC's own
-    backoff grows to 120 s between connection attempts)."""
+    """The caller's options over our defaults."""
     given = dict(options)
     return [*given.items(), *((k, v) for k, v in _DEFAULT_CHANNEL_OPTIONS if k not in given)]
 
