@@ -14,7 +14,6 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-import grpc
 import openai
 from rich.console import Console
 from rich.table import Table
@@ -22,10 +21,9 @@ from rich.table import Table
 from trainer_service import cli as trainer_cli
 from trainer_service.evaluation import score_answers
 from vlmforge.artifacts import LOSS_PLOT_FILE
+from vlmforge.client import FineTuningJob, Trainer
 from vlmforge.data import load_dataset
 from vlmforge.processes import start_and_wait, stop
-from vlmforge.trainer.v1 import trainer_pb2 as pb
-from vlmforge.trainer.v1 import trainer_pb2_grpc
 
 from . import DEMO_HYPERPARAMETERS
 from .ask import ServedAnswer, ask_all
@@ -108,7 +106,7 @@ def _run(args, run_dir: Path, services: ExitStack) -> int:
     phase_started = time.perf_counter()
     job = _fine_tune(trainer_address, args)
     timings["fine_tune"] = time.perf_counter() - phase_started
-    if job.status != pb.JOB_STATUS_SUCCEEDED:
+    if job.status != "succeeded":
         console.print(f"[red]the fine-tune did not succeed; see {run_dir / 'trainer'}[/]")
         return 1
 
@@ -132,22 +130,20 @@ def _run(args, run_dir: Path, services: ExitStack) -> int:
     return 0
 
 
-def _fine_tune(address: str, args) -> pb.FineTuningJob:
+def _fine_tune(address: str, args) -> FineTuningJob:
     """Submits the job, then follows it exactly as `python -m trainer_service.cli create` does."""
-    hyper = pb.Hyperparameters(max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                               warmup_steps=DEMO_HYPERPARAMETERS.warmup_steps)
-    request = pb.CreateFineTuningJobRequest(
-        model=str(args.model.resolve()), training_file=str((args.data_dir / "train.jsonl").resolve()),
-        suffix="demo", method=pb.FINE_TUNING_METHOD_LORA, hyperparameters=hyper)
-    console.print(f"[dim]$ python -m trainer_service.cli --server {address} create {request.model} "
-                  f"{request.training_file} --suffix demo --max-steps {args.steps} --batch-size {args.batch_size} "
-                  f"--learning-rate {args.learning_rate} --warmup-steps {hyper.warmup_steps}[/]")
-    with grpc.insecure_channel(address) as channel:
-        client = trainer_pb2_grpc.FineTuningServiceStub(channel)
-        job = client.CreateFineTuningJob(request)
+    hyper = {"max_steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+             "warmup_steps": DEMO_HYPERPARAMETERS.warmup_steps}
+    model, training_file = str(args.model.resolve()), str((args.data_dir / "train.jsonl").resolve())
+    console.print(f"[dim]$ python -m trainer_service.cli --server {address} create {model} "
+                  f"{training_file} --suffix demo --max-steps {args.steps} --batch-size {args.batch_size} "
+                  f"--learning-rate {args.learning_rate} --warmup-steps {hyper['warmup_steps']}[/]")
+    with Trainer(address) as client:
+        job = client.jobs.create(model=model, training_file=training_file, suffix="demo", method="lora",
+                                 hyperparameters=hyper)
         console.print(f"created [bold]{job.id}[/]")
         trainer_cli.follow(client, job.id, 0)
-        return client.GetFineTuningJob(pb.GetFineTuningJobRequest(id=job.id))
+        return client.jobs.retrieve(job.id)
 
 
 def _print_summary(result: DemoResult, before: list[ServedAnswer], after: list[ServedAnswer], examples: int) -> None:
