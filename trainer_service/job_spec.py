@@ -8,7 +8,6 @@ All raise typed errors naming the field.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,11 +261,10 @@ def load_job_dataset(spec: JobSpec, field_name: str, source: DatasetSource | Non
     return _dataset_call(load_dataset, spec, field_name, source)
 
 
-def inspect_job_dataset(spec: JobSpec, field_name: str, source: DatasetSource | None = None, *,
-                        max_records: int = 16) -> DatasetSummary:
-    """Checks the first `max_records` records of one of a job's datasets as `load_job_dataset` would, keeping
-    none: Create's cheap look (format, why, first records), or with no limit the validator's full check."""
-    return _dataset_call(functools.partial(inspect_dataset, max_records=max_records), spec, field_name, source)
+def inspect_job_dataset(spec: JobSpec, field_name: str, source: DatasetSource | None = None) -> DatasetSummary:
+    """Create's cheap look at one of a job's datasets: its format (and why) and its first records, checked as
+    `load_job_dataset` would."""
+    return _dataset_call(inspect_dataset, spec, field_name, source)
 
 
 def _dataset_call(read, spec: JobSpec, field_name: str, source: DatasetSource | None):
