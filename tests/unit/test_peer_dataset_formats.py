@@ -466,3 +466,15 @@ def test_parquet_shards_without_split_names_are_one_dataset(tmp_path: Path) -> N
         pq.write_table(_chartqa_table([(color, query, color)]), tmp_path / f"chunk_{index}.parquet")
     assert [s.question for s in load_dataset(tmp_path, split="train")] == ["First?", "Second?"]
     assert "2 Parquet shard(s) without split names" in inspect_dataset(tmp_path, split="validation").format_reason
+
+
+def test_inspect_with_a_huge_max_records_streams_the_whole_file(tmp_path: Path) -> None:
+    import sys
+
+    record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    path = tmp_path / "train.jsonl"
+    path.write_text((json.dumps(record) + "\n") * 40)
+    summary = inspect_dataset(path, max_records=sys.maxsize)
+    assert (summary.records_checked, summary.complete) == (40, True)
+    assert (inspect_dataset(path, max_records=40).complete, inspect_dataset(path, max_records=39).complete) == (True,
+                                                                                                                False)

@@ -43,7 +43,6 @@ class _Plan:
     format: DatasetFormat
     reason: str
     parse: Parser
-    head: list[_Located]  # the first records, read once for detection (and all that inspect_dataset checks)
 
 
 def load_dataset(
@@ -60,7 +59,7 @@ def load_dataset(
     `system_prompt` is given to samples that have no system message. Raises DatasetFormatError on bad input."""
     path = Path(path)
     with _as_format_errors(path), _without_cyclic_gc():
-        plan = _plan(path, dataset_format, columns, dataset_name, split, _DETECT_RECORDS)
+        plan = _plan(path, dataset_format, columns, dataset_name, split)
         conversations = list(_conversations(plan, _all_records(plan.source), system_prompt))
     if not conversations:
         raise DatasetFormatError(path, "dataset is empty")
@@ -79,19 +78,21 @@ def inspect_dataset(
     """Checks the first `max_records` records exactly as `load_dataset` would, reading no further than that."""
     path = Path(path)
     with _as_format_errors(path):
-        wanted = max(max_records, 1)
-        plan = _plan(path, dataset_format, columns, dataset_name, split, max(wanted + 1, _DETECT_RECORDS))
-        checked = sum(1 for _ in _conversations(plan, plan.head[:wanted], None))
+        plan = _plan(path, dataset_format, columns, dataset_name, split)
+        records = _all_records(plan.source)
+        # Streamed: any max_records (a whole file, too) holds one record at a time, and nothing past it is read.
+        checked = sum(1 for _ in _conversations(plan, itertools.islice(records, max(max_records, 1)), None))
         if not checked:
             raise DatasetFormatError(path, "dataset is empty")
-    return DatasetSummary(plan.format, plan.reason, checked, len(plan.head) <= wanted, plan.source.description)
+        complete = next(records, None) is None
+    return DatasetSummary(plan.format, plan.reason, checked, complete, plan.source.description)
 
 
 def detect_format(path: str | Path, *, dataset_name: str | None = None, split: str | None = None) -> DatasetFormat:
     """The format `load_dataset` would read `path` in (see `inspect_dataset` for the reason too)."""
     path = Path(path)
     with _as_format_errors(path):
-        return _plan(path, None, None, dataset_name, split, _DETECT_RECORDS).format
+        return _plan(path, None, None, dataset_name, split).format
 
 
 @contextlib.contextmanager
@@ -128,18 +129,17 @@ class _as_format_errors:
 
 
 def _plan(path: Path, dataset_format: DatasetFormat | str | None, columns: ColumnMapping | None,
-          dataset_name: str | None, split: str | None, head_records: int) -> _Plan:
+          dataset_name: str | None, split: str | None) -> _Plan:
     chosen = _format_named(path, dataset_format)
     if llamafactory.is_llamafactory_config(path):
-        return _llamafactory_plan(path, chosen, columns, dataset_name, head_records)
+        return _llamafactory_plan(path, chosen, columns, dataset_name)
     if dataset_name is not None:
         raise DatasetFormatError(path, f"dataset_name {dataset_name!r} names an entry of a LLaMA-Factory "
                                        "dataset_info.json, and this is not one")
     source = open_source(path, split)
-    head = _head(source, head_records)
-    if not head:
+    first_records = [record for _, _, record in itertools.islice(_all_records(source), _DETECT_RECORDS)]
+    if not first_records:
         raise DatasetFormatError(path, "dataset is empty")
-    first_records = [record for _, _, record in head[:_DETECT_RECORDS]]
     if chosen is not None:
         reason = "named by the caller"
     elif columns is not None:
@@ -156,7 +156,7 @@ def _plan(path: Path, dataset_format: DatasetFormat | str | None, columns: Colum
         if reason != NO_CHAT_KEYS or source.files[0].path.suffix.lower() not in (".json", ".jsonl"):
             raise
         raise DatasetFormatError(err.path, f"{err.reason}; nor is it a chat layout ({reason})") from None
-    return _Plan(source, chosen, f"{chosen.value}: {reason}; {source.description}", parse, head)
+    return _Plan(source, chosen, f"{chosen.value}: {reason}; {source.description}", parse)
 
 
 def _format_named(path: Path, dataset_format: DatasetFormat | str | None) -> DatasetFormat | None:
@@ -188,7 +188,7 @@ def _parser(chosen: DatasetFormat, first: dict, source: Source, columns: ColumnM
 
 
 def _llamafactory_plan(path: Path, chosen: DatasetFormat | None, columns: ColumnMapping | None,
-                       dataset_name: str | None, head_records: int) -> _Plan:
+                       dataset_name: str | None) -> _Plan:
     entry = llamafactory.resolve(path, dataset_name)
     entry_format = DatasetFormat.ALPACA if entry.formatting == "alpaca" else DatasetFormat.SHAREGPT
     if chosen not in (None, entry_format):
@@ -201,17 +201,13 @@ def _llamafactory_plan(path: Path, chosen: DatasetFormat | None, columns: Column
     images = ImageResolver(entry.dataset_dir)
     parse = (alpaca.parser(entry.layout, images) if isinstance(entry.layout, alpaca.AlpacaLayout)
              else sharegpt.parser(entry.layout, images))
-    return _Plan(source, entry_format, f"{entry_format.value}: {entry.reason}", parse, _head(source, head_records))
+    return _Plan(source, entry_format, f"{entry_format.value}: {entry.reason}", parse)
 
 
 def _all_records(source: Source) -> Iterator[_Located]:
     for record_file in source.files:
         for number, record in record_file.read():
             yield record_file, number, record
-
-
-def _head(source: Source, count: int) -> list[_Located]:
-    return list(itertools.islice(_all_records(source), count))
 
 
 def _conversations(plan: _Plan, records: Iterable[_Located], system_prompt: str | None) -> Iterator[Conversation]:
