@@ -38,14 +38,16 @@ def _llamafactory_mllm_demo(root: Path) -> tuple[Path, str]:
                for i, (color, q) in enumerate(QUESTIONS)]
     (root / "mllm_demo.json").write_text(json.dumps(records, indent=2))
     (root / "dataset_info.json").write_text(json.dumps({"mllm_demo": {
-        "file_name": "mllm_demo.json", "formatting": "sharegpt", "columns": {"messages": "messages", "images": "images"},
+        "file_name": "mllm_demo.json", "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}))
     return root, "mllm_demo"
 
 
 def _llamafactory_alpaca(root: Path) -> tuple[Path, str]:
     records = [{"instruction": f"<image>{q}", "input": "One word.", "output": color, "system": "Be brief.",
-                "images": [f"imgs/{_save(color, root / 'imgs' / f'{i}.png')}"]} for i, (color, q) in enumerate(QUESTIONS)]
+                "images": [f"imgs/{_save(color, root / 'imgs' / f'{i}.png')}"]}
+               for i, (color, q) in enumerate(QUESTIONS)]
     (root / "colors.json").write_text(json.dumps(records))
     (root / "dataset_info.json").write_text(json.dumps({"colors": {"file_name": "colors.json", "columns": {
         "prompt": "instruction", "query": "input", "response": "output", "system": "system", "images": "images"}}}))
