@@ -112,10 +112,13 @@ class EventHub:
             if not feed.events:
                 await self._refresh(feed)
             while True:
-                for event in feed.after(sent):
-                    yield event
+                pending = feed.after(sent)
+                for event in pending:
+                    yield event  # the client may take a while: more events can arrive meanwhile
                     sent = event.sequence
-                if feed.ended and sent >= feed.last_sequence:
+                if pending:
+                    continue  # look again before waiting, or a wake-up that came during a send is lost
+                if feed.ended:
                     return
                 if self._closed:
                     raise StreamDrainedError(sent)

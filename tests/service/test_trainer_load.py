@@ -122,6 +122,35 @@ def test_200_watchers_and_100_creates_every_event_in_order_latencies_bounded_thr
     assert len(jobs.list([JobStatus.QUEUED], 100, "")[0]) == 100, "every create made one job"
 
 
+def test_a_burst_of_events_reaches_every_watcher_in_full(served, tiny_model_dir, small_dataset_dir) -> None:
+    """Events every 2 ms, faster than 100 streams send them: those that arrive while a stream is sending must
+    not be left waiting for a wake-up that already happened (the last ones above all)."""
+    running, jobs = served
+    job = jobs.create(JobSpec(str(tiny_model_dir), str(small_dataset_dir / "train.jsonl")))
+
+    def write() -> None:
+        writer = JobStore(jobs.store.path)  # a worker's own connection
+        writer.transition(job.id, JobStatus.RUNNING, "running")
+        for step in range(1, 101):
+            writer.record_progress(job.id, step, 100, f"step {step}", {"step": step})
+            time.sleep(0.002)
+        writer.transition(job.id, JobStatus.SUCCEEDED, "done")
+
+    async def watch_all() -> list[list[int]]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = trainer_pb2_grpc.FineTuningServiceStub(channel)
+            watches = [asyncio.create_task(_watch(stub, job.id)) for _ in range(100)]
+            await asyncio.sleep(0.3)
+            writing = threading.Thread(target=write)
+            writing.start()
+            try:
+                return await asyncio.wait_for(asyncio.gather(*watches), timeout=60)
+            finally:
+                writing.join()
+
+    assert all(sequences == list(range(1, 104)) for sequences in asyncio.run(watch_all()))
+
+
 def test_stream_limits_answer_resource_exhausted_naming_the_setting(tiny_model_dir, small_dataset_dir,
                                                                     tmp_path) -> None:
     jobs = JobService(JobStore(tmp_path / "jobs.sqlite3"), watch_poll_interval_s=0.05)

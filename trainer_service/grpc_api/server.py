@@ -73,13 +73,14 @@ class RunningServer:
     events: EventHub
     stream_limits: StreamLimits
     loop: ServerLoop
+    services: tuple[str, ...] = (SERVICE_NAME,)  # the health status of each, and of "" (the whole server)
 
     def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         self.loop.run(self._set_health(status))
 
     async def _set_health(self, status) -> None:
-        for service in ("", SERVICE_NAME):
+        for service in ("", *self.services):
             await self.health.set(service, status)
 
     def drain(self, grace_s: float) -> None:
@@ -118,7 +119,7 @@ async def _start(loop: ServerLoop, jobs: JobService, address: str, max_message_b
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*served, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(address)
-    for service in ("", SERVICE_NAME):
+    for service in ("", *served):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await events.start()
     await server.start()
@@ -129,4 +130,4 @@ async def _start(loop: ServerLoop, jobs: JobService, address: str, max_message_b
         loop.call_soon(lambda: loop.loop.create_task(events.close()))
 
     return RunningServer(AsyncServer(loop, server, on_stopped=stopped), port, health_servicer, events,
-                         stream_limits, loop)
+                         stream_limits, loop, tuple(served))
