@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # a local file, a YAML, an argument (LlamaFactoryConfigError too)
         console.print(f"[red]error[/]: {escape(str(error))}")
         return 2
+    except KeyboardInterrupt:
+        console.print("interrupted (a submitted job goes on: `watch JOB_ID` follows it again)")
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -195,7 +198,7 @@ def _migration(client: Trainer, args) -> Migration | None:
         raise LlamaFactoryConfigError(
             f"{args.llamafactory_config}: keys this trainer cannot honor: {', '.join(migration.unsupported)} "
             "(remove them, or pass --ignore-unsupported)")
-    if _should_upload(migration.create_kwargs["training_file"], args):
+    if not args.training_file and _should_upload(migration.create_kwargs["training_file"], args):
         # The whole dataset_dir travels, less the files of its other datasets (the trainer wants one).
         migration.create_kwargs["training_file"] = _upload(client, str(migration.dataset_dir),
                                                            exclude=_other_datasets(migration))
@@ -205,7 +208,7 @@ def _migration(client: Trainer, args) -> Migration | None:
 def _other_datasets(migration: Migration) -> frozenset[str]:
     info = json.loads((migration.dataset_dir / DATASET_INFO).read_text(encoding="utf-8"))
     chosen = migration.create_kwargs["dataset_name"]
-    return frozenset(entry["file_name"] for name, entry in info.items()
+    return frozenset(Path(entry["file_name"]).as_posix() for name, entry in info.items()
                      if name != chosen and isinstance(entry, dict) and isinstance(entry.get("file_name"), str)
                      and entry["file_name"] != info.get(chosen, {}).get("file_name"))
 

@@ -138,6 +138,36 @@ def test_events_resume_after_a_drain_and_a_restart_without_gaps_or_repeats(store
     assert seen[-1].type == "status_changed" and seen[-1].data.status == "cancelled"
 
 
+def test_async_events_resume_after_a_drain_and_a_restart(store, job_fields) -> None:
+    first = _serve(store, "127.0.0.1:0")
+    address = f"127.0.0.1:{first.port}"
+
+    async def scenario() -> list[types.JobEvent]:
+        async with AsyncTrainer(address, options=FAST_RECONNECT) as client:
+            job = await client.jobs.create(**job_fields)
+            events = client.jobs.events(job.id, reconnect_timeout_s=30)
+            seen = [await anext(events)]
+            rest = asyncio.create_task(_collect(events))
+            await asyncio.to_thread(first.drain, 1.0)
+            store.append_event(job.id, "log", "while no trainer listens")
+            await asyncio.sleep(0.5)
+            assert not rest.done()
+            second = await asyncio.to_thread(_serve, store, address)
+            try:
+                JobService(store).cancel(job.id)
+                return seen + await asyncio.wait_for(rest, 30)
+            finally:
+                second.server.stop(None)
+
+    seen = asyncio.run(scenario())
+    assert [e.sequence for e in seen] == [1, 2, 3] and seen[1].message == "while no trainer listens"
+    assert seen[-1].data.status == "cancelled"
+
+
+async def _collect(events) -> list[types.JobEvent]:
+    return [event async for event in events]
+
+
 def test_events_without_follow_return_what_is_recorded(client, job_fields, store) -> None:
     job = client.jobs.create(**job_fields)
     store.append_event(job.id, "log", "one")

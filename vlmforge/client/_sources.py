@@ -78,7 +78,7 @@ def _tar_stream(root: Path, exclude: frozenset[str] = frozenset()) -> Iterator[b
     """A POSIX (pax) tar of `root`'s contents, names relative to it. Symlinked files are stored as the file they
     point to (the trainer refuses links in archives); a symlinked directory is refused."""
     for relative, full in _walk(root):
-        if relative in exclude:
+        if exclude and _excluded(relative, exclude):
             continue
         info = os.stat(full)  # follows a symlinked file
         member = tarfile.TarInfo(relative)
@@ -99,6 +99,12 @@ def _tar_stream(root: Path, exclude: frozenset[str] = frozenset()) -> Iterator[b
         if member.size % _BLOCK:
             yield b"\0" * (_BLOCK - member.size % _BLOCK)
     yield b"\0" * (2 * _BLOCK)  # end of archive
+
+
+def _excluded(relative: str, exclude: frozenset[str]) -> bool:
+    """The path itself, or a directory above it, is excluded."""
+    parts = relative.split("/")
+    return any("/".join(parts[:end]) in exclude for end in range(1, len(parts) + 1))
 
 
 def _walk(root: Path) -> Iterator[tuple[str, Path]]:
