@@ -127,6 +127,25 @@ def test_keys_it_does_not_know_are_named_never_dropped(tmp_path, data_dir) -> No
     assert "cosine_with_restarts" in migration.unsupported["lr_scheduler_type"]
 
 
+def test_evaluation_follows_the_eval_strategy(tmp_path, data_dir) -> None:
+    text = QWEN2VL_LORA_SFT.replace("eval_strategy: steps\n", "")  # transformers' default strategy is "no"
+    migration = migrate(_yaml(tmp_path, text, dataset="mllm_demo", dataset_dir=str(data_dir)))
+    assert "eval_every_steps" not in migration.create_kwargs["hyperparameters"]
+    assert "would not validate either" in migration.no_effect["eval_steps"]
+    text = QWEN2VL_LORA_SFT.replace("eval_steps: 500\n", "")  # "steps" without eval_steps: logging_steps
+    migration = migrate(_yaml(tmp_path, text, dataset="mllm_demo", dataset_dir=str(data_dir), val_size=0))
+    assert migration.create_kwargs["hyperparameters"]["eval_every_steps"] == 10
+    assert "validation_split" not in migration.create_kwargs["hyperparameters"] and "val_size" in migration.no_effect
+
+
+def test_every_key_is_accounted_for_even_when_null(tmp_path, data_dir) -> None:
+    nulls = {key: None for key in ("quantization_bit", "eval_dataset", "lr_scheduler_type", "lora_alpha", "max_steps",
+                                   "val_size", "eval_strategy", "eval_steps", "seed", "report_to")}
+    migration = migrate(_yaml(tmp_path, dataset="mllm_demo", dataset_dir=str(data_dir), **nulls))
+    accounted = set(migration.mapped) | set(migration.no_effect) | set(migration.unsupported)
+    assert set(yaml.safe_load(QWEN2VL_LORA_SFT)) | set(nulls) <= accounted
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"finetuning_type": "full"}, "finetuning_type: 'full': only lora"),
     ({"val_size": 100}, "val_size: 100: give a share between 0 and 0.5"),

@@ -161,6 +161,8 @@ class _Builder:
             if bits == 4:
                 self.kwargs["method"] = "qlora"
                 self.mapped["quantization_bit"] = "method (qlora)"
+            else:
+                self.no_effect["quantization_bit"] = "null: no quantization"
 
     def _dataset(self, cwd: Path) -> None:
         names = self.config.pop("dataset", None)
@@ -177,9 +179,12 @@ class _Builder:
             self.fail("dataset_dir", f"{self.dataset_dir} holds no {DATASET_INFO}")
         self.kwargs.update(training_file=str(info), dataset_name=listed[0])
         self.mapped["dataset"], self.mapped["dataset_dir"] = "dataset_name", "training_file (its dataset_info.json)"
-        eval_names = self.config.pop("eval_dataset", None)
-        if eval_names:
-            self.unsupported["eval_dataset"] = f"{eval_names!r}: use val_size, or --validation-file"
+        if "eval_dataset" in self.config:
+            eval_names = self.config.pop("eval_dataset")
+            if eval_names:
+                self.unsupported["eval_dataset"] = f"{eval_names!r}: use val_size, or --validation-file"
+            else:
+                self.no_effect["eval_dataset"] = f"{eval_names!r}: none"
 
     def _lora(self) -> None:
         self.take("lora_rank", "lora_rank", _whole)
@@ -190,6 +195,7 @@ class _Builder:
             self.mapped["lora_rank"] = "hyperparameters.lora_rank = 8" + _DEFAULT
         if "lora_alpha" not in self.hyper:
             self.hyper["lora_alpha"] = 2.0 * self.hyper["lora_rank"]
+            self.no_effect.pop("lora_alpha", None)  # a null lora_alpha means this default too
             self.mapped["lora_alpha"] = "hyperparameters.lora_alpha = 2 x lora_rank" + _DEFAULT
         absent = "lora_target" not in self.config
         modules = [m.strip() for m in str(self.config.pop("lora_target", "all")).split(",") if m.strip()]
@@ -228,10 +234,12 @@ class _Builder:
                 self.hyper["max_steps"] = self.convert("max_steps", _whole, steps)
                 self.mapped["max_steps"] = "hyperparameters.max_steps"
             else:
-                self.no_effect["max_steps"] = "-1: epochs decide"
-        scheduler = self.config.pop("lr_scheduler_type", None)
-        if scheduler is not None:
-            if scheduler not in _SCHEDULERS:
+                self.no_effect["max_steps"] = f"{steps!r}: epochs decide"
+        if "lr_scheduler_type" in self.config:
+            scheduler = self.config.pop("lr_scheduler_type")
+            if scheduler is None:
+                self.no_effect["lr_scheduler_type"] = "null: the trainer's default (cosine)"
+            elif scheduler not in _SCHEDULERS:
                 self.unsupported["lr_scheduler_type"] = f"{scheduler!r}: this trainer has {', '.join(_SCHEDULERS)}"
             else:
                 self.hyper["scheduler"] = _SCHEDULERS[scheduler]
@@ -247,23 +255,34 @@ class _Builder:
     def _evaluation(self) -> None:
         if "val_size" in self.config:
             share = self.config.pop("val_size")
-            if share is not None and share != 0:
+            if share in (None, 0):
+                self.no_effect["val_size"] = f"{share!r}: nothing is held out"
+            else:
                 number = self.convert("val_size", _number, share)
                 if isinstance(share, int) and share > 1 or not 0 < number <= 0.5:
                     self.fail("val_size", f"{share!r}: give a share between 0 and 0.5 (a record count is not "
                                           "supported)")
-                self.hyper["validation_split"] = float(share)
+                self.hyper["validation_split"] = number
                 self.mapped["val_size"] = "hyperparameters.validation_split"
-        strategy = self.config.pop("eval_strategy", self.config.pop("evaluation_strategy", None))
-        if strategy not in (None, "steps", "no"):
-            self.unsupported["eval_strategy"] = f"{strategy!r}: validation runs every eval_steps steps"
-        if strategy == "no":
-            self.config.pop("eval_steps", None)
-            self.no_effect["eval_strategy"] = "no: no validation during training"
-            return
-        self.take("eval_steps", "eval_every_steps", _whole)
+        strategy = None
+        for key in ("eval_strategy", "evaluation_strategy"):  # the second: transformers' older name
+            if key not in self.config:
+                continue
+            strategy = self.config.pop(key)
+            if strategy == "steps":
+                self.mapped[key] = "hyperparameters.eval_every_steps (with eval_steps)"
+            elif strategy in (None, "no"):
+                self.no_effect[key] = f"{strategy!r}: no validation during training"
+            else:
+                self.unsupported[key] = f"{strategy!r}: validation runs every eval_steps steps"
         if strategy == "steps":
-            self.mapped["eval_strategy"] = "hyperparameters.eval_every_steps"
+            # transformers: eval_steps defaults to logging_steps (500 by default) under the "steps" strategy.
+            every = self.config.pop("eval_steps", None) or self.config.get("logging_steps") or 500
+            self.hyper["eval_every_steps"] = self.convert("eval_steps", _whole, every)
+            self.mapped["eval_steps"] = "hyperparameters.eval_every_steps"
+        elif "eval_steps" in self.config:
+            self.config.pop("eval_steps")
+            self.no_effect["eval_steps"] = "eval_strategy is not 'steps', so LLaMA-Factory would not validate either"
 
 
 def _text(value: Any) -> str:
