@@ -61,7 +61,7 @@ def main() -> None:
     metrics_port = serve_metrics(store, settings.metrics_host, settings.metrics_port)
     launcher = _kubernetes_launcher(store, settings) if on_kubernetes else LocalLauncher(
         store, settings.state_dir, artifacts_dir=settings.artifact_store, worker_env=_worker_env(settings),
-        gpus_per_job=settings.gpus_per_job)
+        gpus_per_job=settings.gpus_per_job, worker_niceness=settings.worker_niceness)
     launcher.start()
     running.set_serving(True)
     logger.info("trainer listening on %s:%d, metrics on :%d/metrics, state in %s", settings.grpc_host,

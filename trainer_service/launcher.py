@@ -3,6 +3,7 @@ torchrun), FIFO; a Kubernetes launcher will implement the same two methods."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -41,7 +42,7 @@ class Launcher(Protocol):
 class LocalLauncher:
     def __init__(self, store: JobStore, state_dir: Path, *, artifacts_dir: Path | None = None,
                  worker_env: dict[str, str] | None = None, gpus_per_job: int = 1, poll_interval_s: float = 0.5,
-                 max_attempts: int = 10, cancel_grace_s: float = 5.0):
+                 max_attempts: int = 10, cancel_grace_s: float = 5.0, worker_niceness: int = 10):
         self.store = store
         self.state_dir = Path(state_dir)
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else self.state_dir / "artifacts"
@@ -50,6 +51,7 @@ class LocalLauncher:
         self.poll_interval_s = poll_interval_s
         self.max_attempts = max_attempts
         self.cancel_grace_s = cancel_grace_s
+        self.worker_niceness = worker_niceness
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="local-launcher", daemon=True)
         self._process: subprocess.Popen | None = None
@@ -109,6 +111,12 @@ class LocalLauncher:
         log = open(self.state_dir / f"worker-{job_id}.log", "ab")  # noqa: SIM115 - handed to the child
         self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                          env={**os.environ, **self.worker_env})
+        # Niced: training takes every core it can get, and the API on the same machine must still answer at once.
+        # Set from here, not in the child (preexec_fn is unsafe in a threaded process); torchrun's ranks, started
+        # a moment later, inherit it.
+        with contextlib.suppress(ProcessLookupError):  # it already ended: the next poll sees how
+            os.setpriority(os.PRIO_PROCESS, self._process.pid,
+                           os.getpriority(os.PRIO_PROCESS, 0) + self.worker_niceness)
         log.close()
         self._job_id = job_id
         logger.info("job %s: worker pid %d", job_id, self._process.pid)

@@ -55,6 +55,8 @@ class TrainerSettings(BaseSettings):
     worker_max_pod_failures: int = Field(3, ge=0, description="worker pods that may die (OOM, lost node) before "
                                          "the job fails; each new pod resumes from the last checkpoint")
     max_concurrent_jobs: int = Field(4, ge=1, description="worker Jobs running at once (kubernetes launcher)")
+    worker_niceness: int = Field(10, ge=0, le=19, description="local launcher: the worker process's nice "
+                                 "increment, so training on the trainer's own cores never slows its API")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted")
     drain_announce_s: float = Field(2.0, ge=0, description="on SIGTERM: how long health says NOT_SERVING (new jobs "
                                     "get UNAVAILABLE) before the server stops taking calls, so probes and load "

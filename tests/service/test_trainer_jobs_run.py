@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
 from trainer_service.grpc_api.server import create_server
@@ -110,6 +111,8 @@ def test_cancel_stops_the_worker_within_seconds(service, tiny_model_dir, small_d
     for event in client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=240):
         if event.HasField("progress"):
             break
+    worker = psutil.Process(launcher.current_worker_pid)
+    assert worker.nice() >= psutil.Process().nice() + 10, "training yields the CPU to the API on its machine"
     started = time.monotonic()
     client.CancelFineTuningJob(pb.CancelFineTuningJobRequest(id=job.id))
     while launcher.current_worker_pid is not None and time.monotonic() - started < 15:

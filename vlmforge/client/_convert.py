@@ -21,7 +21,8 @@ _METHOD = {pb.FINE_TUNING_METHOD_UNSPECIFIED: "lora", pb.FINE_TUNING_METHOD_LORA
 _METHOD_TO_PB = {"lora": pb.FINE_TUNING_METHOD_LORA, "qlora": pb.FINE_TUNING_METHOD_QLORA}
 _FORMAT_TO_PB = {None: pb.DATASET_FORMAT_UNSPECIFIED, "conversation": pb.DATASET_FORMAT_CONVERSATION,
                  "openai": pb.DATASET_FORMAT_OPENAI, "table": pb.DATASET_FORMAT_TABLE,
-                 "sharegpt": pb.DATASET_FORMAT_SHAREGPT}
+                 "sharegpt": pb.DATASET_FORMAT_SHAREGPT, "alpaca": pb.DATASET_FORMAT_ALPACA,
+                 "llava": pb.DATASET_FORMAT_LLAVA, "trl_messages": pb.DATASET_FORMAT_TRL_MESSAGES}
 _SCHEDULER = {pb.LEARNING_RATE_SCHEDULER_COSINE: "cosine", pb.LEARNING_RATE_SCHEDULER_LINEAR: "linear",
               pb.LEARNING_RATE_SCHEDULER_CONSTANT: "constant"}
 _SCHEDULER_TO_PB = {name: number for number, name in _SCHEDULER.items()}

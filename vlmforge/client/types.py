@@ -11,7 +11,7 @@ JobStatus = Literal["validating_files", "queued", "running", "succeeded", "faile
 TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 FileStatus = Literal["uploaded", "processed", "error"]
 Method = Literal["lora", "qlora"]
-DatasetFormat = Literal["conversation", "openai", "table", "sharegpt"]
+DatasetFormat = Literal["conversation", "openai", "table", "sharegpt", "alpaca", "llava", "trl_messages"]
 Scheduler = Literal["cosine", "linear", "constant"]
 
 
