@@ -4,7 +4,6 @@ event loop). Uploads and downloads stay in the sync `Trainer`: they are file I/O
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -14,7 +13,8 @@ from vlmforge.trainer.v1 import trainer_pb2 as pb
 from vlmforge.trainer.v1 import trainer_pb2_grpc
 
 from . import _convert, types
-from ._jobs import _FIRST_RETRY_DELAY_S, _MAX_RETRY_DELAY_S, RECONNECT_CODES, file_id_or_path
+from ._jobs import file_id_or_path
+from ._reconnect import Reconnects
 from ._trainer import call_metadata, channel_options, resolve_address
 from .errors import TrainerError, UnavailableError, from_rpc_error
 
@@ -91,15 +91,14 @@ class AsyncJobs:
                      reconnect_timeout_s: float = 60.0) -> AsyncIterator[types.JobEvent]:
         """As `Trainer.jobs.events(follow=True)`: until the job has ended, reconnecting on UNAVAILABLE."""
         last, ended = after_sequence, False
-        unreachable_since: float | None = None
-        delay_s = _FIRST_RETRY_DELAY_S
+        reconnects = Reconnects(reconnect_timeout_s)
         while True:
             failure: TrainerError | None = None
             call = self._client.jobs_stub.WatchFineTuningJob(
                 pb.WatchFineTuningJobRequest(id=job_id, after_sequence=last), metadata=self._client.metadata)
             try:
                 async for message in call:
-                    unreachable_since, delay_s = None, _FIRST_RETRY_DELAY_S
+                    reconnects.received()
                     event = _convert.event_from_pb(message)
                     last = event.sequence
                     ended = ended or (isinstance(event.data, types.StatusChanged)
@@ -113,11 +112,4 @@ class AsyncJobs:
                 failure = error
             finally:
                 call.cancel()
-            if failure is not None:
-                if failure.code not in RECONNECT_CODES:
-                    raise failure
-                unreachable_since = unreachable_since or time.monotonic()
-                if time.monotonic() - unreachable_since > reconnect_timeout_s:
-                    raise failure
-            await asyncio.sleep(delay_s)
-            delay_s = min(2 * delay_s, _MAX_RETRY_DELAY_S)
+            await asyncio.sleep(reconnects.delay_after(failure))

@@ -14,14 +14,12 @@ from vlmforge.trainer.v1 import trainer_pb2 as pb
 
 from . import _convert, types
 from ._artifacts import receive_artifacts
+from ._reconnect import Reconnects
 from .errors import UnavailableError, from_rpc_error
 
 if TYPE_CHECKING:
     from ._trainer import Trainer
 
-# Codes after which a follow-up stream reconnects: the trainer went away (restart, drain, network) for a while.
-RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
-_FIRST_RETRY_DELAY_S, _MAX_RETRY_DELAY_S = 0.1, 2.0
 
 
 def file_id_or_path(value: str | types.FileObject) -> str:
@@ -82,15 +80,14 @@ class Jobs:
         unreachable for `reconnect_timeout_s`. follow=False: the events the trainer sends within
         `replay_timeout_s` (all recorded ones, for any job of ordinary length)."""
         stub, last, ended = self._client.jobs_stub, after_sequence, False
-        unreachable_since: float | None = None
-        delay_s = _FIRST_RETRY_DELAY_S
+        reconnects = Reconnects(reconnect_timeout_s)
         while True:
             call = stub.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job_id, after_sequence=last),
                                            metadata=self._client.metadata,
                                            timeout=None if follow else replay_timeout_s)
             try:
                 for message in call:
-                    unreachable_since, delay_s = None, _FIRST_RETRY_DELAY_S
+                    reconnects.received()
                     event = _convert.event_from_pb(message)
                     last = event.sequence
                     ended = ended or (isinstance(event.data, types.StatusChanged)
@@ -109,14 +106,7 @@ class Jobs:
                 failure = None
             finally:
                 call.cancel()
-            if failure is not None:
-                if failure.code not in RECONNECT_CODES:
-                    raise failure
-                unreachable_since = unreachable_since or time.monotonic()
-                if time.monotonic() - unreachable_since > reconnect_timeout_s:
-                    raise failure
-            time.sleep(delay_s)
-            delay_s = min(2 * delay_s, _MAX_RETRY_DELAY_S)
+            time.sleep(reconnects.delay_after(failure))
 
     def wait(self, job_id: str, *, on_event: Callable[[types.JobEvent], None] | None = None,
              reconnect_timeout_s: float = 60.0) -> types.FineTuningJob:
