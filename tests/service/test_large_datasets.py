@@ -59,7 +59,7 @@ def write_rows(path: Path, rows: int, *, bad_line: int | None = None) -> Path:
         with path.open("r+") as handle:  # same length, so the rows after it keep their lines
             handle.seek(sum(len(lines[i % len(lines)]) for i in range(bad_line - 1)))
             original = lines[(bad_line - 1) % len(lines)]
-            handle.write(original.replace('"role": "user"', '"role": "robot"'))
+            handle.write(original.replace('"role": "user"', '"role": "bots"'))
     return path
 
 
