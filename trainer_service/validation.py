@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .child_process import json_answer, start_json_child
 from .domain import Job, JobError, JobStatus
 from .errors import InvalidArgumentError, InvalidTransitionError, JobNotFoundError, StoredFileNotFoundError
 from .job_spec import DatasetSource, JobSpec, dataset_sources, is_file_id, load_job_dataset
@@ -149,12 +149,8 @@ class DatasetValidator:
         """None when it stopped early: the trainer is stopping, or the job left VALIDATING_FILES."""
         if not to_load:
             return {"ok": True, "counts": {}}
-        # A plain child process (python -m this module), not multiprocessing: nothing of ours is re-imported
-        # or pickled, and the child starts without the server's threads.
-        child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True,
-                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
-        request = json.dumps({"spec": spec, "to_load": {f: dataclasses.asdict(s) for f, s in to_load.items()}})
+        child, request = start_json_child(__name__, {"spec": spec, "to_load": {
+            field: dataclasses.asdict(source) for field, source in to_load.items()}})
         try:
             while True:
                 try:
@@ -168,10 +164,7 @@ class DatasetValidator:
             if child.poll() is None:
                 child.kill()
                 child.communicate()
-        if child.returncode != 0 or not out.strip():
-            raise RuntimeError(f"the validating process ended with exit code {child.returncode}: "
-                               f"{err.strip().splitlines()[-1] if err.strip() else 'no output'}")
-        return json.loads(out)
+        return json_answer(child, out, err)
 
     def _still_validating(self, job_id: str) -> bool:
         try:

@@ -1,5 +1,6 @@
 """FileService: what the Files API does, independent of gRPC. Every method blocks (SQLite, disk); the async
-servicer calls them through the server's blocking pool. Validation runs on this service's own thread.
+servicer calls them through the server's blocking pool. Validation runs in a child process, one at a time,
+started from this service's own thread.
 
 On disk, under `root`: `files.sqlite3` (metadata), `partial/` (uploads in progress), `staging/` (a finished
 upload being extracted), `blobs/<sha256>/<filename>` (+ `extracted/` for an archive). A file only appears in
@@ -21,7 +22,7 @@ from ..domain import JobStatus
 from ..errors import FailedPreconditionError
 from .archive import ArchiveLimits, archive_kind, extract_archive
 from .artifacts import TarStream, artifact_dirs
-from .datasets import DatasetLocation, locate_dataset, validate_dataset
+from .datasets import DatasetLocation, locate_dataset, validate_in_child
 from .models import FilePurpose, StoredFile, UploadMetadata
 from .store import FileRecords
 from .uploads import PartialUploads, Upload, check_content_key, check_metadata
@@ -166,7 +167,7 @@ class FileService:
 
     def _validate(self, stored: StoredFile) -> None:
         try:
-            result = validate_dataset(DatasetLocation(stored.dataset_path, stored.dataset_name))
+            result = validate_in_child(DatasetLocation(stored.dataset_path, stored.dataset_name))
         except Exception:  # noqa: BLE001 - a loader bug must not leave the file 'uploaded' forever
             logger.exception("validating %s (%s) failed unexpectedly", stored.id, stored.filename)
             result = None
