@@ -90,9 +90,11 @@ class JobService:
         if self.worker_visible_root is not None:
             self._check_visible_to_workers(model_dir, checked.sources)
         stored = {**spec.to_json(), "model_dir": str(model_dir.resolve()), "resolved_files": checked.resolved,
-                  "dataset_formats": checked.formats}  # the worker announces them (one creation event here)
+                  "dataset_formats": checked.formats}  # said in the creation event, and again by the worker
         status = JobStatus.VALIDATING_FILES if checked.deferred else JobStatus.QUEUED
-        job, created = self.store.create_job(stored, client_request_id=client_request_id, status=status)
+        formats = "; ".join(f"{field_name} read as {chosen}" for field_name, chosen in checked.formats.items())
+        job, created = self.store.create_job(stored, client_request_id=client_request_id, status=status,
+                                             note=formats)  # detection never guesses silently
         if created and (note := _serving_note(spec, family_for_model_dir(model_dir))):
             self.store.append_event(job.id, "deployment", note)
         return job

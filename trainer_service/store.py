@@ -124,14 +124,16 @@ class JobStore:
     # jobs
 
     def create_job(self, spec: dict[str, Any], *, client_request_id: str | None = None,
-                   status: JobStatus = JobStatus.VALIDATING_FILES) -> tuple[Job, bool]:
+                   status: JobStatus = JobStatus.VALIDATING_FILES, note: str = "") -> tuple[Job, bool]:
         """Returns (job, created). With a `client_request_id` already used, returns that job, created=False.
-        Creates that arrive together are written in one transaction (`_GroupCommit`): one fsync for all."""
-        return self._creates.submit((spec, client_request_id, status))
+        `note` goes into the creation event's message. Creates that arrive together are written in one
+        transaction (`_GroupCommit`): one fsync for all."""
+        return self._creates.submit((spec, client_request_id, status, note))
 
-    def _create_jobs(self, requests: list[tuple[dict[str, Any], str | None, JobStatus]]) -> list[tuple[Job, bool]]:
+    def _create_jobs(self, requests: list[tuple]) -> list[tuple[Job, bool]]:
+        """Each request is `_insert_job`'s arguments after the connection."""
         with self._transaction() as db:
-            return [_insert_job(db, spec, client_request_id, status) for spec, client_request_id, status in requests]
+            return [_insert_job(db, *request) for request in requests]
 
     def get_job(self, job_id: str) -> Job:
         with self._reading() as db:
@@ -264,8 +266,8 @@ class JobStore:
         return newest, {row["job_id"] for row in rows}
 
 
-def _insert_job(db: sqlite3.Connection, spec: dict[str, Any], client_request_id: str | None,
-                status: JobStatus) -> tuple[Job, bool]:
+def _insert_job(db: sqlite3.Connection, spec: dict[str, Any], client_request_id: str | None, status: JobStatus,
+                note: str) -> tuple[Job, bool]:
     if client_request_id:  # also finds a job this same transaction inserted a moment ago
         row = db.execute("SELECT * FROM jobs WHERE client_request_id = ?", (client_request_id,)).fetchone()
         if row is not None:
@@ -273,7 +275,8 @@ def _insert_job(db: sqlite3.Connection, spec: dict[str, Any], client_request_id:
     job_id = "ftjob-" + uuid.uuid4().hex[:24]
     db.execute("INSERT INTO jobs (id, client_request_id, status, spec, created_at) VALUES (?, ?, ?, ?, ?)",
                (job_id, client_request_id or None, status.value, json.dumps(spec), time.time()))
-    _append_event(db, job_id, "status_changed", f"job created, {status.value}", {"status": status.value})
+    _append_event(db, job_id, "status_changed", f"job created, {status.value}{'; ' + note if note else ''}",
+                  {"status": status.value})
     return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()), True
 
 

@@ -68,6 +68,13 @@ def test_create_returns_a_queued_job_at_once_and_get_list_agree(client, request_
     assert [j.id for j in listed.jobs] == [job.id]
 
 
+def test_the_creation_event_says_which_format_each_file_is_read_as_and_why(client, request_for) -> None:
+    job = client.CreateFineTuningJob(request_for())
+    first = next(iter(client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=10)))
+    assert first.message.startswith("job created, queued; training_file read as conversation (")
+    assert "test_file read as conversation (" in first.message
+
+
 def test_the_same_client_request_id_returns_the_same_job(client, request_for) -> None:
     first = client.CreateFineTuningJob(request_for(client_request_id="abc"))
     second = client.CreateFineTuningJob(request_for(client_request_id="abc"))
