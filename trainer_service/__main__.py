@@ -47,7 +47,8 @@ def main() -> None:
     jobs = JobService(store, models_dir=settings.models_dir, qlora_unavailable=_qlora_unavailable(settings),
                       node_placement_unavailable=None if on_kubernetes else NODE_PLACEMENT_NEEDS_KUBERNETES,
                       worker_visible_root=settings.shared_mount_path if on_kubernetes else None,
-                      watch_poll_interval_s=settings.watch_poll_interval_s, files=files)
+                      watch_poll_interval_s=settings.watch_poll_interval_s, files=files,
+                      inline_validation_max_bytes=settings.inline_validation_max_bytes)
     validator = DatasetValidator(store, files=files)  # big dataset files are read after Create answers
     validator.start()
     running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",

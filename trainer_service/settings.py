@@ -66,6 +66,9 @@ class TrainerSettings(BaseSettings):
                                          "workers wrote (one query for every open Watch stream)")
     blocking_workers: int = Field(8, ge=1, le=256, description="threads for the gRPC servers' blocking work "
                                   "(SQLite, file I/O); streams themselves hold no thread")
+    inline_validation_max_bytes: int = Field(1024 * 1024, ge=0, description="dataset files up to this size are "
+                                             "read in full inside CreateFineTuningJob (the job is QUEUED at once); "
+                                             "bigger ones are read by the background validator")
     create_workers: int = Field(4, ge=1, le=64, description="threads that check new jobs' model and files "
                                 "(CreateFineTuningJob), apart from the others so reads never wait behind them")
     max_streams_total: int = Field(4096, ge=1, description="open Watch / upload streams the trainer serves at "
