@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import random
 from concurrent.futures import ProcessPoolExecutor
@@ -46,8 +47,12 @@ def build_dataset(output_dir: Path, spec: DatasetSpec = DatasetSpec(), *, worker
     output_dir = Path(output_dir)
     if is_built(output_dir, spec):
         return output_dir
-    with built_atomically(output_dir) as staging:
-        counts = {split: _write_split(staging, split, spec, workers) for split in SPLITS}
+    # Spawned, not forked: a process that already runs gRPC's threads (a test session with servers in it) cannot
+    # be forked safely (the children were killed mid-build); one pool serves every split.
+    workers = workers or min(4, os.cpu_count() or 1)
+    with built_atomically(output_dir) as staging, \
+            ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        counts = {split: _write_split(staging, split, spec, pool) for split in SPLITS}
         info = {"fingerprint": spec.fingerprint(), "generator_version": GENERATOR_VERSION,
                 "spec": dataclasses.asdict(spec), "records": counts}
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -58,12 +63,11 @@ def is_built(output_dir: Path, spec: DatasetSpec) -> bool:
     return has_fingerprint(output_dir, INFO_FILE, spec.fingerprint())
 
 
-def _write_split(root: Path, split: str, spec: DatasetSpec, workers: int | None) -> int:
+def _write_split(root: Path, split: str, spec: DatasetSpec, pool: ProcessPoolExecutor) -> int:
     (root / "images" / split).mkdir(parents=True)
     jobs = [(root, split, index, spec) for index in range(spec.images_in(split))]
     written = 0
-    with (root / f"{split}.jsonl").open("w", encoding="utf-8") as out, \
-            ProcessPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+    with (root / f"{split}.jsonl").open("w", encoding="utf-8") as out:
         # pool.map keeps input order, so the file is the same whatever the worker count.
         for records in tqdm(pool.map(_make_example, jobs, chunksize=32), total=len(jobs), desc=f"data {split}",
                             unit="img", leave=False):
