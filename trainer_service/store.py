@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from .domain import ALLOWED_TRANSITIONS, Job, JobError, JobEvent, JobStatus
 from .errors import InvalidTransitionError, JobNotFoundError
+from .paging import newest_first, page_and_token
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -156,17 +157,10 @@ class JobStore:
         if statuses:
             query += f" AND status IN ({','.join('?' * len(statuses))})"
             params += [s.value for s in statuses]
-        if page_token:
-            created_at, job_id = _decode_token(page_token)
-            query += " AND (created_at < ? OR (created_at = ? AND id < ?))"
-            params += [created_at, created_at, job_id]
-        query += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        params.append(page_size + 1)
+        query, params = newest_first(query, params, page_token=page_token, page_size=page_size)
         with self._reading() as db:
             rows = db.execute(query, params).fetchall()
-        jobs = [_job(row) for row in rows[:page_size]]
-        next_token = f"{jobs[-1].created_at!r}/{jobs[-1].id}" if len(rows) > page_size else ""
-        return jobs, next_token
+        return page_and_token([_job(row) for row in rows], page_size)
 
     def status_counts(self) -> dict[JobStatus, int]:
         with self._reading() as db:
@@ -359,13 +353,3 @@ def _job(row: sqlite3.Row) -> Job:
 def _event(row: sqlite3.Row) -> JobEvent:
     return JobEvent(row["job_id"], row["sequence"], row["created_at"], row["kind"], row["message"],
                     json.loads(row["payload"]))
-
-
-def _decode_token(token: str) -> tuple[float, str]:
-    from .errors import InvalidArgumentError
-
-    created_at, _, job_id = token.partition("/")
-    try:
-        return float(created_at), job_id
-    except ValueError:
-        raise InvalidArgumentError("page_token", "not a token this service issued") from None

@@ -8,7 +8,8 @@ import time
 import uuid
 from pathlib import Path
 
-from ..errors import InvalidArgumentError, StoredFileNotFoundError
+from ..errors import StoredFileNotFoundError
+from ..paging import newest_first, page_and_token
 from .models import FILE_ID_PREFIX, FilePurpose, FileStatus, StoredFile
 
 _SCHEMA = """
@@ -76,17 +77,10 @@ class FileRecords:
         if purpose:
             query += " AND purpose = ?"
             params.append(purpose)
-        if page_token:
-            created_at, file_id = _decode_token(page_token)
-            query += " AND (created_at < ? OR (created_at = ? AND id < ?))"
-            params += [created_at, created_at, file_id]
-        query += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        params.append(page_size + 1)
+        query, params = newest_first(query, params, page_token=page_token, page_size=page_size)
         with self._lock:
             rows = self._connection.execute(query, params).fetchall()
-        files = [_stored(row) for row in rows[:page_size]]
-        next_token = f"{files[-1].created_at!r}/{files[-1].id}" if len(rows) > page_size else ""
-        return files, next_token
+        return page_and_token([_stored(row) for row in rows], page_size)
 
     def with_status(self, status: FileStatus) -> list[StoredFile]:
         with self._lock:
@@ -114,11 +108,3 @@ def _stored(row: sqlite3.Row) -> StoredFile:
         created_at=row["created_at"], status=row["status"], record_count=row["record_count"],
         error_message=row["error_message"],
         dataset_path=Path(row["dataset_path"]) if row["dataset_path"] else None, dataset_name=row["dataset_name"])
-
-
-def _decode_token(token: str) -> tuple[float, str]:
-    created_at, _, file_id = token.partition("/")
-    try:
-        return float(created_at), file_id
-    except ValueError:
-        raise InvalidArgumentError("page_token", "not a token this service issued") from None
