@@ -92,6 +92,24 @@ class TrainerSettings(BaseSettings):
                                      "uploaded archive may hold")
     max_compression_ratio: float = Field(100.0, gt=1, description="Files API: largest extracted-to-archive size "
                                          "ratio of an uploaded archive (a zip bomb is refused before extraction)")
+    # TLS (trainer_service/grpc_api/tls.py): both gRPC servers; the files are re-read when they change.
+    tls_cert: Path | None = Field(None, description="PEM certificate chain of the client API and the worker API; "
+                                  "with --tls-key, both serve TLS only (reloaded when the file changes)")
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert")
+    tls_client_ca: Path | None = Field(None, description="mutual TLS on the client API: PEM CA that must have "
+                                       "signed every client's certificate (connections without one are refused); "
+                                       "the worker API keeps using the worker token")
+    tls_secret_name: str = Field("vlmforge-trainer-tls", description="kubernetes launcher with --tls-cert: the "
+                                 "Secret holding the trainer's certificate; worker pods mount its ca.crt (that key "
+                                 "only) and verify the worker API with it")
+
+    @model_validator(mode="after")
+    def _tls_files_come_together(self) -> TrainerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together (a certificate and its private key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
+        return self
 
     @model_validator(mode="after")
     def _kubernetes_launcher_is_complete(self) -> TrainerSettings:
