@@ -6,6 +6,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 LOAD_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Adapter loads are rare: their series exist from the start (at zero), or rate() would miss the first one.
+ADAPTER_LOAD_SOURCES = ("push", "lazy")
+ADAPTER_LOAD_OUTCOMES = ("loaded", "refused")
 
 
 class InferenceMetrics:
@@ -19,6 +22,9 @@ class InferenceMetrics:
         self.adapter_loads = Histogram(
             "vlmforge_inference_adapter_load_duration_seconds", "checking and loading one adapter",
             ["source", "outcome"], buckets=LOAD_BUCKETS_S, registry=registry)
+        for source in ADAPTER_LOAD_SOURCES:
+            for outcome in ADAPTER_LOAD_OUTCOMES:
+                self.adapter_loads.labels(source=source, outcome=outcome)
         self.loaded_adapters = Gauge("vlmforge_inference_loaded_adapters", "adapters loaded in the engine",
                                      registry=registry)
         self.rejected = Counter("vlmforge_inference_requests_rejected_total", "requests refused before the engine",

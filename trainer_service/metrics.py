@@ -42,6 +42,8 @@ class JobStoreCollector:
         step_time = GaugeMetricFamily("vlmforge_trainer_step_seconds", "Time of the last training step",
                                       labels=["job_id"])
         steps = GaugeMetricFamily("vlmforge_trainer_trained_steps", "Steps done by running jobs", labels=["job_id"])
+        eta = GaugeMetricFamily("vlmforge_trainer_eta_seconds", "Estimated time left of running jobs' training "
+                                "at their current step rate", labels=["job_id"])
         for job in jobs:
             if job.status is not JobStatus.RUNNING:
                 continue
@@ -53,7 +55,9 @@ class JobStoreCollector:
                 # events written before these fields existed lack them
                 tokens.add_metric([job.id], progress.payload.get("tokens_per_second", 0.0))
                 step_time.add_metric([job.id], progress.payload.get("step_seconds", 0.0))
-        yield from (loss, throughput, tokens, step_time, steps)
+                if "eta_seconds" in progress.payload:  # no estimate beats a made-up 0 ("done")
+                    eta.add_metric([job.id], progress.payload["eta_seconds"])
+        yield from (loss, throughput, tokens, step_time, steps, eta)
 
         scores = GaugeMetricFamily("vlmforge_trainer_evaluation_score",
                                    "Evaluation scores on the test split before and after fine-tuning",
