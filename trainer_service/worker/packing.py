@@ -1,0 +1,121 @@
+"""Padding-free packing: the samples of a micro-batch laid end to end in one row, attention kept inside each.
+
+A collated (padded) batch becomes one row of its real tokens. Position ids restart at 0 for every sample: the
+text positions (row 0 of Qwen2-VL's 4-row `position_ids`) mark where each sample starts, and the M-RoPE rows
+are the model's own `get_rope_index` of each sample, so every token sees the positions it would see alone.
+The images' `pixel_values` / `image_grid_thw` are already one list for the whole batch and stay as they are.
+
+Attention runs through `PACKED_ATTENTION`, registered with transformers: causal attention within each sample,
+one varlen flash kernel on a CUDA GPU (`torch.nn.attention.varlen`), a causal SDPA per sample elsewhere; any
+other call (padded batches, generation with a cache, the vision tower) goes to SDPA as before.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlmforge.chat_format import IGNORE_INDEX
+
+PACKED_ATTENTION = "vlmforge_packed"
+# Only Qwen's M-RoPE families (job_spec.PACKING_FAMILIES): their language model takes packed 4-row position ids
+# and their processor returns every image of a batch as one list. LLaVA and Idefics3 would need their own
+# position and pixel layout, and Mllama's cross-attention mask is per sample: jobs asking for packing on those
+# are refused when created.
+PER_TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids")
+
+
+def rope_index_of(model):
+    """The model's own M-RoPE position function (Qwen2-VL's `get_rope_index`), through any wrapper."""
+    for module in model.modules():
+        if hasattr(module, "get_rope_index"):
+            return module.get_rope_index
+    raise ValueError(f"{type(model).__name__} has no get_rope_index: it cannot be trained packed")
+
+
+def pack_batch(batch: dict[str, torch.Tensor], rope_index) -> dict[str, torch.Tensor]:
+    """One row of the batch's real tokens, with per-sample position ids and no attention mask (CPU tensors)."""
+    mask = batch["attention_mask"].bool()
+    lengths = mask.sum(dim=1)
+    mrope, _ = rope_index(input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+                          image_grid_thw=batch.get("image_grid_thw"), attention_mask=batch["attention_mask"])
+    text = torch.cat([torch.arange(int(n)) for n in lengths])
+    packed = {name: value for name, value in batch.items() if name not in (*PER_TOKEN_KEYS, "attention_mask")}
+    packed.update({name: batch[name][mask][None] for name in PER_TOKEN_KEYS if name in batch})
+    # A sample's first token is never a target: with the shift, the previous sample's last token would predict
+    # it across the boundary. (It is a prompt token anyway; this makes it certain.)
+    starts = torch.cumsum(lengths, 0) - lengths
+    packed["labels"][0, starts] = IGNORE_INDEX
+    packed["position_ids"] = torch.cat([text[None], mrope[:, mask].to(text.dtype)])[:, None, :]
+    return packed
+
+
+def packed_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int(batch["input_ids"].shape[1]) if "attention_mask" not in batch else int(batch["attention_mask"].sum())
+
+
+def register_packed_attention() -> None:
+    """Makes `PACKED_ATTENTION` a name transformers' `set_attn_implementation` takes (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, _packed_mask)
+
+
+def use_packed_attention(model) -> None:
+    register_packed_attention()
+    model.set_attn_implementation(PACKED_ATTENTION)
+
+
+def _packed_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs):
+    """No mask for a packed row (the attention reads the samples from the position ids); SDPA's mask otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                     position_ids: torch.Tensor | None = None, **kwargs):
+    """Causal attention inside each packed sample. Shapes as transformers' SDPA: (1, heads, tokens, head_dim) in,
+    (1, tokens, heads, head_dim) out."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    packed = (attention_mask is None and position_ids is not None and query.shape[0] == 1
+              and query.shape[2] == key.shape[2] > 1)
+    if not packed:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    cu_seqlens, lengths = _segments(position_ids)
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and not dropout:
+        from torch.nn.attention.varlen import varlen_attn
+
+        out = varlen_attn(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
+                          cu_seqlens, cu_seqlens, max(lengths), max(lengths), scale=scaling, window_size=(-1, 0),
+                          enable_gqa=key.shape[1] != query.shape[1])
+        return out[None], None
+    parts = [torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True,
+        enable_gqa=key.shape[1] != query.shape[1])
+        for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)))]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+_last_segments: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
+
+
+def _segments(position_ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Cumulative sample boundaries (int32, on the tokens' device) and lengths of a packed row, from where the
+    text positions restart. Every layer of one forward (and its recomputation) gets the same tensor: computed,
+    and synchronised with the host, once."""
+    global _last_segments
+    if _last_segments is not None and _last_segments[0] is position_ids:
+        return _last_segments[1], _last_segments[2]
+    flat = position_ids.reshape(-1)
+    starts = torch.nonzero(flat[1:] != flat[:-1] + 1).flatten() + 1
+    bounds = torch.cat([starts.new_zeros(1), starts, starts.new_full((1,), flat.numel())])
+    lengths = (bounds[1:] - bounds[:-1]).tolist()
+    cu_seqlens = bounds.to(torch.int32)
+    _last_segments = (position_ids, cu_seqlens, lengths)
+    return cu_seqlens, lengths
