@@ -61,6 +61,12 @@ class Hyperparameters:
     warmup_ratio: float | None = None  # warmup as a share of the total steps (ceil); instead of warmup_steps
     validation_split: float = 0.0  # share of the training file held out (seeded) when no validation_file is given
     max_samples: int | None = None  # train on the first N records only (LLaMA-Factory's max_samples)
+    # Padding-free packing (Qwen2-VL / Qwen2.5-VL): each micro-batch is one row of whole samples laid end to end,
+    # at most max_tokens_per_batch language tokens (image placeholders included), attention kept inside each
+    # sample; batch_size is then unused. Off: padded batches of batch_size samples.
+    packing: bool = False
+    max_tokens_per_batch: int = 8192
+    group_by_length: bool = False  # packing off: batches of samples of similar length (seeded), less padding
 
     def validated(self) -> Hyperparameters:
         _check(1 <= self.epochs <= 100, "epochs", "must be between 1 and 100")
@@ -91,6 +97,11 @@ class Hyperparameters:
                "set warmup_ratio or warmup_steps, not both")
         _check(0 <= self.validation_split <= 0.5, "validation_split", "must be between 0 and 0.5")
         _check(self.max_samples is None or self.max_samples >= 1, "max_samples", "must be >= 1")
+        _check(16 <= self.max_tokens_per_batch <= 1_048_576, "max_tokens_per_batch", "must be between 16 and 2^20")
+        _check(not self.packing or self.max_tokens_per_batch >= self.max_sequence_length, "max_tokens_per_batch",
+               f"must be >= max_sequence_length ({self.max_sequence_length}) with packing, so every sample fits a row")
+        _check(not (self.packing and self.group_by_length), "group_by_length",
+               "is for packing off (a packed row has no padding to save)")
         return self
 
 
@@ -217,12 +228,25 @@ def check_model(spec: JobSpec, *, models_dir: Path | None, qlora_unavailable: st
         raise FailedPreconditionError(node_placement_unavailable)
     model_dir = resolve_model(spec.model, models_dir)
     try:
-        family_for_model_dir(model_dir)
+        family = family_for_model_dir(model_dir)
     except UnsupportedModelError as error:
         raise InvalidArgumentError("model", str(error)) from None
     except (OSError, ValueError):
         raise InvalidArgumentError("model", f"{spec.model!r}: config.json is not readable JSON") from None
+    if spec.hyperparameters.packing and (reason := packing_unsupported(family.name)):
+        raise InvalidArgumentError("hyperparameters.packing", reason)
     return model_dir
+
+
+PACKING_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # trainer_service/worker/packing.py says why only these
+
+
+def packing_unsupported(family_name: str) -> str | None:
+    """Why a family cannot train packed; None when it can."""
+    if family_name in PACKING_FAMILIES:
+        return None
+    return (f"padding-free packing is implemented for {', '.join(PACKING_FAMILIES)}, not {family_name}; "
+            "set packing to false")
 
 
 # Each dataset field of a job and the split a dataset with several (a DatasetDict, shards) gives it.

@@ -56,6 +56,13 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
                            f"{', 4-bit NF4 base' if spec.method == 'qlora' else ''})")
         for field_name, chosen in job.spec.get("dataset_formats", {}).items():  # as Create detected them
             store.append_event(job_id, "log", f"dataset format: {chosen} for {field_name}")
+    if hyper.packing and backend.fused_loss:  # same decision on every rank
+        hyper = dataclasses.replace(hyper, packing=False)
+        if ranks.is_main:
+            store.append_event(job_id, "log", f"packing off: the {backend.name} backend's own forward and loss do "
+                               f"not take packed rows; training padded batches of {hyper.batch_size} samples")
+    if ranks.is_main:
+        store.append_event(job_id, "log", training_levers(hyper), {"levers": _lever_values(hyper)})
     processor = AutoProcessor.from_pretrained(model_dir)
     model = backend.load(model_dir, quantize_4bit=spec.method == "qlora", hyper=hyper)
     sources = dataset_sources(job.spec)  # a file id's stored dataset, or the path the job names
@@ -113,6 +120,19 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
         "fine_tuned_model": name, "adapter_path": str(artifact_dir / ADAPTER_DIR),
         "merged_model_path": str(artifact_dir / MERGED_DIR),
     })
+
+
+def _lever_values(hyper: Hyperparameters) -> dict:
+    return {"packing": hyper.packing, "max_tokens_per_batch": hyper.max_tokens_per_batch if hyper.packing else None,
+            "batch_size": None if hyper.packing else hyper.batch_size, "group_by_length": hyper.group_by_length,
+            "gradient_checkpointing": hyper.gradient_checkpointing}
+
+
+def training_levers(hyper: Hyperparameters) -> str:
+    """The job's event line saying what its speed depends on."""
+    batches = (f"packing on (rows of at most {hyper.max_tokens_per_batch} tokens)" if hyper.packing else
+               f"packing off (batches of {hyper.batch_size}{', grouped by length' if hyper.group_by_length else ''})")
+    return f"training levers: {batches}, gradient checkpointing {'on' if hyper.gradient_checkpointing else 'off'}"
 
 
 class _JobReporter:

@@ -22,6 +22,8 @@ from ..job_spec import Hyperparameters
 from .backends import Placement, TrainingBackend
 from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from .distributed import Ranks
+from .packing import pack_batch, rope_index_of, use_packed_attention
+from .sampling import plan_micro_batches
 
 
 DATA_WORKERS_PER_GPU = 4
@@ -51,16 +53,18 @@ def total_steps(hyper: Hyperparameters, train_size: int, world_size: int = 1) ->
     return max(1, per_epoch * hyper.epochs)
 
 
-def batch_indices(step: int, micro: int, hyper: Hyperparameters, train_size: int, ranks: Ranks = Ranks()) -> list[int]:
+def batch_indices(step: int, micro: int, hyper: Hyperparameters, train_size: int, ranks: Ranks = Ranks(),
+                  order: Callable[[int], np.ndarray] | None = None) -> list[int]:
     """Which samples a micro-batch takes, from the step alone: a resumed run sees exactly the batches the
-    killed one would have (each epoch is a seeded permutation). `batch_size` is per process: with N processes
-    a step takes N times as many samples, each rank its own slice."""
+    killed one would have (each epoch is a seeded permutation, or `order(epoch)`). `batch_size` is per process:
+    with N processes a step takes N times as many samples, each rank its own slice."""
+    order = order or functools.partial(epoch_order, hyper.seed, train_size=train_size)
     samples_per_step = hyper.batch_size * hyper.gradient_accumulation_steps * ranks.world_size
     start = step * samples_per_step + (micro * ranks.world_size + ranks.rank) * hyper.batch_size
     indices = []
     for position in range(start, start + hyper.batch_size):
         epoch, offset = divmod(position, train_size)
-        indices.append(int(epoch_order(hyper.seed, epoch, train_size)[offset]))
+        indices.append(int(order(epoch)[offset]))
     return indices
 
 
@@ -105,7 +109,8 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=hyper.learning_rate, weight_decay=hyper.weight_decay,
                                   fused=placement.device.type == "cuda")
-    steps = total_steps(hyper, len(train_set), ranks.world_size)
+    plan = plan_micro_batches(train_set, processor, hyper, ranks.world_size)
+    steps = plan.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(hyper, steps))
     losses: list[float] = []
     start_step = 0
@@ -115,11 +120,14 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
         start_step = resumed.step
 
     backend.for_training(peft_model)
+    rope_index = None
+    if hyper.packing:
+        use_packed_attention(peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model)
+        rope_index = rope_index_of(peft_model)
     model = ranks.wrap(peft_model)
     collate = ChatCollator(processor, family=family_for_model_type(peft_model.config.model_type),
                            max_length=hyper.max_sequence_length)
-    batches = iter(_batch_loader(train_set, collate, hyper, start_step, steps, placement, ranks))
-    samples_per_step = hyper.batch_size * hyper.gradient_accumulation_steps * ranks.world_size
+    batches = iter(_batch_loader(train_set, collate, plan, hyper, start_step, steps, placement, ranks))
     started = time.perf_counter()
     tokens_seen = 0
     for step in range(start_step, steps):
@@ -127,13 +135,20 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
             raise Cancelled()
         step_started = time.perf_counter()
         step_loss = 0.0
-        for _ in range(hyper.gradient_accumulation_steps):
-            batch = next(batches)
-            tokens_seen += int(batch["attention_mask"].sum()) * ranks.world_size  # other ranks: assumed alike
+        micro_batches = [next(batches) for _ in range(hyper.gradient_accumulation_steps)]
+        tokens_seen += sum(int(b["attention_mask"].sum()) for b in micro_batches) * ranks.world_size  # (alike)
+        if rope_index is not None:
+            micro_batches = [pack_batch(b, rope_index) for b in micro_batches]
+        # The step's loss is the mean over all its answer tokens (every micro-batch and rank), as one batch
+        # would give: packed rows and padded batches of the same samples then train alike.
+        answer_tokens = max(1.0, ranks.mean(float(sum(_answer_tokens(b) for b in micro_batches))))
+        for batch in micro_batches:
             batch = _to_device(batch, placement)
             with backend.compute_precision():
-                loss = model(**batch).loss if backend.fused_loss else answer_only_loss(model, batch)
-            loss = loss / hyper.gradient_accumulation_steps
+                if backend.fused_loss:
+                    loss = model(**batch).loss / hyper.gradient_accumulation_steps
+                else:
+                    loss = answer_only_loss(model, batch, answer_tokens=answer_tokens)
             loss.backward()
             step_loss += loss.item()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -147,11 +162,12 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
         rate = (done - start_step) / elapsed if elapsed > 0 else 0.0
         if not ranks.is_main:
             continue
+        samples_done = plan.samples_before(done)
         on_progress(Progress(
             step=done, total_steps=steps, loss=step_loss, learning_rate=scheduler.get_last_lr()[0],
-            samples_per_second=rate * samples_per_step,
+            samples_per_second=(samples_done - plan.samples_before(start_step)) / elapsed if elapsed > 0 else 0.0,
             eta_seconds=(steps - done) / rate if rate else 0.0,
-            epoch=done * samples_per_step / len(train_set),
+            epoch=samples_done / len(train_set),
             tokens_per_second=tokens_seen / elapsed if elapsed > 0 else 0.0,
             step_seconds=time.perf_counter() - step_started,
         ))
@@ -164,42 +180,49 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
 class _StepBatches(torch.utils.data.Sampler):
     """Each micro-batch's sample indices in training order from `start_step` (see batch_indices)."""
 
-    def __init__(self, hyper: Hyperparameters, train_size: int, start_step: int, steps: int, ranks: Ranks):
-        self.hyper, self.train_size, self.start_step, self.steps, self.ranks = (hyper, train_size, start_step,
-                                                                               steps, ranks)
+    def __init__(self, plan, hyper: Hyperparameters, start_step: int, steps: int, ranks: Ranks):
+        self.plan, self.hyper, self.start_step, self.steps, self.ranks = plan, hyper, start_step, steps, ranks
 
     def __iter__(self):
         for step in range(self.start_step, self.steps):
             for micro in range(self.hyper.gradient_accumulation_steps):
-                yield batch_indices(step, micro, self.hyper, self.train_size, self.ranks)
+                yield self.plan.indices(step, micro, self.ranks)
 
     def __len__(self) -> int:
         return (self.steps - self.start_step) * self.hyper.gradient_accumulation_steps
 
 
-def _batch_loader(train_set, collate, hyper: Hyperparameters, start_step: int, steps: int, placement: Placement,
-                  ranks: Ranks) -> torch.utils.data.DataLoader:
+def _batch_loader(train_set, collate, plan, hyper: Hyperparameters, start_step: int, steps: int,
+                  placement: Placement, ranks: Ranks) -> torch.utils.data.DataLoader:
     """On a GPU, worker processes decode and collate the next batches while the GPU trains on this one (inline,
     collation took a third of a 2B step on an H100); on the CPU they would only compete with training."""
     workers = 0
     if placement.device.type == "cuda":
         workers = max(0, min(DATA_WORKERS_PER_GPU, (os.cpu_count() or 1) // ranks.world_size - 1))
     return torch.utils.data.DataLoader(
-        train_set, batch_sampler=_StepBatches(hyper, len(train_set), start_step, steps, ranks), collate_fn=collate,
+        train_set, batch_sampler=_StepBatches(plan, hyper, start_step, steps, ranks), collate_fn=collate,
         num_workers=workers, pin_memory=placement.device.type == "cuda", prefetch_factor=4 if workers else None)
 
 
-def answer_only_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def answer_only_loss(model, batch: dict[str, torch.Tensor], answer_tokens: float | None = None) -> torch.Tensor:
     """The same mean token cross-entropy as `model(**batch).loss`, but the LM head only runs where some row has
     a label: the answer tokens. With a 152k vocabulary the full logits of image and prompt tokens cost a tenth
-    of a 2B model's step and GiBs of memory, and the loss never reads them."""
+    of a 2B model's step and GiBs of memory, and the loss never reads them. With `answer_tokens`: the sum of
+    the batch's token losses divided by it (the step's answer tokens per rank), instead of their mean."""
     labels = batch["labels"]
     shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]  # position p predicts p + 1
     positions = (shifted != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
     inputs = {name: value for name, value in batch.items() if name != "labels"}
     logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), shifted[:, positions].flatten(),
-                                             ignore_index=IGNORE_INDEX)
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), shifted[:, positions].flatten(),
+                                             ignore_index=IGNORE_INDEX, reduction="mean" if answer_tokens is None
+                                             else "sum")
+    return loss if answer_tokens is None else loss / answer_tokens
+
+
+def _answer_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The tokens `answer_only_loss` scores: every labelled position but a row's first (nothing predicts it)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def _to_device(batch: dict[str, torch.Tensor], placement: Placement) -> dict[str, torch.Tensor]:
