@@ -55,6 +55,29 @@ class Job:
     total_steps: int = 0
     error: JobError | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    project: str = ""  # the project of the API key that created it ("" with no keys configured)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a call, as the domain sees it: the gRPC edge builds it from the authenticated API key. Jobs and
+    files a caller creates belong to its project; a caller sees only its project's, an admin every project's."""
+
+    project: str
+    key_id: str = ""  # "" when the trainer runs without API keys
+    is_admin: bool = False
+
+    def can_see(self, project: str) -> bool:
+        return self.is_admin or project == self.project
+
+    @property
+    def visible_project(self) -> str | None:
+        """The project a listing is narrowed to; None: every project."""
+        return None if self.is_admin else self.project
+
+
+# No API keys configured (the local demo): everything is one project, "", and every caller sees all of it.
+OPEN_CALLER = Caller(project="", key_id="", is_admin=True)
 
 
 @dataclass(frozen=True)

@@ -71,3 +71,15 @@ class LimitExceededError(TrainerError):
 
 class ConflictError(TrainerError):
     """Another call is changing the same thing right now; retry later (ABORTED)."""
+
+
+class UnauthenticatedError(TrainerError):
+    """No API key, or one this trainer does not hold (UNAUTHENTICATED). Says nothing about which keys exist."""
+
+
+class QuotaExceededError(LimitExceededError):
+    """A project's quota is used up (RESOURCE_EXHAUSTED); the message names the limit and its setting."""
+
+
+class RateLimitedError(LimitExceededError):
+    """An API key sent more requests than its rate allows (RESOURCE_EXHAUSTED); retry after a moment."""

@@ -92,6 +92,28 @@ class TrainerSettings(BaseSettings):
                                      "uploaded archive may hold")
     max_compression_ratio: float = Field(100.0, gt=1, description="Files API: largest extracted-to-archive size "
                                          "ratio of an uploaded archive (a zip bomb is refused before extraction)")
+    # API keys, projects and quotas (trainer_service/auth/, path_roots.py).
+    api_keys_file: Path | None = Field(None, description="JSON file of API key hashes, each bound to a project "
+                                       "(`python -m trainer_service keys create` writes it; a Kubernetes Secret "
+                                       "mounts as one); re-read when it changes. Unset: no keys, the API is open "
+                                       "to anyone who reaches the port (the local demo)")
+    api_keys_reload_interval_s: float = Field(1.0, gt=0, description="how often the trainer looks whether the "
+                                              "API key file changed (a revoked key stops working within this)")
+    data_root: Path | None = Field(None, description="path-based datasets must be under this directory (symlinks "
+                                   "resolved): a project's key under <data_root>/<project>/, an admin key or an "
+                                   "open trainer anywhere in it. Unset: any path without keys; with keys, datasets "
+                                   "only as uploaded file ids")
+    max_active_jobs_per_project: int | None = Field(None, ge=1, description="jobs one project may have "
+                                                    "validating files, queued or running at once; more get "
+                                                    "RESOURCE_EXHAUSTED (unset: no limit)")
+    max_upload_bytes_per_project: int | None = Field(None, ge=1, description="Files API: bytes one project's "
+                                                     "stored files may take in all; an upload past it gets "
+                                                     "RESOURCE_EXHAUSTED (unset: no limit)")
+    requests_per_second_per_key: float | None = Field(None, gt=0, description="calls one API key may make per "
+                                                      "second on average (a token bucket); more get "
+                                                      "RESOURCE_EXHAUSTED (unset: no limit)")
+    request_burst_per_key: int = Field(20, ge=1, description="calls one API key may make at once above "
+                                       "--requests-per-second-per-key (the bucket's size)")
     # TLS (trainer_service/grpc_api/tls.py): both gRPC servers; the files are re-read when they change.
     tls_cert: Path | None = Field(None, description="PEM certificate chain of the client API and the worker API; "
                                   "with --tls-key, both serve TLS only (reloaded when the file changes)")
@@ -118,7 +140,7 @@ class TrainerSettings(BaseSettings):
                                                                    "worker_image") if getattr(self, name) is None]
             if missing:
                 raise ValueError(f"--launcher kubernetes needs {', '.join(missing)}")
-            for name in ("artifact_store", "models_dir"):
+            for name in ("artifact_store", "models_dir", "data_root"):
                 path = getattr(self, name)
                 if path is not None and not path.is_relative_to(self.shared_mount_path):
                     raise ValueError(f"{name} {path} must be under --shared-mount-path {self.shared_mount_path}: "

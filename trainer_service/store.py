@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .domain import ALLOWED_TRANSITIONS, Job, JobError, JobEvent, JobStatus
-from .errors import InvalidTransitionError, JobNotFoundError
+from .errors import InvalidTransitionError, JobNotFoundError, QuotaExceededError
 from .paging import newest_first, page_and_token
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+# A job belongs to a project (its API key's; "" without keys); client_request_id is unique within a project.
+_JOBS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id TEXT PRIMARY KEY,
-    client_request_id TEXT UNIQUE,
+    client_request_id TEXT,
     status TEXT NOT NULL,
     spec TEXT NOT NULL,
     result TEXT NOT NULL DEFAULT '{}',
@@ -34,8 +35,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     trained_steps INTEGER NOT NULL DEFAULT 0,
     total_steps INTEGER NOT NULL DEFAULT 0,
     error_code TEXT,
-    error_message TEXT
+    error_message TEXT,
+    project TEXT NOT NULL DEFAULT ''
 );
+"""
+_JOB_COLUMNS = ("id, client_request_id, status, spec, result, created_at, started_at, finished_at, trained_steps, "
+                "total_steps, error_code, error_message")
+_SCHEMA = _JOBS_TABLE.replace("{name}", "jobs") + """
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL REFERENCES jobs (id),
@@ -80,6 +86,7 @@ class JobStore:
         with self._lock:
             self._connection.executescript(_SCHEMA)
             _add_report_ids(self._connection)
+            _add_projects(self._connection)
         # Reads on a connection of their own: under WAL they see the last commit without waiting for a writer's
         # fsync (synchronous=FULL), so Get / List / Watch stay fast while jobs are created and workers report.
         self._reader = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False,
@@ -125,16 +132,28 @@ class JobStore:
     # jobs
 
     def create_job(self, spec: dict[str, Any], *, client_request_id: str | None = None,
-                   status: JobStatus = JobStatus.VALIDATING_FILES, note: str = "") -> tuple[Job, bool]:
-        """Returns (job, created). With a `client_request_id` already used, returns that job, created=False.
-        `note` goes into the creation event's message. Creates that arrive together are written in one
-        transaction (`_GroupCommit`): one fsync for all."""
-        return self._creates.submit((spec, client_request_id, status, note))
+                   status: JobStatus = JobStatus.VALIDATING_FILES, note: str = "", project: str = "",
+                   max_active: int | None = None) -> tuple[Job, bool]:
+        """Returns (job, created). With a `client_request_id` this project already used, returns that job,
+        created=False. `note` goes into the creation event's message. With `max_active`, QuotaExceededError when
+        the project has that many jobs not yet ended (counted in the insert's transaction: exact under concurrent
+        creates). Creates that arrive together are written in one transaction (`_GroupCommit`): one fsync for
+        all."""
+        result = self._creates.submit((spec, client_request_id, status, note, project, max_active))
+        if isinstance(result, QuotaExceededError):
+            raise result
+        return result
 
-    def _create_jobs(self, requests: list[tuple]) -> list[tuple[Job, bool]]:
-        """Each request is `_insert_job`'s arguments after the connection."""
+    def _create_jobs(self, requests: list[tuple]) -> list[tuple[Job, bool] | QuotaExceededError]:
+        """Each request is `_insert_job`'s arguments after the connection; a refused one does not fail the rest."""
+        results: list[tuple[Job, bool] | QuotaExceededError] = []
         with self._transaction() as db:
-            return [_insert_job(db, *request) for request in requests]
+            for request in requests:
+                try:
+                    results.append(_insert_job(db, *request))
+                except QuotaExceededError as refused:
+                    results.append(refused)
+        return results
 
     def get_job(self, job_id: str) -> Job:
         with self._reading() as db:
@@ -143,16 +162,20 @@ class JobStore:
             raise JobNotFoundError(job_id)
         return _job(row)
 
-    def find_by_client_request_id(self, client_request_id: str) -> Job | None:
+    def find_by_client_request_id(self, client_request_id: str, *, project: str = "") -> Job | None:
         with self._reading() as db:
-            row = db.execute("SELECT * FROM jobs WHERE client_request_id = ?", (client_request_id,)).fetchone()
+            row = db.execute("SELECT * FROM jobs WHERE project = ? AND client_request_id = ?",
+                             (project, client_request_id)).fetchone()
         return None if row is None else _job(row)
 
-    def list_jobs(self, statuses: Iterable[JobStatus] = (), *, page_size: int = 20,
-                  page_token: str = "") -> tuple[list[Job], str]:
-        """Newest first. The page token is the last job's (created_at, id), so pages stay stable while jobs
-        are added."""
+    def list_jobs(self, statuses: Iterable[JobStatus] = (), *, page_size: int = 20, page_token: str = "",
+                  project: str | None = None) -> tuple[list[Job], str]:
+        """Newest first; only `project`'s jobs unless it is None. The page token is the last job's (created_at,
+        id), so pages stay stable while jobs are added."""
         query, params = "SELECT * FROM jobs WHERE 1=1", []
+        if project is not None:
+            query += " AND project = ?"
+            params.append(project)
         statuses = list(statuses)
         if statuses:
             query += f" AND status IN ({','.join('?' * len(statuses))})"
@@ -261,14 +284,24 @@ class JobStore:
 
 
 def _insert_job(db: sqlite3.Connection, spec: dict[str, Any], client_request_id: str | None, status: JobStatus,
-                note: str) -> tuple[Job, bool]:
+                note: str, project: str = "", max_active: int | None = None) -> tuple[Job, bool]:
     if client_request_id:  # also finds a job this same transaction inserted a moment ago
-        row = db.execute("SELECT * FROM jobs WHERE client_request_id = ?", (client_request_id,)).fetchone()
+        row = db.execute("SELECT * FROM jobs WHERE project = ? AND client_request_id = ?",
+                         (project, client_request_id)).fetchone()
         if row is not None:
             return _job(row), False
+    if max_active is not None:
+        active = [s.value for s in JobStatus if not s.is_terminal]
+        marks = ",".join("?" * len(active))
+        (count,) = db.execute(f"SELECT COUNT(*) FROM jobs WHERE project = ? AND status IN ({marks})",
+                              (project, *active)).fetchone()
+        if count >= max_active:
+            raise QuotaExceededError("max_active_jobs_per_project", f"project {project!r} has {count} jobs validating "
+                                     f"files, queued or running, its limit of {max_active}; wait for one to end or "
+                                     "cancel one")
     job_id = "ftjob-" + uuid.uuid4().hex[:24]
-    db.execute("INSERT INTO jobs (id, client_request_id, status, spec, created_at) VALUES (?, ?, ?, ?, ?)",
-               (job_id, client_request_id or None, status.value, json.dumps(spec), time.time()))
+    db.execute("INSERT INTO jobs (id, client_request_id, status, spec, created_at, project) VALUES (?, ?, ?, ?, ?, ?)",
+               (job_id, client_request_id or None, status.value, json.dumps(spec), time.time(), project))
     _append_event(db, job_id, "status_changed", f"job created, {status.value}{'; ' + note if note else ''}",
                   {"status": status.value})
     return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()), True
@@ -340,13 +373,35 @@ def _add_report_ids(db: sqlite3.Connection) -> None:
                " WHERE report_id IS NOT NULL")
 
 
+def _add_projects(db: sqlite3.Connection) -> None:
+    """Job stores written before projects existed get the column, every job in project "", and lose the global
+    UNIQUE on client_request_id for one per project. SQLite cannot drop a constraint in place: the table is
+    rebuilt (its documented create-copy-drop-rename procedure), in one transaction."""
+    if "project" not in {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if "project" not in {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}:
+                db.execute(_JOBS_TABLE.replace("{name}", "jobs_with_projects"))
+                db.execute(f"INSERT INTO jobs_with_projects ({_JOB_COLUMNS}) SELECT {_JOB_COLUMNS} FROM jobs")
+                db.execute("DROP TABLE jobs")
+                db.execute("ALTER TABLE jobs_with_projects RENAME TO jobs")
+                db.execute("CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at)")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_request ON jobs (project, client_request_id)"
+               " WHERE client_request_id IS NOT NULL")
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_by_project ON jobs (project, status)")
+
+
 def _job(row: sqlite3.Row) -> Job:
     error = JobError(row["error_code"], row["error_message"] or "") if row["error_code"] else None
     return Job(
         id=row["id"], status=JobStatus(row["status"]), spec=json.loads(row["spec"]), created_at=row["created_at"],
         client_request_id=row["client_request_id"], started_at=row["started_at"], finished_at=row["finished_at"],
         trained_steps=row["trained_steps"], total_steps=row["total_steps"], error=error,
-        result=json.loads(row["result"]),
+        result=json.loads(row["result"]), project=row["project"],
     )
 
 

@@ -28,6 +28,7 @@ class StoredFile:
     error_message: str | None = None
     dataset_path: Path | None = None
     dataset_name: str | None = None  # the dataset_info.json entry when dataset_path is a LLaMA-Factory one
+    project: str = ""  # of the API key that uploaded it; each project stores its own copy of a content
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,4 @@ class UploadMetadata:
     sha256: str
     bytes: int
     resume_offset: int = 0
+    project: str = ""  # set by FileService from the caller, never by the client: keys the partial upload

@@ -3,12 +3,17 @@ servicer calls them through the server's blocking pool. Validation runs in a chi
 started from this service's own thread.
 
 On disk, under `root`: `files.sqlite3` (metadata), `partial/` (uploads in progress), `staging/` (a finished
-upload being extracted), `blobs/<sha256>/<filename>` (+ `extracted/` for an archive). A file only appears in
-`blobs/` and in the table once it is complete, verified and, for an archive, safely extracted.
+upload being extracted), `blobs/<sha256>[@<project>]/<filename>` (+ `extracted/` for an archive). A file only
+appears in `blobs/` and in the table once it is complete, verified and, for an archive, safely extracted.
+
+Every method takes the `Caller`: a file belongs to the project that uploaded it, and another project's file
+answers as a missing one (StoredFileNotFoundError). Each project keeps its own copy of a content, so deleting
+one project's file never touches another's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -18,8 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..domain import JobStatus
-from ..errors import FailedPreconditionError
+from ..domain import OPEN_CALLER, Caller, JobStatus
+from ..errors import FailedPreconditionError, JobNotFoundError, QuotaExceededError, StoredFileNotFoundError
 from .archive import ArchiveLimits, archive_kind, extract_archive
 from .artifacts import TarStream, artifact_dirs
 from .datasets import DatasetLocation, locate_dataset, validate_in_child
@@ -37,6 +42,7 @@ _JOB_FILE_FIELDS = ("training_file", "validation_file", "test_file")
 class FileLimits:
     max_upload_bytes: int
     archive: ArchiveLimits
+    max_upload_bytes_per_project: int | None = None  # what a project's stored files may take in all
     max_page_size: int = 100
     # A partial upload nobody resumed for this long is removed when the trainer starts.
     partial_upload_max_age_s: float = 7 * 24 * 3600
@@ -69,7 +75,8 @@ class FileService:
         """Removes what a previous run left half done: blobs committed to disk but not to the table (it stopped
         between the two), and partial uploads abandoned for longer than `partial_upload_max_age_s`."""
         for blob in self._blobs.iterdir():
-            if self._records.find_by_sha256(blob.name) is None:
+            sha256, _, project = blob.name.partition("@")
+            if self._records.find_by_sha256(sha256, project=project) is None:
                 shutil.rmtree(blob, ignore_errors=True)
         oldest = time.time() - self.limits.partial_upload_max_age_s
         for partial in self._partials.directory.iterdir():
@@ -79,7 +86,8 @@ class FileService:
     @classmethod
     def from_settings(cls, settings, jobs) -> FileService:
         limits = FileLimits(settings.max_upload_bytes, ArchiveLimits(
-            settings.max_archive_extracted_bytes, settings.max_archive_members, settings.max_compression_ratio))
+            settings.max_archive_extracted_bytes, settings.max_archive_members, settings.max_compression_ratio),
+            max_upload_bytes_per_project=settings.max_upload_bytes_per_project)
         return cls(settings.files_root, jobs, limits)
 
     def close(self) -> None:
@@ -89,36 +97,55 @@ class FileService:
 
     # reading
 
-    def get(self, file_id: str) -> StoredFile:
-        return self._records.get(file_id)
+    def get(self, file_id: str, caller: Caller = OPEN_CALLER) -> StoredFile:
+        stored = self._records.get(file_id)
+        if not caller.can_see(stored.project):
+            raise StoredFileNotFoundError(file_id)  # the message of a missing file: nothing says it exists
+        return stored
 
     def content_path(self, stored: StoredFile) -> Path:
         """The file as uploaded (for an archive: the archive itself, beside its extracted/ directory)."""
-        return self._blobs / stored.sha256 / stored.filename
+        return self._blob_dir(stored.project, stored.sha256) / stored.filename
 
-    def list(self, purpose: FilePurpose | None = None, *, page_size: int = 0,
-             page_token: str = "") -> tuple[list[StoredFile], str]:
+    def _blob_dir(self, project: str, sha256: str) -> Path:
+        return self._blobs / (f"{sha256}@{project}" if project else sha256)
+
+    def list(self, purpose: FilePurpose | None = None, *, page_size: int = 0, page_token: str = "",
+             caller: Caller = OPEN_CALLER) -> tuple[list[StoredFile], str]:
         size = min(page_size, self.limits.max_page_size) if page_size > 0 else 20
-        return self._records.list(purpose, page_size=size, page_token=page_token)
+        return self._records.list(purpose, page_size=size, page_token=page_token, project=caller.visible_project)
 
-    def committed_bytes(self, sha256: str, size_bytes: int) -> tuple[int, StoredFile | None]:
-        """Where an upload of this content resumes, and the File when the content is already stored."""
+    def committed_bytes(self, sha256: str, size_bytes: int,
+                        caller: Caller = OPEN_CALLER) -> tuple[int, StoredFile | None]:
+        """Where the caller's upload of this content resumes, and its File when the project stored it already."""
         sha256 = sha256.lower()
         check_content_key(sha256, size_bytes)
-        existing = self._records.find_by_sha256(sha256)
+        existing = self._records.find_by_sha256(sha256, project=caller.project)
         if existing is not None and existing.bytes == size_bytes:
             return size_bytes, existing
-        return self._partials.committed_bytes(sha256, size_bytes), None
+        return self._partials.committed_bytes(sha256, size_bytes, caller.project), None
 
     # uploading
 
-    def begin_upload(self, meta: UploadMetadata) -> Upload | StoredFile:
-        """An Upload to write the stream's chunks to, or the File when this content is already stored."""
+    def begin_upload(self, meta: UploadMetadata, caller: Caller = OPEN_CALLER) -> Upload | StoredFile:
+        """An Upload to write the stream's chunks to, or the File when the project stored this content already."""
         check_metadata(meta, max_upload_bytes=self.limits.max_upload_bytes)
-        existing = self._records.find_by_sha256(meta.sha256)
+        meta = dataclasses.replace(meta, project=caller.project)
+        existing = self._records.find_by_sha256(meta.sha256, project=meta.project)
         if existing is not None and existing.bytes == meta.bytes:
             return existing
+        self._check_quota(meta)  # before any byte is received; again at the commit, where it is exact
         return self._partials.open(meta)
+
+    def _check_quota(self, meta: UploadMetadata) -> None:
+        limit = self.limits.max_upload_bytes_per_project
+        if limit is None:
+            return
+        stored = self._records.stored_bytes(meta.project)
+        if stored + meta.bytes > limit:
+            raise QuotaExceededError("max_upload_bytes_per_project", f"project {meta.project!r} stores {stored} "
+                                     f"bytes of files; {meta.filename} ({meta.bytes} bytes) would pass its limit of "
+                                     f"{limit} bytes: delete files first")
 
     def finish_upload_soon(self, upload: Upload) -> Future[StoredFile]:
         """`finish_upload` on this service's own threads."""
@@ -145,18 +172,19 @@ class FileService:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _commit(self, meta: UploadMetadata, staging: Path, location: DatasetLocation) -> StoredFile:
-        final = self._blobs / meta.sha256
+        final = self._blob_dir(meta.project, meta.sha256)
         with self._commit_lock:
-            existing = self._records.find_by_sha256(meta.sha256)
+            existing = self._records.find_by_sha256(meta.sha256, project=meta.project)
             if existing is not None:
                 return existing
+            self._check_quota(meta)
             if final.exists():  # left by a trainer that stopped between the rename and the insert
                 shutil.rmtree(final)
             staging.rename(final)
             dataset_path = final / location.path.relative_to(staging)
             stored, _ = self._records.insert(filename=meta.filename, purpose=meta.purpose, size_bytes=meta.bytes,
                                              sha256=meta.sha256, dataset_path=dataset_path,
-                                             dataset_name=location.dataset_name)
+                                             dataset_name=location.dataset_name, project=meta.project)
         self._schedule_validation(stored)
         return stored
 
@@ -181,15 +209,16 @@ class FileService:
 
     # deleting
 
-    def delete(self, file_id: str) -> StoredFile:
-        """Refused while a job that is validating files, queued or running names the file."""
-        stored = self._records.get(file_id)
+    def delete(self, file_id: str, caller: Caller = OPEN_CALLER) -> StoredFile:
+        """Refused while a job that is validating files, queued or running names the file. Frees its bytes of the
+        project's quota."""
+        stored = self.get(file_id, caller)
         if users := self._active_jobs_using(file_id):
             raise FailedPreconditionError(f"file {file_id} is used by {', '.join(users)} "
                                           "(validating files, queued or running); cancel it or wait for it to end")
         with self._commit_lock:
             deleted = self._records.delete(file_id)
-            shutil.rmtree(self._blobs / stored.sha256, ignore_errors=True)
+            shutil.rmtree(self._blob_dir(stored.project, stored.sha256), ignore_errors=True)
         return deleted
 
     def _active_jobs_using(self, file_id: str) -> list[str]:
@@ -202,7 +231,11 @@ class FileService:
 
     # artifacts
 
-    def artifact_stream(self, job_id: str, *, include_merged_model: bool = False) -> TarStream:
-        """The tar stream of a succeeded job's adapter (and merged model); JobNotFoundError for an unknown id."""
+    def artifact_stream(self, job_id: str, *, include_merged_model: bool = False,
+                        caller: Caller = OPEN_CALLER) -> TarStream:
+        """The tar stream of a succeeded job's adapter (and merged model); JobNotFoundError for an unknown id or
+        another project's job."""
         job = self._jobs.get_job(job_id)
+        if not caller.can_see(job.project):
+            raise JobNotFoundError(job_id)
         return TarStream(artifact_dirs(job, include_merged_model=include_merged_model))

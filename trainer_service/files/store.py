@@ -12,20 +12,28 @@ from ..errors import StoredFileNotFoundError
 from ..paging import newest_first, page_and_token
 from .models import FILE_ID_PREFIX, FilePurpose, FileStatus, StoredFile
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
+# One row per (project, content): the same bytes uploaded by two projects are two files, neither visible to the
+# other.
+_FILES_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id TEXT PRIMARY KEY,
     filename TEXT NOT NULL,
     purpose TEXT NOT NULL,
     bytes INTEGER NOT NULL,
-    sha256 TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL,
     created_at REAL NOT NULL,
     status TEXT NOT NULL,
     record_count INTEGER,
     error_message TEXT,
     dataset_path TEXT,
-    dataset_name TEXT
+    dataset_name TEXT,
+    project TEXT NOT NULL DEFAULT '',
+    UNIQUE (project, sha256)
 );
+"""
+_FILE_COLUMNS = ("id, filename, purpose, bytes, sha256, created_at, status, record_count, error_message, "
+                 "dataset_path, dataset_name")
+_SCHEMA = _FILES_TABLE.format(name="files") + """
 CREATE INDEX IF NOT EXISTS files_by_created ON files (created_at DESC, id DESC);
 """
 
@@ -42,20 +50,24 @@ class FileRecords:
         with self._lock:
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.executescript(_SCHEMA)
+            _add_projects(self._connection)
 
     def close(self) -> None:
         self._connection.close()
 
     def insert(self, *, filename: str, purpose: FilePurpose, size_bytes: int, sha256: str,
-               dataset_path: Path, dataset_name: str | None = None) -> tuple[StoredFile, bool]:
-        """Returns (file, created). Content already stored returns the first File, created=False."""
+               dataset_path: Path, dataset_name: str | None = None, project: str = "") -> tuple[StoredFile, bool]:
+        """Returns (file, created). Content the project stored already returns its first File, created=False."""
         file_id = FILE_ID_PREFIX + uuid.uuid4().hex[:24]
         with self._lock:
             cursor = self._connection.execute(
                 "INSERT INTO files (id, filename, purpose, bytes, sha256, created_at, status, dataset_path, "
-                "dataset_name) VALUES (?, ?, ?, ?, ?, ?, 'uploaded', ?, ?) ON CONFLICT (sha256) DO NOTHING",
-                (file_id, filename, purpose, size_bytes, sha256, time.time(), str(dataset_path), dataset_name))
-            row = self._connection.execute("SELECT * FROM files WHERE sha256 = ?", (sha256,)).fetchone()
+                "dataset_name, project) VALUES (?, ?, ?, ?, ?, ?, 'uploaded', ?, ?, ?) "
+                "ON CONFLICT (project, sha256) DO NOTHING",
+                (file_id, filename, purpose, size_bytes, sha256, time.time(), str(dataset_path), dataset_name,
+                 project))
+            row = self._connection.execute("SELECT * FROM files WHERE project = ? AND sha256 = ?",
+                                           (project, sha256)).fetchone()
         return _stored(row), cursor.rowcount == 1
 
     def get(self, file_id: str) -> StoredFile:
@@ -65,15 +77,27 @@ class FileRecords:
             raise StoredFileNotFoundError(file_id)
         return _stored(row)
 
-    def find_by_sha256(self, sha256: str) -> StoredFile | None:
+    def find_by_sha256(self, sha256: str, *, project: str = "") -> StoredFile | None:
         with self._lock:
-            row = self._connection.execute("SELECT * FROM files WHERE sha256 = ?", (sha256,)).fetchone()
+            row = self._connection.execute("SELECT * FROM files WHERE project = ? AND sha256 = ?",
+                                           (project, sha256)).fetchone()
         return None if row is None else _stored(row)
 
-    def list(self, purpose: FilePurpose | None, *, page_size: int,
-             page_token: str = "") -> tuple[list[StoredFile], str]:
-        """Newest first; the page token is the last file's (created_at, id), as ListFineTuningJobs does."""
+    def stored_bytes(self, project: str) -> int:
+        """What the project's files take, as uploaded (its quota counts this)."""
+        with self._lock:
+            (total,) = self._connection.execute("SELECT COALESCE(SUM(bytes), 0) FROM files WHERE project = ?",
+                                                (project,)).fetchone()
+        return total
+
+    def list(self, purpose: FilePurpose | None, *, page_size: int, page_token: str = "",
+             project: str | None = None) -> tuple[list[StoredFile], str]:
+        """Newest first, only `project`'s files unless it is None; the page token is the last file's
+        (created_at, id), as ListFineTuningJobs does."""
         query, params = "SELECT * FROM files WHERE 1=1", []
+        if project is not None:
+            query += " AND project = ?"
+            params.append(project)
         if purpose:
             query += " AND purpose = ?"
             params.append(purpose)
@@ -102,9 +126,28 @@ class FileRecords:
         return _stored(row)
 
 
+def _add_projects(db: sqlite3.Connection) -> None:
+    """File tables written before projects existed: every file goes to project "", and sha256 becomes unique per
+    project. SQLite cannot drop the old UNIQUE in place, so the table is rebuilt in one transaction."""
+    if "project" in {row["name"] for row in db.execute("PRAGMA table_info(files)")}:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(_FILES_TABLE.format(name="files_with_projects"))
+        db.execute(f"INSERT INTO files_with_projects ({_FILE_COLUMNS}) SELECT {_FILE_COLUMNS} FROM files")
+        db.execute("DROP TABLE files")
+        db.execute("ALTER TABLE files_with_projects RENAME TO files")
+        db.execute("CREATE INDEX IF NOT EXISTS files_by_created ON files (created_at DESC, id DESC)")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def _stored(row: sqlite3.Row) -> StoredFile:
     return StoredFile(
         id=row["id"], filename=row["filename"], purpose=row["purpose"], bytes=row["bytes"], sha256=row["sha256"],
         created_at=row["created_at"], status=row["status"], record_count=row["record_count"],
         error_message=row["error_message"],
-        dataset_path=Path(row["dataset_path"]) if row["dataset_path"] else None, dataset_name=row["dataset_name"])
+        dataset_path=Path(row["dataset_path"]) if row["dataset_path"] else None, dataset_name=row["dataset_name"],
+        project=row["project"])

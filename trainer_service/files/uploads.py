@@ -55,19 +55,20 @@ class PartialUploads:
         self._active: set[str] = set()
         self._released = threading.Condition()
 
-    def path(self, sha256: str, size_bytes: int) -> Path:
-        return self.directory / f"{sha256}-{size_bytes}.part"
+    def path(self, sha256: str, size_bytes: int, project: str = "") -> Path:
+        """One partial per project and content: a project can neither see nor resume another's."""
+        return self.directory / f"{sha256}-{size_bytes}{'@' + project if project else ''}.part"
 
-    def committed_bytes(self, sha256: str, size_bytes: int) -> int:
+    def committed_bytes(self, sha256: str, size_bytes: int, project: str = "") -> int:
         try:
-            return min(self.path(sha256, size_bytes).stat().st_size, size_bytes)
+            return min(self.path(sha256, size_bytes, project).stat().st_size, size_bytes)
         except FileNotFoundError:
             return 0
 
     def open(self, meta: UploadMetadata) -> Upload:
         """Claims the content's partial file and positions it at `meta.resume_offset`. A stream that just broke
         may still hold the claim for a moment: wait for it rather than fail the client's immediate resume."""
-        key = f"{meta.sha256}-{meta.bytes}"
+        key = self.path(meta.sha256, meta.bytes, meta.project).name
         deadline = time.monotonic() + self._busy_wait_s
         with self._released:
             while key in self._active:
@@ -78,7 +79,7 @@ class PartialUploads:
                 self._released.wait(remaining)
             self._active.add(key)
         try:
-            return Upload(meta, self.path(meta.sha256, meta.bytes), release=lambda: self._release(key))
+            return Upload(meta, self.path(meta.sha256, meta.bytes, meta.project), release=lambda: self._release(key))
         except BaseException:
             self._release(key)
             raise

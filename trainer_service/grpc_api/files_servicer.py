@@ -1,5 +1,6 @@
 """FilesService handlers (grpc.aio): convert at the edge, hand every blocking step (SQLite, disk, hashing,
-extraction, reading artifacts) to the pool, and keep streams on the event loop."""
+extraction, reading artifacts) to the pool, and keep streams on the event loop. The caller's project goes to the
+file service as a plain domain `Caller`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from vlmforge.trainer.v1 import files_pb2_grpc
 from ..errors import InvalidArgumentError
 from ..files import FileService, StoredFile, UploadMetadata
 from ..files.uploads import Upload
+from .audited import audited
+from .auth_interceptor import Callers
 from .blocking import BlockingCalls
 from .status_codes import grpc_errors
 from .stream_limits import StreamLimits
@@ -25,18 +28,22 @@ _PURPOSE_TO_PB = {"fine-tune": pb.FILE_PURPOSE_FINE_TUNE}
 
 
 class FilesServicer(files_pb2_grpc.FilesServiceServicer):
-    def __init__(self, files: FileService, blocking: BlockingCalls, stream_limits: StreamLimits | None = None):
+    def __init__(self, files: FileService, blocking: BlockingCalls, stream_limits: StreamLimits | None = None,
+                 callers: Callers = Callers()):
         self.files = files
         self.blocking = blocking
         self.stream_limits = stream_limits
+        self.callers = callers
 
     @grpc_errors
+    @audited("file_id")
     async def UploadFile(self, request_iterator, context):  # noqa: N802 - gRPC's method names
         async with self._stream(context):
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("payload") != "metadata":
                 raise InvalidArgumentError("metadata", "the first message of an upload must carry its metadata")
-            started = await self.blocking(self.files.begin_upload, metadata_from_pb(first.metadata))
+            started = await self.blocking(self.files.begin_upload, metadata_from_pb(first.metadata),
+                                          self.callers.current())
             if isinstance(started, StoredFile):
                 return file_to_pb(started)  # this content is stored already: the bytes are not needed
             try:
@@ -63,30 +70,33 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
 
     @grpc_errors
     async def GetUploadOffset(self, request, context):  # noqa: N802
-        committed, existing = await self.blocking(self.files.committed_bytes, request.sha256, request.bytes)
+        committed, existing = await self.blocking(self.files.committed_bytes, request.sha256, request.bytes,
+                                                  self.callers.current())
         return pb.UploadOffset(committed_bytes=committed, file_id=existing.id if existing else "")
 
     @grpc_errors
     async def GetFile(self, request, context):  # noqa: N802
-        return file_to_pb(await self.blocking(self.files.get, request.id))
+        return file_to_pb(await self.blocking(self.files.get, request.id, self.callers.current()))
 
     @grpc_errors
     async def ListFiles(self, request, context):  # noqa: N802
         purpose = _PURPOSE_FROM_PB.get(request.purpose) if request.purpose else None
         files, token = await self.blocking(self.files.list, purpose, page_size=request.page_size,
-                                           page_token=request.page_token)
+                                           page_token=request.page_token, caller=self.callers.current())
         return pb.ListFilesResponse(files=[file_to_pb(f) for f in files], next_page_token=token)
 
     @grpc_errors
+    @audited("file_id")
     async def DeleteFile(self, request, context):  # noqa: N802
-        deleted = await self.blocking(self.files.delete, request.id)
+        deleted = await self.blocking(self.files.delete, request.id, self.callers.current())
         return pb.DeleteFileResponse(id=deleted.id, deleted=True)
 
     @grpc_errors
     async def DownloadJobArtifacts(self, request, context):  # noqa: N802
         async with self._stream(context):
             stream = await self.blocking(self.files.artifact_stream, request.job_id,
-                                         include_merged_model=request.include_merged_model)
+                                         include_merged_model=request.include_merged_model,
+                                         caller=self.callers.current())
             pieces = iter(stream)
             try:
                 while (piece := await self.blocking(next, pieces, None)) is not None:

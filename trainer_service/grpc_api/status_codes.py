@@ -20,6 +20,7 @@ from ..errors import (
     StoredFileNotFoundError,
     TooManyStreamsError,
     TrainerError,
+    UnauthenticatedError,
 )
 
 logger = logging.getLogger(__name__)
@@ -35,13 +36,21 @@ STATUS_BY_ERROR: tuple[tuple[type[TrainerError], grpc.StatusCode], ...] = (
     (InvalidTransitionError, grpc.StatusCode.FAILED_PRECONDITION),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (TooManyStreamsError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
 )
 
 
-def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+def code_for(error: BaseException) -> grpc.StatusCode | None:
+    """The table's code for `error`; None for an error it does not know (a bug)."""
     for error_type, code in STATUS_BY_ERROR:
         if isinstance(error, error_type):
-            return code, str(error)
+            return code
+    return None
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    if (code := code_for(error)) is not None:
+        return code, str(error)
     logger.exception("unhandled error in a gRPC handler", exc_info=error)
     return grpc.StatusCode.INTERNAL, "internal error; the trainer's log has the details"
 
