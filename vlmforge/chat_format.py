@@ -83,8 +83,9 @@ class ChatCollator:
 
     def __call__(self, conversations: list[Conversation]) -> dict[str, torch.Tensor]:
         texts = [self.processor.apply_chat_template(to_hf_messages(c.messages), tokenize=False) for c in conversations]
+        # On the right whatever the processor's default (InternVL's pads on the left): truncation cuts the ends.
         batch = self.processor(text=texts, images=images_by_conversation(conversations), padding=True,
-                               return_tensors="pt")
+                               padding_side="right", return_tensors="pt")
         batch["labels"] = self.assistant_labels(batch["input_ids"], batch["attention_mask"])
         return self.truncated(dict(batch))
 
@@ -95,11 +96,14 @@ class ChatCollator:
             return batch
         cut = batch["input_ids"][:, self.max_length:]
         cuts_image = any(bool((cut == token_id).any()) for token_id in self.image_token_ids)
-        if cuts_image or ("mm_token_type_ids" in batch and batch["mm_token_type_ids"][:, self.max_length:].any()):
+        # Gemma 3's processor names them token_type_ids (and marks only the soft tokens, not <start_of_image>).
+        type_ids = batch.get("mm_token_type_ids", batch.get("token_type_ids"))
+        if cuts_image or (type_ids is not None and type_ids[:, self.max_length:].any()):
             raise SequenceTooLongError(f"a sample's image tokens reach beyond max_sequence_length "
                                        f"{self.max_length}; raise it or use smaller images")
         # Mllama's cross_attention_mask is (batch, tokens, images, tiles): which tokens see which image.
-        per_token = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "cross_attention_mask")
+        per_token = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "token_type_ids",
+                     "cross_attention_mask")
         return {name: value[:, :self.max_length] if name in per_token else value for name, value in batch.items()}
 
     def assistant_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from .build_cache import built_atomically
+from .model_shapes_gemma3 import GEMMA3_4B_TEXT, gemma3_parts
+from .model_shapes_internvl import INTERNVL3_8B_TEXT, internvl_parts
 from .tiny_model.tokenizer import ENDOFTEXT
 
 QWEN_VOCAB = 151936
@@ -31,6 +33,8 @@ CLIP_L_336 = {"model_type": "clip_vision_model", "hidden_size": 1024, "intermedi
               "num_hidden_layers": 24, "num_attention_heads": 16, "image_size": 336, "patch_size": 14,
               "projection_dim": 768}
 SHAPES = {  # shape -> (family, language model sizes)
+    "gemma-3-4b": ("gemma3", GEMMA3_4B_TEXT),  # google/gemma-3-4b-it
+    "internvl3-8b": ("internvl", INTERNVL3_8B_TEXT),  # OpenGVLab/InternVL3-8B-hf
     "2b": ("qwen2_vl", {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
                         "num_attention_heads": 12, "num_key_value_heads": 2, "tie_word_embeddings": True}),
     "7b": ("qwen2_vl", {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
@@ -201,6 +205,7 @@ def _idefics3(sizes: dict, tokenizer, image_size_px: int):
 
 
 _BUILDERS = {"qwen2_vl": _qwen2_vl, "qwen2_5_vl": _qwen2_5_vl, "llava": _llava, "llava_next": _llava_next,
+             "gemma3": gemma3_parts, "internvl": internvl_parts,
              "idefics3": _idefics3}
 
 

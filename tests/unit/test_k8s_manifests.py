@@ -24,6 +24,9 @@ KUBERNETES_VERSION = "1.37.0"
 # Kinds with no schema in kubernetes-validate (CRDs), each checked by a structural test below instead.
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
+# The alerts (k8s/components/monitoring/prometheus-rules.yaml): test_prometheus_rules_have_the_operator_shape.
+CRD_KINDS |= {("monitoring.coreos.com/v1", "PrometheusRule")}
+
 COMPONENT = "app.kubernetes.io/component"
 COMMON_LABELS = {"app.kubernetes.io/name": "vlmforge", "app.kubernetes.io/part-of": "vlmforge"}
 # The labels the trainer puts on the training Jobs' pods at run time (not rendered from k8s/).
@@ -196,6 +199,53 @@ def test_service_monitors_select_existing_services_and_ports(rendered, target: s
         port_names = {port["name"] for port in services[0]["spec"]["ports"]}
         assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [expected[monitor["metadata"]["name"]]]
         assert all(e["port"] in port_names for e in monitor["spec"]["endpoints"]), port_names
+
+
+# The PrometheusRule CRD's schema (prometheus-operator 0.82, monitoring.coreos.com_prometheusrules.yaml), which
+# kubernetes-validate does not ship: the fields it allows, what it requires, and its duration pattern.
+RULE_GROUP_KEYS = {"name", "interval", "limit", "labels", "partial_response_strategy", "query_offset", "rules"}
+RULE_KEYS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_prometheus_rules_have_the_operator_shape(rendered, target: str) -> None:
+    for rule_object in _all(rendered[target], "PrometheusRule"):
+        assert rule_object["apiVersion"] == "monitoring.coreos.com/v1" and set(rule_object["spec"]) == {"groups"}
+        names = [group["name"] for group in rule_object["spec"]["groups"]]
+        assert all(names) and len(set(names)) == len(names), "group names: required, unique (a list-map key)"
+        for group in rule_object["spec"]["groups"]:
+            assert set(group) <= RULE_GROUP_KEYS, set(group) - RULE_GROUP_KEYS
+            assert DURATION.match(group.get("interval", "0"))
+            for rule in group["rules"]:
+                assert set(rule) <= RULE_KEYS, set(rule) - RULE_KEYS
+                assert ("alert" in rule) != ("record" in rule), rule
+                assert isinstance(rule["expr"], str | int) and str(rule["expr"]).strip()
+                assert all(DURATION.match(rule[key]) for key in ("for", "keep_firing_for") if key in rule), rule
+                for key in ("labels", "annotations"):
+                    assert all(isinstance(k, str) and isinstance(v, str) for k, v in rule.get(key, {}).items())
+
+
+def test_the_gpu_overlay_ships_the_alerts_and_the_dashboards(rendered) -> None:
+    import json
+
+    docs = rendered["gpu"]
+    alerts = {rule["alert"]: rule for rule_object in _all(docs, "PrometheusRule")
+              for group in rule_object["spec"]["groups"] for rule in group["rules"] if "alert" in rule}
+    assert {"VlmforgeInferenceDown", "VlmforgeInferenceSlowFirstToken", "VlmforgeInferenceErrors",
+            "VlmforgeInferenceEngineDead", "VlmforgeTrainerDown", "VlmforgeJobFailed",
+            "VlmforgeQueueStuck"} <= set(alerts)
+    for name, rule in alerts.items():
+        assert DURATION.match(rule.get("for", "")) and rule["for"] != "0", f"{name}: a `for:` rides out one bad scrape"
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert {"summary", "description"} <= set(rule["annotations"]), name
+    dashboards = _one(docs, "ConfigMap", "vlmforge-grafana-dashboards")
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1", "the Grafana sidecar's label"
+    shipped = {name: json.loads(text) for name, text in dashboards["data"].items()}
+    committed = {path.name: json.loads(path.read_text())
+                 for path in (K8S / "components" / "monitoring" / "dashboards").glob("*.json")}
+    assert shipped == committed and {"vlmforge-serving.json", "vlmforge-training.json"} <= set(shipped)
+    assert "vlmforge-grafana-dashboards" not in {d["metadata"]["name"] for d in _all(rendered["dev-cpu"], "ConfigMap")}
 
 
 # ------------------------------------------------------------------------------------------ workloads

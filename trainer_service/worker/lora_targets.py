@@ -19,6 +19,6 @@ def target_modules(hyper: Hyperparameters, family: ModelFamily) -> str | list[st
     if hyper.finetune_language_layers:
         parts += [p for p, on in ((family.language_attention, hyper.finetune_attention_modules),
                                   (family.language_mlp, hyper.finetune_mlp_modules)) if on]
-    if hyper.finetune_projector:
+    if hyper.finetune_projector and family.projector_takes_lora:  # Gemma 3's projector has no linear layer
         parts.append(family.projector)
     return rf".*({'|'.join(parts)})$"

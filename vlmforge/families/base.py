@@ -35,6 +35,9 @@ class ModelFamily:
     vllm_serves_tower_connector_lora: bool = True
     # Weight-name fixes so vLLM loads what transformers saves (merged models, adapters): (written, read by vLLM).
     vllm_weight_renames: tuple[tuple[str, str], ...] = ()
+    # Whether the projector has linear layers for LoRA to wrap. Gemma 3's is one bare weight matrix: there
+    # finetune_projector adapts nothing (the trainer leaves the projector out of the LoRA targets).
+    projector_takes_lora: bool = True
 
     def __post_init__(self) -> None:
         if self.vllm_serves == bool(self.vllm_unserved_reason):

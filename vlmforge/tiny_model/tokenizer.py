@@ -110,6 +110,9 @@ class TokenizerStyle:
     chat_template: str
     template_text: tuple[str, ...]
     bos_token: str | None = None  # Llama 3's processor prepends it to every text that lacks it
+    # Named tokens a processor reads off the tokenizer (Gemma 3's `boi_token`, InternVL's `context_image_token`):
+    # saved in tokenizer_config.json as the published checkpoints have them.
+    named_tokens: tuple[tuple[str, str], ...] = ()
 
 
 QWEN2_STYLE = TokenizerStyle(SPECIAL_TOKENS, "<|im_end|>", ENDOFTEXT, CHAT_TEMPLATE, _TEMPLATE_TEXT)
@@ -142,7 +145,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, style: TokenizerStyle
     vocab = bpe.get_vocab()
     merges = _merges(bpe)
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=style.bos_token,
-                               eos_token=style.eos_token, pad_token=style.pad_token, errors="replace")
+                               eos_token=style.eos_token, pad_token=style.pad_token, errors="replace",
+                               **dict(style.named_tokens))
     tokenizer.add_special_tokens(
         {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in style.special_tokens]},
     )

@@ -1,0 +1,32 @@
+"""Gemma 3 (google/gemma-3-4b-it and the 12B / 27B): a SigLIP vision tower, a projector that average-pools the
+tower's patches 4x4 and multiplies them by one weight matrix, and a Gemma 3 text model (five sliding-window
+layers to one global, a 1024-token window on the 4B), turns `<start_of_turn>user\\n...<end_of_turn>\\n
+<start_of_turn>model\\nanswer<end_of_turn>\\n`.
+
+Training attends bidirectionally among each image's tokens: Gemma3Processor returns `token_type_ids` (1 on image
+tokens), the collator passes them on, and Gemma3Model builds its masks from them (causal elsewhere, and within
+the window on the sliding layers), as Gemma 3 was trained; vLLM does the same from the prompt's image positions.
+
+The projector has no linear layer: `mm_input_projection_weight` is a bare parameter used in a matmul, and its
+norm has no weight matrix either, so LoRA (peft target_modules) has nothing to wrap there and
+finetune_projector adapts nothing on Gemma 3 (`projector_takes_lora`). The tower's layers take LoRA as usual."""
+
+from __future__ import annotations
+
+from .base import ModelFamily
+
+# transformers 5.17 names the SigLIP tower's modules without its `vision_model.` level (its save_pretrained writes
+# the published names back, `vision_tower.vision_model.`, which vLLM 0.32 reads: nothing to rename).
+_SIGLIP_LAYERS = r"vision_tower\.(vision_model\.)?encoder\.layers\.\d+"
+_TEXT_LAYERS = r"language_model\.layers\.\d+"
+
+GEMMA3 = ModelFamily(
+    name="gemma3", model_types=frozenset({"gemma3"}),
+    assistant_header="<start_of_turn>model\n", turn_end="<end_of_turn>",
+    vision_attention=_SIGLIP_LAYERS + r"\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",
+    vision_mlp=_SIGLIP_LAYERS + r"\.mlp\.(fc1|fc2)",
+    projector=r"multi_modal_projector",
+    projector_takes_lora=False,
+    language_attention=_TEXT_LAYERS + r"\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
+    language_mlp=_TEXT_LAYERS + r"\.mlp\.(gate_proj|up_proj|down_proj)",
+)
