@@ -45,7 +45,7 @@ _SCALAR_HYPERPARAMETERS = (
     "weight_decay", "seed", "max_sequence_length", "lora_rank", "lora_alpha", "lora_dropout",
     "finetune_vision_layers", "finetune_language_layers", "finetune_attention_modules", "finetune_mlp_modules",
     "eval_every_steps", "checkpoint_every_steps", "gradient_checkpointing", "finetune_projector",
-    "warmup_ratio", "validation_split", "max_samples",
+    "warmup_ratio", "validation_split", "max_samples", "packing", "max_tokens_per_batch", "group_by_length",
 )
 
 
