@@ -62,8 +62,8 @@ class Hyperparameters:
     validation_split: float = 0.0  # share of the training file held out (seeded) when no validation_file is given
     max_samples: int | None = None  # train on the first N records only (LLaMA-Factory's max_samples)
     # Padding-free packing (Qwen2-VL / Qwen2.5-VL): each micro-batch is one row of whole samples laid end to end,
-    # at most max_tokens_per_batch language tokens (image placeholders included), attention kept inside each
-    # sample; batch_size is then unused. Off: padded batches of batch_size samples.
+    # at most max_tokens_per_batch language tokens (image placeholders included) and batch_size samples,
+    # attention kept inside each sample. Off: padded batches of batch_size samples.
     packing: bool = False
     max_tokens_per_batch: int = 8192
     group_by_length: bool = False  # packing off: batches of samples of similar length (seeded), less padding

@@ -24,20 +24,35 @@ def _counts(size: int = 97, seed: int = 5) -> np.ndarray:
 
 def test_rows_fill_the_token_budget_in_the_unpacked_order_and_cover_each_epoch_once() -> None:
     counts = _counts()
-    hyper = Hyperparameters(epochs=2, packing=True, max_tokens_per_batch=600, max_sequence_length=300,
+    hyper = Hyperparameters(epochs=2, batch_size=4, packing=True, max_tokens_per_batch=600, max_sequence_length=300,
                             gradient_accumulation_steps=3, seed=11)
     plan = packed_plan(counts, hyper)
     rows = list(plan.micro_batches)
     assert len(rows) == plan.steps * 3
-    assert all(counts[row].sum() <= 600 for row in rows)
+    assert all(counts[row].sum() <= 600 and len(row) <= hyper.batch_size for row in rows)
     # A row closes only when the next sample would not fit: nothing is skipped or reordered.
-    assert all(counts[row].sum() + counts[following[0]] > 600 for row, following in zip(rows, rows[1:]))
+    assert all(counts[row].sum() + counts[following[0]] > 600 or len(row) == hyper.batch_size
+               for row, following in zip(rows, rows[1:]))
+    assert any(len(row) == hyper.batch_size for row in rows) and any(len(row) < 3 for row in rows)
     taken = np.concatenate(rows)
     first_two_epochs = np.concatenate([epoch_order(11, 0, 97), epoch_order(11, 1, 97)])
     assert np.array_equal(taken[:194], first_two_epochs)
     assert len(taken) - 194 < sum(len(row) for row in rows[-3:]), "only the last step runs into epoch 3"
     assert plan.samples_before(plan.steps) == len(taken)
     assert packed_plan(counts, hyper).micro_batches[5].tolist() == rows[5].tolist(), "the same plan every time"
+
+
+def test_with_room_for_batch_size_samples_the_rows_are_the_unpacked_batches() -> None:
+    from trainer_service.worker.train import batch_indices
+
+    counts = _counts()
+    hyper = Hyperparameters(max_steps=30, batch_size=6, gradient_accumulation_steps=2, packing=True,
+                            max_tokens_per_batch=6 * 300, max_sequence_length=300, seed=2)
+    plan = packed_plan(counts, hyper, world_size=2)
+    for step in (0, 7, 29):  # 29: past the first epoch
+        for micro, rank in ((0, 0), (0, 1), (1, 1)):
+            ranks = Ranks(rank, 2, rank)
+            assert plan.indices(step, micro, ranks) == batch_indices(step, micro, hyper, 97, ranks)
 
 
 def test_ranks_take_their_own_rows_of_each_step_and_max_steps_wins() -> None:

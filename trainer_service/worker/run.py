@@ -124,13 +124,14 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
 
 def _lever_values(hyper: Hyperparameters) -> dict:
     return {"packing": hyper.packing, "max_tokens_per_batch": hyper.max_tokens_per_batch if hyper.packing else None,
-            "batch_size": None if hyper.packing else hyper.batch_size, "group_by_length": hyper.group_by_length,
+            "batch_size": hyper.batch_size, "group_by_length": hyper.group_by_length,
             "gradient_checkpointing": hyper.gradient_checkpointing}
 
 
 def training_levers(hyper: Hyperparameters) -> str:
     """The job's event line saying what its speed depends on."""
-    batches = (f"packing on (rows of at most {hyper.max_tokens_per_batch} tokens)" if hyper.packing else
+    batches = (f"packing on (rows of at most {hyper.max_tokens_per_batch} tokens and {hyper.batch_size} samples)"
+               if hyper.packing else
                f"packing off (batches of {hyper.batch_size}{', grouped by length' if hyper.group_by_length else ''})")
     return f"training levers: {batches}, gradient checkpointing {'on' if hyper.gradient_checkpointing else 'off'}"
 

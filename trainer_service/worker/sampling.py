@@ -78,7 +78,8 @@ def _processed_token_count(processor, sample: Conversation) -> int:
 @dataclass(frozen=True)
 class PackedPlan:
     """Every micro-batch of the run in training order (step, then micro-batch, then rank, as `batch_indices`
-    lays them out): the sample indices of one packed row of at most `max_tokens_per_batch` tokens."""
+    lays them out): the sample indices of one packed row of at most `max_tokens_per_batch` tokens and
+    `batch_size` samples."""
 
     micro_batches: tuple[np.ndarray, ...]
     steps: int
@@ -94,8 +95,9 @@ class PackedPlan:
 
 
 def packed_plan(counts: np.ndarray, hyper: Hyperparameters, world_size: int = 1) -> PackedPlan:
-    """Greedy in the epoch's seeded order: each row takes the next samples while they fit the token budget (a
-    sample never waits for a later row, so the order is the unpacked run's). `max_steps` steps, else as many as
+    """Greedy in the epoch's seeded order: each row takes the next samples while they fit the token budget and
+    `batch_size` (a sample never waits for a later row, so the order is the unpacked run's; with a budget that
+    `batch_size` samples always fit, the rows are exactly the unpacked run's batches). `max_steps` steps, else as many as
     cover `epochs` epochs (the last step topped up from the next epoch, as plain batches are)."""
     budget = hyper.max_tokens_per_batch
     if int(counts.max(initial=0)) > budget:
@@ -104,7 +106,7 @@ def packed_plan(counts: np.ndarray, hyper: Hyperparameters, world_size: int = 1)
     wanted_samples = hyper.epochs * len(counts)
     rows: list[np.ndarray] = []
     taken = 0
-    for row in _packed_rows(counts, budget, hyper.seed):
+    for row in _packed_rows(counts, budget, hyper.batch_size, hyper.seed):
         rows.append(row)
         taken += len(row)
         if len(rows) % micro_per_step:
@@ -115,7 +117,7 @@ def packed_plan(counts: np.ndarray, hyper: Hyperparameters, world_size: int = 1)
     return PackedPlan(tuple(rows), len(rows) // micro_per_step, micro_per_step, cumulative)
 
 
-def _packed_rows(counts: np.ndarray, budget: int, seed: int) -> Iterator[np.ndarray]:
+def _packed_rows(counts: np.ndarray, budget: int, most_samples: int, seed: int) -> Iterator[np.ndarray]:
     """Rows without end, epoch after epoch: a row closes when the next sample in order would not fit."""
     from .train import epoch_order
 
@@ -123,7 +125,7 @@ def _packed_rows(counts: np.ndarray, budget: int, seed: int) -> Iterator[np.ndar
     row_tokens = 0
     for epoch in itertools.count():
         for index in epoch_order(seed, epoch, len(counts)).tolist():
-            if row and row_tokens + counts[index] > budget:
+            if row and (row_tokens + counts[index] > budget or len(row) == most_samples):
                 yield np.asarray(row, dtype=np.int64)
                 row, row_tokens = [], 0
             row.append(index)

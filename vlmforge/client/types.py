@@ -44,7 +44,7 @@ class Hyperparameters:
     checkpoint_every_steps: int | None = None
     validation_split: float | None = None  # share of the training file held out when no validation_file
     max_samples: int | None = None  # train on the first N records only
-    packing: bool | None = None  # padding-free rows of whole samples (Qwen2-VL / Qwen2.5-VL); batch_size unused
+    packing: bool | None = None  # padding-free rows of whole samples (Qwen2-VL / Qwen2.5-VL), <= batch_size each
     max_tokens_per_batch: int | None = None  # with packing: language tokens per row (per micro-batch and GPU)
     group_by_length: bool | None = None  # packing off: batches of samples of similar length
 
