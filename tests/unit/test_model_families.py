@@ -38,7 +38,7 @@ def test_an_unregistered_model_type_names_the_supported_ones(tmp_path: Path) -> 
 
 
 def test_a_family_vllm_cannot_serve_says_why_and_only_then() -> None:
-    assert not MLLAMA.vllm_serves and "0.10.2" in MLLAMA.vllm_unserved_reason
+    assert not MLLAMA.vllm_serves and "vLLM PR #24907" in MLLAMA.vllm_unserved_reason
     assert all(family.vllm_serves and not family.vllm_unserved_reason for family in FAMILIES if family is not MLLAMA)
     with pytest.raises(ValueError, match="vllm_unserved_reason"):
         dataclasses.replace(MLLAMA, vllm_unserved_reason="")
@@ -75,3 +75,51 @@ def test_the_switches_pick_module_names_of_the_family(switches: dict, adapted: l
     llava = target_modules(Hyperparameters(**switches), LLAVA)
     assert re.fullmatch(llava, "model.language_model.layers.1.self_attn.o_proj")
     assert not re.fullmatch(llava, "model.visual.merger.mlp.0")
+
+
+def test_mistral3_switches_reach_the_pixtral_tower_and_the_patch_merger() -> None:
+    """Names of transformers 5.17's Mistral3ForConditionalGeneration (the integration tests check every part of
+    the tiny model's got LoRA)."""
+    from vlmforge.families.mistral3 import MISTRAL3
+
+    language_only = target_modules(Hyperparameters(finetune_vision_layers=False, finetune_projector=False), MISTRAL3)
+    everything = target_modules(Hyperparameters(), MISTRAL3)
+    for name in ("model.language_model.layers.39.self_attn.k_proj", "model.language_model.layers.0.mlp.gate_proj"):
+        assert re.fullmatch(language_only, name) and re.fullmatch(everything, name)
+    for name in ("model.vision_tower.transformer.layers.23.attention.o_proj",
+                 "model.vision_tower.transformer.layers.0.feed_forward.up_proj",
+                 "model.multi_modal_projector.patch_merger.merging_layer", "model.multi_modal_projector.linear_2"):
+        assert re.fullmatch(everything, name) and not re.fullmatch(language_only, name)
+    assert not any(re.fullmatch(everything, name) for name in ("lm_head", "model.vision_tower.patch_conv",
+                                                              "model.multi_modal_projector.norm"))
+
+
+def test_the_tiny_mistral3_chat_template_renders_as_mistral_commons_v7() -> None:
+    """The tiny model's template against the one mistral_common (Mistral's own library, which vLLM brings)
+    generates for tokenizer v7 with images, on the turns our datasets have: system prompts, images before or
+    after the text, several turns."""
+    from mistral_common.integrations.chat_templates.chat_templates import generate_chat_template
+    from mistral_common.tokens.tokenizers.base import TokenizerVersion
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from vlmforge.tiny_model.mistral3 import MISTRAL3_CHAT_TEMPLATE
+
+    v7 = generate_chat_template(spm=False, tokenizer_version=TokenizerVersion.v7, image_support=True,
+                                audio_support=False, thinking_support=False, default_system_prompt=None,
+                                plain_thinking_support=False, use_special_token_variables=True,
+                                model_settings_fields=None, reasoning_effort_values=None,
+                                reasoning_effort_default=None)
+    image, text = {"type": "image"}, {"type": "text", "text": "What color is the bar?"}
+    chats = [
+        [{"role": "user", "content": [image, text]},
+         {"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
+        [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": [text, image]},
+         {"role": "assistant", "content": "blue"}, {"role": "user", "content": [image, image, text]},
+         {"role": "assistant", "content": "two"}],
+        [{"role": "user", "content": "Hello"}],
+    ]
+    for chat in chats:
+        ours, theirs = (render_jinja_template(conversations=[chat], chat_template=template, bos_token="<s>",
+                                              eos_token="</s>")[0][0] for template in (MISTRAL3_CHAT_TEMPLATE, v7))
+        assert ours == theirs
+    assert ours == "<s>[INST]Hello[/INST]"

@@ -27,8 +27,8 @@ def _model_dir(root: Path, model_type: str) -> Path:
 
 @pytest.mark.parametrize(("model_type", "switches", "said"), [
     ("mllama", {"finetune_vision_layers": False, "finetune_projector": False},
-     ["does not serve Llama-3.2-Vision (mllama) models", "removed them after 0.10.2", "merged_model_path",
-      "in transformers"]),
+     ["does not serve Llama-3.2-Vision (mllama) models", "encoder-decoder models except Whisper",
+      "vLLM PR #24907", "merged_model_path", "in transformers"]),
     ("mllama", {}, ["does not serve Llama-3.2-Vision"]),
     ("llava", {}, ["serves LoRA only on the language model of llava models"]),  # the tower LoRA note, as before
     ("qwen2_vl", {}, None),
@@ -66,7 +66,8 @@ def test_the_service_command_exits_with_that_line_before_starting_vllm(tmp_path:
     assert started.returncode == 1
     assert started.stderr.strip().splitlines() == [
         "inference_service: cannot serve tiny-mllama: vLLM does not serve Llama-3.2-Vision (mllama) models: it "
-        "removed them after 0.10.2; load it, its adapters (with peft) and its fine-tunes' merged models in "
+        "removed its encoder-decoder models except Whisper after 0.10.2 (vLLM PR #24907, \"Remove V0 "
+        "Encoder-Decoder Support\"); load it, its adapters (with peft) and its fine-tunes' merged models in "
         "transformers instead"], started.stderr
 
 

@@ -12,15 +12,17 @@ from .gemma3 import GEMMA3
 from .idefics3 import IDEFICS3
 from .internvl import INTERNVL
 from .llava import LLAVA, LLAVA_NEXT
+from .mistral3 import MISTRAL3
 from .mllama import MLLAMA
 from .qwen2_vl import QWEN2_5_VL, QWEN2_VL
 
-FAMILIES: tuple[ModelFamily, ...] = (QWEN2_VL, QWEN2_5_VL, LLAVA, LLAVA_NEXT, IDEFICS3, MLLAMA, GEMMA3, INTERNVL)
+FAMILIES: tuple[ModelFamily, ...] = (QWEN2_VL, QWEN2_5_VL, LLAVA, LLAVA_NEXT, IDEFICS3, MLLAMA, GEMMA3, INTERNVL,
+                                     MISTRAL3)
 _BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 
 __all__ = ["FAMILIES", "IDEFICS3", "LLAVA", "LLAVA_NEXT", "MLLAMA", "QWEN2_5_VL", "QWEN2_VL", "ModelFamily",
            "GEMMA3", "INTERNVL",
-           "UnsupportedModelError", "family_for_model_dir", "family_for_model_type"]
+           "MISTRAL3", "UnsupportedModelError", "family_for_model_dir", "family_for_model_type"]
 
 
 def family_for_model_type(model_type: str) -> ModelFamily:

@@ -3,8 +3,9 @@
 through cross-attention layers inserted among its self-attention layers. Turns:
 `<|start_header_id|>assistant<|end_header_id|>\\n\\nanswer<|eot_id|>`.
 
-Training only: vLLM removed Mllama after 0.10.2 with its other encoder-decoder models (vLLM 0.32's registry
-lists MllamaForConditionalGeneration among the previously supported architectures), so neither vLLM 0.32
+Training only: vLLM removed every encoder-decoder model except Whisper with its V0 engine (vLLM PR #24907,
+"Remove V0 Encoder-Decoder Support"), so 0.10.2 is the last vLLM with Mllama (vLLM 0.32's registry lists
+MllamaForConditionalGeneration among the previously supported architectures, at 0.10.2), and neither vLLM 0.32
 (CPU) nor 0.26 (GPU) serves it, as a base or with an adapter. The adapter and the merged model load in
 transformers."""
 
@@ -25,6 +26,8 @@ MLLAMA = ModelFamily(
     language_attention=_TEXT_LAYERS + r"\.(self_attn|cross_attn)\.(q_proj|k_proj|v_proj|o_proj)",
     language_mlp=_TEXT_LAYERS + r"\.mlp\.(gate_proj|up_proj|down_proj)",
     vllm_serves=False,
-    vllm_unserved_reason="vLLM does not serve Llama-3.2-Vision (mllama) models: it removed them after 0.10.2",
+    vllm_unserved_reason=("vLLM does not serve Llama-3.2-Vision (mllama) models: it removed its encoder-decoder "
+                          "models except Whisper after 0.10.2 (vLLM PR #24907, \"Remove V0 Encoder-Decoder "
+                          "Support\")"),
     vllm_serves_tower_connector_lora=False,  # moot: vLLM serves no part of it
 )

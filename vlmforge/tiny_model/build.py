@@ -31,6 +31,7 @@ from transformers import (
     LlavaNextImageProcessor,
     LlavaNextProcessor,
     LlavaProcessor,
+    Mistral3ForConditionalGeneration,
     MllamaForConditionalGeneration,
     PretrainedConfig,
     Qwen2_5_VLConfig,
@@ -55,6 +56,7 @@ from ..data import load_dataset
 from ..datagen import build_dataset
 from .gemma3 import GEMMA3_STYLE, gemma3_config, gemma3_processor
 from .internvl import INTERNVL_STYLE, internvl_config, internvl_processor
+from .mistral3 import MISTRAL3_STYLE, mistral3_config, mistral3_processor
 from .mllama import mllama_config, mllama_processor
 from .pretrain import PretrainResult, pretrain
 from .spec import TinyModelSpec
@@ -262,21 +264,24 @@ _CONFIG_BUILDER = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_confi
                    "llava_next": _llava_next_config, "idefics3": _idefics3_config,
                    # SmolVLM2: Idefics3's layout under its own model type and classes
                    "smolvlm": functools.partial(_idefics3_config, config_class=SmolVLMConfig),
+                   "mistral3": mistral3_config,
                    "mllama": mllama_config}
 _MODEL_CLASS = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
                 "gemma3": Gemma3ForConditionalGeneration, "internvl": InternVLForConditionalGeneration,
                 "llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration,
                 "idefics3": Idefics3ForConditionalGeneration, "smolvlm": SmolVLMForConditionalGeneration,
+                "mistral3": Mistral3ForConditionalGeneration,
                 "mllama": MllamaForConditionalGeneration}
 _PROCESSOR_BUILDER = {"qwen2_vl": functools.partial(_qwen_processor, Qwen2VLProcessor),
                       "gemma3": gemma3_processor, "internvl": internvl_processor,
                       "qwen2_5_vl": functools.partial(_qwen_processor, Qwen2_5_VLProcessor),
-                      "llava": _llava_processor, "llava_next": _llava_next_processor,
+                      "llava": _llava_processor, "llava_next": _llava_next_processor, "mistral3": mistral3_processor,
                       "idefics3": _idefics3_processor, "smolvlm": _smolvlm_processor, "mllama": mllama_processor}
 FAMILIES = tuple(_CONFIG_BUILDER)
 _TOKENIZER_STYLE = {"qwen2_vl": QWEN2_STYLE, "qwen2_5_vl": QWEN2_STYLE, "llava": LLAVA_STYLE,
                     "gemma3": GEMMA3_STYLE, "internvl": INTERNVL_STYLE,
                     "llava_next": MISTRAL_STYLE, "idefics3": IDEFICS3_STYLE, "smolvlm": SMOLVLM_STYLE,
+                    "mistral3": MISTRAL3_STYLE,
                     "mllama": MLLAMA_STYLE}
 
 

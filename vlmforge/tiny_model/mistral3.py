@@ -20,15 +20,14 @@ SPATIAL_MERGE_SIZE = 2
 # answers closed by </s>. tests/unit/test_model_families.py renders it against mistral_common's.
 MISTRAL3_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
-    "{% if message['content'] is string %}{% set blocks = [{'type': 'text', 'text': message['content']}] %}"
-    "{% elif message['content'] | length == 2 and message['content'][0]['type'] == 'text'"
-    " and message['content'][1]['type'] in ['image', 'image_url'] %}"
-    "{% set blocks = [message['content'][1], message['content'][0]] %}"
-    "{% else %}{% set blocks = message['content'] %}{% endif %}"
     "{% if message['role'] == 'system' %}{{ '[SYSTEM_PROMPT]' }}{% elif message['role'] == 'user' %}{{ '[INST]' }}"
-    "{% endif %}"
-    "{% for block in blocks %}{% if block['type'] == 'text' %}{{ block['text'] }}"
-    "{% elif block['type'] in ['image', 'image_url'] %}{{ '[IMG]' }}{% endif %}{% endfor %}"
+    "{% endif %}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% elif message['content'] | length == 2 and message['content'][0]['type'] == 'text'"
+    " and message['content'][1]['type'] in ['image', 'image_url'] %}{{ '[IMG]' + message['content'][0]['text'] }}"
+    # vLLM picks the content format from the template's AST: only a loop over message['content'] itself makes it
+    # pass the parts (images included) rather than their text alone
+    "{% else %}{% for block in message['content'] %}{% if block['type'] == 'text' %}{{ block['text'] }}"
+    "{% elif block['type'] in ['image', 'image_url'] %}{{ '[IMG]' }}{% endif %}{% endfor %}{% endif %}"
     "{% if message['role'] == 'system' %}{{ '[/SYSTEM_PROMPT]' }}{% elif message['role'] == 'user' %}{{ '[/INST]' }}"
     "{% else %}{{ eos_token }}{% endif %}{% endfor %}"
 )
