@@ -15,13 +15,14 @@ from .llava import LLAVA, LLAVA_NEXT
 from .mistral3 import MISTRAL3
 from .mllama import MLLAMA
 from .qwen2_vl import QWEN2_5_VL, QWEN2_VL
+from .qwen3_vl import QWEN3_5, QWEN3_VL
 
 FAMILIES: tuple[ModelFamily, ...] = (QWEN2_VL, QWEN2_5_VL, LLAVA, LLAVA_NEXT, IDEFICS3, MLLAMA, GEMMA3, INTERNVL,
-                                     MISTRAL3)
+                                     MISTRAL3, QWEN3_VL, QWEN3_5)
 _BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 
 __all__ = ["FAMILIES", "IDEFICS3", "LLAVA", "LLAVA_NEXT", "MLLAMA", "QWEN2_5_VL", "QWEN2_VL", "ModelFamily",
-           "GEMMA3", "INTERNVL",
+           "GEMMA3", "INTERNVL", "QWEN3_5", "QWEN3_VL",
            "MISTRAL3", "UnsupportedModelError", "family_for_model_dir", "family_for_model_type"]
 
 

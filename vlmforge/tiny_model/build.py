@@ -42,6 +42,8 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3VLForConditionalGeneration,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
     SmolVLMImageProcessor,
@@ -59,6 +61,7 @@ from .internvl import INTERNVL_STYLE, internvl_config, internvl_processor
 from .mistral3 import MISTRAL3_STYLE, mistral3_config, mistral3_processor
 from .mllama import mllama_config, mllama_processor
 from .pretrain import PretrainResult, pretrain
+from .qwen3 import QWEN3_5_STYLE, QWEN3_VL_STYLE, qwen3_5_config, qwen3_processor, qwen3_vl_config
 from .spec import TinyModelSpec
 from .tokenizer import (ENDOFTEXT, IDEFICS3_STYLE, LLAVA_STYLE, MISTRAL_STYLE, MLLAMA_STYLE, QWEN2_STYLE,
                         SMOLVLM_STYLE, train_tokenizer)
@@ -265,24 +268,28 @@ _CONFIG_BUILDER = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_confi
                    # SmolVLM2: Idefics3's layout under its own model type and classes
                    "smolvlm": functools.partial(_idefics3_config, config_class=SmolVLMConfig),
                    "mistral3": mistral3_config,
-                   "mllama": mllama_config}
+                   "mllama": mllama_config,
+                   "qwen3_vl": qwen3_vl_config, "qwen3_5": qwen3_5_config}
 _MODEL_CLASS = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
                 "gemma3": Gemma3ForConditionalGeneration, "internvl": InternVLForConditionalGeneration,
                 "llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration,
                 "idefics3": Idefics3ForConditionalGeneration, "smolvlm": SmolVLMForConditionalGeneration,
                 "mistral3": Mistral3ForConditionalGeneration,
-                "mllama": MllamaForConditionalGeneration}
+                "mllama": MllamaForConditionalGeneration,
+                "qwen3_vl": Qwen3VLForConditionalGeneration, "qwen3_5": Qwen3_5ForConditionalGeneration}
 _PROCESSOR_BUILDER = {"qwen2_vl": functools.partial(_qwen_processor, Qwen2VLProcessor),
                       "gemma3": gemma3_processor, "internvl": internvl_processor,
                       "qwen2_5_vl": functools.partial(_qwen_processor, Qwen2_5_VLProcessor),
                       "llava": _llava_processor, "llava_next": _llava_next_processor, "mistral3": mistral3_processor,
-                      "idefics3": _idefics3_processor, "smolvlm": _smolvlm_processor, "mllama": mllama_processor}
+                      "idefics3": _idefics3_processor, "smolvlm": _smolvlm_processor, "mllama": mllama_processor,
+                      "qwen3_vl": qwen3_processor, "qwen3_5": qwen3_processor}
 FAMILIES = tuple(_CONFIG_BUILDER)
 _TOKENIZER_STYLE = {"qwen2_vl": QWEN2_STYLE, "qwen2_5_vl": QWEN2_STYLE, "llava": LLAVA_STYLE,
                     "gemma3": GEMMA3_STYLE, "internvl": INTERNVL_STYLE,
                     "llava_next": MISTRAL_STYLE, "idefics3": IDEFICS3_STYLE, "smolvlm": SMOLVLM_STYLE,
                     "mistral3": MISTRAL3_STYLE,
-                    "mllama": MLLAMA_STYLE}
+                    "mllama": MLLAMA_STYLE,
+                    "qwen3_vl": QWEN3_VL_STYLE, "qwen3_5": QWEN3_5_STYLE}
 
 
 def architecture_of(family: str) -> str:
