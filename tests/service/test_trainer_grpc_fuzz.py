@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -14,8 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trainer_service.auth.keys import KeyStore, mint_key, write_key_file
+from trainer_service.grpc_api.auth_interceptor import ClientAuth
 from trainer_service.grpc_api.server import create_server
 from trainer_service.jobs import JobService
+from trainer_service.path_roots import PathRoots
 from trainer_service.store import JobStore
 from vlmforge.trainer.v1 import trainer_pb2 as pb
 from vlmforge.trainer.v1 import trainer_pb2_grpc
@@ -119,6 +123,50 @@ def test_random_create_requests_get_invalid_argument_or_a_job(client, files) -> 
 
     check()
     assert outcomes["created"] >= 100 and outcomes["INVALID_ARGUMENT"] >= 1000, outcomes
+
+
+@pytest.fixture(scope="module")
+def auth_client(tmp_path_factory, files, tiny_model_dir: Path):
+    """API keys on, datasets confined to <data root>/<project>/ (the fuzz files' directory), models to the tiny
+    model's parent: a valid key, a revoked one and a malformed one."""
+    data_dir = Path(files["train"]).parent
+    state = tmp_path_factory.mktemp("fuzz-auth")
+    key, entry = mint_key(data_dir.name)
+    revoked, revoked_entry = mint_key(data_dir.name)
+    write_key_file(state / "keys.json", {entry.id: entry, revoked_entry.id: replace(revoked_entry, revoked=True)})
+    jobs = JobService(JobStore(state / "jobs.sqlite3"), roots=PathRoots(data_dir.parent, tiny_model_dir.parent,
+                                                                        required=True))
+    running = create_server(jobs, "127.0.0.1:0", max_message_bytes=1024 * 1024,
+                            auth=ClientAuth(KeyStore(state / "keys.json")))
+    running.set_serving(True)
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield trainer_pb2_grpc.FineTuningServiceStub(channel), [key, revoked, key[:-1], "", "x" * 300]
+    running.server.stop(None)
+
+
+def test_random_create_requests_with_api_keys_on_never_get_internal(auth_client, files) -> None:
+    stub, keys = auth_client
+    outcomes: Counter[str] = Counter()
+    header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)  # what HTTP/2 sends
+
+    @settings(FUZZ_SETTINGS, max_examples=300)
+    @given(request=_requests(files), key=st.sampled_from(keys) | header_text,
+           scheme=st.sampled_from(["Bearer ", "bearer ", "", "Basic "]))
+    def check(request: pb.CreateFineTuningJobRequest, key: str, scheme: str) -> None:
+        try:
+            stub.CreateFineTuningJob(request, metadata=(("authorization", scheme + key),), timeout=30)
+            outcomes["created"] += 1
+        except grpc.RpcError as error:
+            allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED}
+            if request.method == pb.FINE_TUNING_METHOD_QLORA:
+                allowed.add(grpc.StatusCode.FAILED_PRECONDITION)
+            assert error.code() in allowed, (error.code(), error.details(), request)
+            if error.code() is grpc.StatusCode.UNAUTHENTICATED:
+                assert not (key == keys[0] and scheme.lower() == "bearer "), error.details()
+            outcomes[error.code().name] += 1
+
+    check()
+    assert outcomes["created"] >= 10 and outcomes["UNAUTHENTICATED"] >= 50, outcomes
 
 
 def test_bytes_that_are_no_message_get_invalid_argument(client) -> None:
