@@ -1,6 +1,7 @@
 """`python -m trainer_service [--flags]`: serve FineTuningService until SIGTERM / Ctrl-C, then drain.
 
 Run with `--help` for every setting (each also an environment variable, see settings.py).
+`python -m trainer_service keys create|list|revoke ...` manages the API key file instead (auth/keys_cli.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from pathlib import Path, PurePosixPath
 
 from pydantic_settings import CliApp
 
+from .auth.keys import KeyFileError, KeyStore
+from .auth.keys_cli import main as keys_main
+from .auth.rate_limit import KeyRateLimiter
 from .deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV
 from .files import FileService
+from .grpc_api.auth_interceptor import ClientAuth
 from .grpc_api.server import ServerLimits, create_server
 from .grpc_api.reporting import create_worker_api_server
 from .job_spec import NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_BITSANDBYTES, QLORA_NEEDS_CUDA
@@ -25,6 +30,7 @@ from .kubernetes.launcher import KubernetesLauncher
 from .kubernetes.manifest import WorkerJobTemplate
 from .launcher import LocalLauncher
 from .metrics import serve_metrics
+from .path_roots import PathRoots
 from .settings import TrainerSettings
 from .store import JobStore
 from .validation import DatasetValidator
@@ -35,6 +41,8 @@ SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["keys"]:
+        sys.exit(keys_main(sys.argv[2:]))
     settings = CliApp.run(TrainerSettings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Under Kubernetes the backend runs on the GPU nodes, not in this pod.
@@ -44,16 +52,19 @@ def main() -> None:
     store = JobStore(settings.database_path)
     files = FileService.from_settings(settings, store)
     on_kubernetes = settings.launcher == "kubernetes"
+    auth = _client_auth(settings)
     jobs = JobService(store, models_dir=settings.models_dir, qlora_unavailable=_qlora_unavailable(settings),
                       node_placement_unavailable=None if on_kubernetes else NODE_PLACEMENT_NEEDS_KUBERNETES,
                       worker_visible_root=settings.shared_mount_path if on_kubernetes else None,
                       watch_poll_interval_s=settings.watch_poll_interval_s, files=files,
-                      inline_validation_max_bytes=settings.inline_validation_max_bytes)
+                      inline_validation_max_bytes=settings.inline_validation_max_bytes,
+                      roots=PathRoots(settings.data_root, settings.models_dir, required=auth is not None),
+                      max_active_jobs_per_project=settings.max_active_jobs_per_project)
     validator = DatasetValidator(store, files=files)  # big dataset files are read after Create answers
     validator.start()
     running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
                             max_message_bytes=settings.max_message_bytes, limits=ServerLimits.from_settings(settings),
-                            files=files)
+                            files=files, auth=auth)
     worker_api = None
     if settings.worker_api_port is not None:
         worker_api, worker_api_port = create_worker_api_server(
@@ -102,6 +113,29 @@ def _kubernetes_launcher(store: JobStore, settings: TrainerSettings) -> Kubernet
         max_pod_failures=settings.worker_max_pod_failures, ttl_after_finished_s=7 * 24 * 3600)
     return KubernetesLauncher(store, KubernetesJobsApi(namespace), template,
                               max_concurrent_jobs=settings.max_concurrent_jobs)
+
+
+def _client_auth(settings: TrainerSettings) -> ClientAuth | None:
+    """The API keys the client API requires; None (and a loud warning) when no key file is configured."""
+    if settings.api_keys_file is None:
+        logger.warning("NO API KEYS (--api-keys-file unset): anyone who reaches %s:%d can start, read, watch and "
+                       "cancel every job and file, and name any path on this machine as a dataset or model; fine "
+                       "for a local demo, never for a shared network", settings.grpc_host, settings.grpc_port)
+        return None
+    try:
+        keys = KeyStore(settings.api_keys_file, reload_interval_s=settings.api_keys_reload_interval_s)
+    except KeyFileError as error:
+        sys.exit(f"--api-keys-file: {error}")
+    logger.info("API keys required: %d active keys in %s (re-read when it changes)", keys.key_count,
+                settings.api_keys_file)
+    if settings.data_root is None:
+        logger.info("no --data-root: datasets only as uploaded file ids (Files API); dataset paths are refused")
+    if settings.models_dir is None:
+        logger.warning("no --models-dir: with API keys every base model path is refused; set --models-dir")
+    limiter = None
+    if settings.requests_per_second_per_key is not None:
+        limiter = KeyRateLimiter(settings.requests_per_second_per_key, settings.request_burst_per_key)
+    return ClientAuth(keys, limiter)
 
 
 def _secret(value) -> str | None:

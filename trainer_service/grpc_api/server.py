@@ -20,6 +20,7 @@ from ..files import FileService
 from ..files.uploads import MAX_CHUNK_BYTES
 from ..jobs import JobService
 from .aio_loop import AsyncServer, ServerLoop
+from .auth_interceptor import Callers, ClientAuth
 from .blocking import BlockingCalls
 from .files_servicer import FilesServicer
 from .malformed import MalformedRequestInterceptor
@@ -91,29 +92,36 @@ class RunningServer:
 
 
 def create_server(jobs: JobService, address: str, *, max_message_bytes: int,
-                  limits: ServerLimits = ServerLimits(), files: FileService | None = None) -> RunningServer:
+                  limits: ServerLimits = ServerLimits(), files: FileService | None = None,
+                  auth: ClientAuth | None = None) -> RunningServer:
     """Binds and starts the server, reporting NOT_SERVING until the caller says it is ready. With `files`, it
-    also serves FilesService."""
+    also serves FilesService; with `auth`, FineTuningService and FilesService require an API key (health and
+    reflection stay open: see auth_interceptor.py)."""
     loop = ServerLoop.shared()
-    return loop.run(_start(loop, jobs, address, max_message_bytes, limits, files))
+    return loop.run(_start(loop, jobs, address, max_message_bytes, limits, files, auth=auth))
 
 
 async def _start(loop: ServerLoop, jobs: JobService, address: str, max_message_bytes: int,
-                 limits: ServerLimits, files: FileService | None = None) -> RunningServer:
+                 limits: ServerLimits, files: FileService | None = None,
+                 auth: ClientAuth | None = None) -> RunningServer:
     blocking = BlockingCalls(limits.blocking_workers)
     # Create reads model configs and datasets: its own threads, so Get / List / Watch never queue behind it.
     checks = BlockingCalls(limits.create_workers, thread_name_prefix="grpc-create")
     if files is not None:  # an upload chunk is up to 4 MiB plus its framing
         max_message_bytes = max(max_message_bytes, MAX_CHUNK_BYTES + 64 * 1024)
-    server = grpc.aio.server(options=limits.channel_options(max_message_bytes),
-                             interceptors=[MalformedRequestInterceptor()])
+    interceptors = [MalformedRequestInterceptor()]
+    if auth is not None:  # first: a caller without a valid key learns nothing, not even that a request is malformed
+        interceptors.insert(0, auth.interceptor((SERVICE_NAME, FILES_SERVICE_NAME)))
+    callers = Callers(keys_required=auth is not None)
+    server = grpc.aio.server(options=limits.channel_options(max_message_bytes), interceptors=interceptors)
     events = EventHub(jobs.store, blocking, poll_interval_s=jobs.watch_poll_interval_s)
     stream_limits = StreamLimits(limits.max_streams_total, limits.max_streams_per_client)
     trainer_pb2_grpc.add_FineTuningServiceServicer_to_server(
-        FineTuningServicer(jobs, events, blocking, checks, stream_limits), server)
+        FineTuningServicer(jobs, events, blocking, checks, stream_limits, callers), server)
     served = [SERVICE_NAME]
     if files is not None:
-        files_pb2_grpc.add_FilesServiceServicer_to_server(FilesServicer(files, blocking, stream_limits), server)
+        files_pb2_grpc.add_FilesServiceServicer_to_server(FilesServicer(files, blocking, stream_limits, callers),
+                                                    server)
         served.append(FILES_SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
