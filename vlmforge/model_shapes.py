@@ -9,6 +9,7 @@ real vocabulary, whose embedding and LM-head cost is kept.
 
     python -m vlmforge.model_shapes OUT_DIR --shape 2b --tokenizer-from .cache/vlmforge/models/tiny-qwen2-vl
     python -m vlmforge.model_shapes OUT_DIR --shape llava-1.5-7b --tokenizer-from TINY_LLAVA_DIR
+    python -m vlmforge.model_shapes OUT_DIR --shape mistral-small-3.1-24b --tokenizer-from TINY_MISTRAL3_DIR
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from .build_cache import built_atomically
 from .model_shapes_gemma3 import GEMMA3_4B_TEXT, gemma3_parts
 from .model_shapes_internvl import INTERNVL3_8B_TEXT, internvl_parts
+from .model_shapes_mistral3 import MISTRAL_SMALL_3_1_24B_TEXT, mistral3_parts
 from .model_shapes_qwen3 import QWEN3_5_9B_TEXT, QWEN3_VL_8B_TEXT, qwen3_5_parts, qwen3_vl_parts
 from .tiny_model.tokenizer import ENDOFTEXT
 
@@ -36,6 +38,7 @@ CLIP_L_336 = {"model_type": "clip_vision_model", "hidden_size": 1024, "intermedi
 SHAPES = {  # shape -> (family, language model sizes)
     "gemma-3-4b": ("gemma3", GEMMA3_4B_TEXT),  # google/gemma-3-4b-it
     "internvl3-8b": ("internvl", INTERNVL3_8B_TEXT),  # OpenGVLab/InternVL3-8B-hf
+    "mistral-small-3.1-24b": ("mistral3", MISTRAL_SMALL_3_1_24B_TEXT),  # mistralai/Mistral-Small-3.1-24B-Instruct-2503
     "qwen3-vl-8b": ("qwen3_vl", QWEN3_VL_8B_TEXT),  # Qwen/Qwen3-VL-8B-Instruct
     "qwen3.5-9b": ("qwen3_5", QWEN3_5_9B_TEXT),  # Qwen/Qwen3.5-9B
     "2b": ("qwen2_vl", {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
@@ -208,7 +211,7 @@ def _idefics3(sizes: dict, tokenizer, image_size_px: int):
 
 
 _BUILDERS = {"qwen2_vl": _qwen2_vl, "qwen2_5_vl": _qwen2_5_vl, "llava": _llava, "llava_next": _llava_next,
-             "gemma3": gemma3_parts, "internvl": internvl_parts,
+             "gemma3": gemma3_parts, "internvl": internvl_parts, "mistral3": mistral3_parts,
              "qwen3_vl": qwen3_vl_parts, "qwen3_5": qwen3_5_parts,
              "idefics3": _idefics3}
 
