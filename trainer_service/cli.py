@@ -48,7 +48,8 @@ _HYPERPARAMETER_FLAGS = ("max_steps", "epochs", "batch_size", "learning_rate", "
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with Trainer(args.server, api_key=args.api_key) as client:
+        with Trainer(args.server, api_key=args.api_key, tls=args.tls, ca_bundle=args.ca_bundle,
+                     client_cert=args.client_cert, client_key=args.client_key) as client:
             return args.handler(client, args)
     except TrainerError as error:
         name = error.code.name if error.code else "ERROR"
@@ -67,7 +68,15 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default=resolve_address(None),
                         help="trainer address (env VLMFORGE_TRAINER_ADDRESS; default 127.0.0.1:50051)")
-    parser.add_argument("--api-key", default=None, help="sent as a bearer token (env VLMFORGE_API_KEY)")
+    parser.add_argument("--api-key", default=None, help="sent as a bearer token (env VLMFORGE_API_KEY, which "
+                        "keeps it out of `ps` and shell history)")
+    parser.add_argument("--ca-bundle", default=None, help="PEM roots of the trainer's certificate: connect with TLS "
+                        "(env VLMFORGE_CA_BUNDLE)")
+    parser.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
+                        help="TLS trusting the system's roots (--no-tls: plaintext whatever the environment says)")
+    parser.add_argument("--client-cert", default=None, help="PEM client certificate, for a trainer that requires "
+                        "one (mTLS; env VLMFORGE_CLIENT_CERT)")
+    parser.add_argument("--client-key", default=None, help="its private key (env VLMFORGE_CLIENT_KEY)")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_create(commands)
 

@@ -4,6 +4,7 @@ event loop). Uploads and downloads stay in the sync `Trainer`: they are file I/O
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -13,23 +14,28 @@ from vlmforge.trainer.v1 import trainer_pb2 as pb
 from vlmforge.trainer.v1 import trainer_pb2_grpc
 
 from . import _convert, types
+from ._channel import Tls, channel_options, open_channel
 from ._jobs import file_id_or_path
 from ._reconnect import Reconnects
-from ._trainer import call_metadata, channel_options, resolve_address
+from ._trainer import call_metadata, resolve_address
 from .errors import TrainerError, UnavailableError, from_rpc_error
 
 
 class AsyncTrainer:
-    """As `Trainer`, with `await client.jobs.retrieve(...)` and `async for event in client.jobs.events(...)`."""
+    """As `Trainer` (the same address, key and TLS arguments), with `await client.jobs.retrieve(...)` and
+    `async for event in client.jobs.events(...)`."""
 
     def __init__(self, address: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0,
+                 tls: bool | None = None, ca_bundle: str | os.PathLike | None = None,
+                 client_cert: str | os.PathLike | None = None, client_key: str | os.PathLike | None = None,
                  credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, object]] = ()):
         self.address = resolve_address(address)
         self.timeout_s = timeout_s
         self.metadata = call_metadata(api_key)
-        options = channel_options(options)
-        self._channel = (grpc.aio.secure_channel(self.address, credentials, options=options) if credentials
-                         else grpc.aio.insecure_channel(self.address, options=options))
+        security = None if credentials else Tls.resolve(tls=tls, ca_bundle=ca_bundle, client_cert=client_cert,
+                                                         client_key=client_key)
+        self._channel = open_channel(self.address, tls=security, credentials=credentials,
+                                     options=channel_options(options), aio=True)
         self.jobs_stub = trainer_pb2_grpc.FineTuningServiceStub(self._channel)
         self.jobs = AsyncJobs(self)
 

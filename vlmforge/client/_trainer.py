@@ -9,6 +9,7 @@ import grpc
 
 from vlmforge.trainer.v1 import files_pb2_grpc, trainer_pb2_grpc
 
+from ._channel import Tls, channel_options, open_channel
 from ._files import Files
 from ._jobs import Jobs
 from .errors import from_rpc_error
@@ -16,21 +17,10 @@ from .errors import from_rpc_error
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "VLMFORGE_TRAINER_ADDRESS"
 API_KEY_ENV = "VLMFORGE_API_KEY"
-# A restarted trainer is reconnected to within seconds (gRPC's own backoff grows to 120 s between attempts), and
-# a connection that died silently (a laptop asleep, a NAT timeout) is noticed by keepalive pings every 30 s
-# (the trainer accepts them from 10 s on), so a long Watch stream breaks with UNAVAILABLE and reconnects.
-_DEFAULT_CHANNEL_OPTIONS = (("grpc.max_reconnect_backoff_ms", 5000), ("grpc.keepalive_time_ms", 30_000),
-                            ("grpc.keepalive_timeout_ms", 10_000))
 
 
 def resolve_address(address: str | None) -> str:
     return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
-
-
-def channel_options(options: Sequence[tuple[str, object]]) -> list[tuple[str, object]]:
-    """The caller's options over our defaults."""
-    given = dict(options)
-    return [*given.items(), *((k, v) for k, v in _DEFAULT_CHANNEL_OPTIONS if k not in given)]
 
 
 def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
@@ -47,18 +37,25 @@ class Trainer:
 
     `address` defaults to $VLMFORGE_TRAINER_ADDRESS, then 127.0.0.1:50051. `api_key` (default
     $VLMFORGE_API_KEY) goes out as `authorization: Bearer ...` on every call. `timeout_s` bounds each unary
-    call; streams (uploads, downloads, events) have no deadline of their own. Pass `credentials`
-    (grpc.ssl_channel_credentials()) for TLS."""
+    call; streams (uploads, downloads, events) have no deadline of their own.
+
+    TLS: `ca_bundle` (default $VLMFORGE_CA_BUNDLE), a PEM file of the roots the trainer's certificate chains to,
+    makes the channel secure; `tls=True` does too, trusting the system's roots. A trainer that requires client
+    certificates (mTLS) gets `client_cert` and `client_key` (default $VLMFORGE_CLIENT_CERT /
+    $VLMFORGE_CLIENT_KEY). `credentials` (any grpc.ChannelCredentials) overrides all of these."""
 
     def __init__(self, address: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0,
+                 tls: bool | None = None, ca_bundle: str | os.PathLike | None = None,
+                 client_cert: str | os.PathLike | None = None, client_key: str | os.PathLike | None = None,
                  credentials: grpc.ChannelCredentials | None = None,
                  options: Sequence[tuple[str, object]] = ()):
         self.address = resolve_address(address)
         self.timeout_s = timeout_s
         self.metadata = call_metadata(api_key)
-        options = channel_options(options)
-        self._channel = (grpc.secure_channel(self.address, credentials, options=options) if credentials
-                         else grpc.insecure_channel(self.address, options=options))
+        security = None if credentials else Tls.resolve(tls=tls, ca_bundle=ca_bundle, client_cert=client_cert,
+                                                         client_key=client_key)
+        self._channel = open_channel(self.address, tls=security, credentials=credentials,
+                                     options=channel_options(options))
         self.jobs_stub = trainer_pb2_grpc.FineTuningServiceStub(self._channel)
         self.files_stub = files_pb2_grpc.FilesServiceStub(self._channel)
         self.jobs = Jobs(self)
