@@ -23,6 +23,7 @@ from .files import FileService
 from .grpc_api.auth_interceptor import ClientAuth
 from .grpc_api.server import ServerLimits, create_server
 from .grpc_api.reporting import create_worker_api_server
+from .grpc_api.tls import ServerTls, TlsFilesError
 from .job_spec import NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_BITSANDBYTES, QLORA_NEEDS_CUDA
 from .jobs import JobService
 from .kubernetes.api import KubernetesJobsApi
@@ -62,14 +63,22 @@ def main() -> None:
                       max_active_jobs_per_project=settings.max_active_jobs_per_project)
     validator = DatasetValidator(store, files=files)  # big dataset files are read after Create answers
     validator.start()
-    running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
-                            max_message_bytes=settings.max_message_bytes, limits=ServerLimits.from_settings(settings),
-                            files=files, auth=auth)
+    tls = ServerTls.from_settings(settings)
+    try:
+        running = create_server(jobs, f"{settings.grpc_host}:{settings.grpc_port}",
+                                max_message_bytes=settings.max_message_bytes,
+                                limits=ServerLimits.from_settings(settings), files=files, tls=tls, auth=auth)
+    except TlsFilesError as error:
+        sys.exit(str(error))
+    if tls is None:
+        logger.warning("the client API serves plaintext: without --tls-cert / --tls-key keys and data cross the "
+                       "network unencrypted")
     worker_api = None
     if settings.worker_api_port is not None:
         worker_api, worker_api_port = create_worker_api_server(
-            store, f"{settings.grpc_host}:{settings.worker_api_port}", token=_secret(settings.worker_api_token))
-        logger.info("worker API on %s:%d", settings.grpc_host, worker_api_port)
+            store, f"{settings.grpc_host}:{settings.worker_api_port}", token=_secret(settings.worker_api_token),
+            tls=tls)
+        logger.info("worker API on %s:%d (%s)", settings.grpc_host, worker_api_port, "TLS" if tls else "plaintext")
     metrics_port = serve_metrics(store, settings.metrics_host, settings.metrics_port)
     launcher = _kubernetes_launcher(store, settings) if on_kubernetes else LocalLauncher(
         store, settings.state_dir, artifacts_dir=settings.artifact_store, worker_env=_worker_env(settings),
@@ -110,7 +119,8 @@ def _kubernetes_launcher(store: JobStore, settings: TrainerSettings) -> Kubernet
         service_account=settings.worker_service_account, training_backend=settings.training_backend,
         inference_admin_url=settings.inference_admin_url, default_gpus=settings.gpus_per_job,
         cpu_request=settings.worker_cpu_request, memory_request=settings.worker_memory,
-        max_pod_failures=settings.worker_max_pod_failures, ttl_after_finished_s=7 * 24 * 3600)
+        max_pod_failures=settings.worker_max_pod_failures, ttl_after_finished_s=7 * 24 * 3600,
+        worker_api_ca_secret=settings.tls_secret_name if settings.tls_cert else None)
     return KubernetesLauncher(store, KubernetesJobsApi(namespace), template,
                               max_concurrent_jobs=settings.max_concurrent_jobs)
 

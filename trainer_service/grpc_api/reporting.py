@@ -21,6 +21,7 @@ from .blocking import BlockingCalls
 from .convert import status_from_pb, status_to_pb
 from .malformed import MalformedRequestInterceptor
 from .status_codes import grpc_errors
+from .tls import ServerTls, bind
 
 
 def job_record_to_pb(job: Job) -> pb.JobRecord:
@@ -98,22 +99,23 @@ async def _refuse(request, context):
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid worker token is required (authorization: Bearer ...)")
 
 
-def create_worker_api_server(store: JobStore, address: str, *, token: str | None,
-                             blocking_workers: int = 4) -> tuple[AsyncServer, int]:
+def create_worker_api_server(store: JobStore, address: str, *, token: str | None, blocking_workers: int = 4,
+                             tls: ServerTls | None = None) -> tuple[AsyncServer, int]:
     """Binds and starts the worker API; returns the server and its port. Without a token it relies on the
-    network alone (NetworkPolicy). Its own pool: the client API's load never delays a worker's report."""
+    network alone (NetworkPolicy). Its own pool: the client API's load never delays a worker's report. With
+    `tls`, TLS only; workers verify it with the CA they are given (remote_store.WORKER_API_CA_BUNDLE_ENV)."""
     loop = ServerLoop.shared()
-    return loop.run(_start(loop, store, address, token, blocking_workers))
+    return loop.run(_start(loop, store, address, token, blocking_workers, tls))
 
 
 async def _start(loop: ServerLoop, store: JobStore, address: str, token: str | None,
-                 blocking_workers: int) -> tuple[AsyncServer, int]:
+                 blocking_workers: int, tls: ServerTls | None) -> tuple[AsyncServer, int]:
     interceptors = [MalformedRequestInterceptor()]
     if token:
         interceptors.insert(0, BearerTokenInterceptor(token))
     blocking = BlockingCalls(blocking_workers, thread_name_prefix="worker-api")
     server = grpc.aio.server(interceptors=interceptors)
     worker_pb2_grpc.add_JobReportingServiceServicer_to_server(JobReportingServicer(store, blocking), server)
-    port = server.add_insecure_port(address)
+    port = bind(server, address, tls.without_client_auth() if tls else None)
     await server.start()
     return AsyncServer(loop, server, on_stopped=blocking.shutdown), port

@@ -26,6 +26,7 @@ from .files_servicer import FilesServicer
 from .malformed import MalformedRequestInterceptor
 from .servicer import FineTuningServicer
 from .stream_limits import StreamLimits
+from .tls import ServerTls, bind
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["FineTuningService"].full_name
 FILES_SERVICE_NAME = files_pb2.DESCRIPTOR.services_by_name["FilesService"].full_name
@@ -93,17 +94,17 @@ class RunningServer:
 
 def create_server(jobs: JobService, address: str, *, max_message_bytes: int,
                   limits: ServerLimits = ServerLimits(), files: FileService | None = None,
-                  auth: ClientAuth | None = None) -> RunningServer:
+                  tls: ServerTls | None = None, auth: ClientAuth | None = None) -> RunningServer:
     """Binds and starts the server, reporting NOT_SERVING until the caller says it is ready. With `files`, it
-    also serves FilesService; with `auth`, FineTuningService and FilesService require an API key (health and
-    reflection stay open: see auth_interceptor.py)."""
+    also serves FilesService; with `tls`, TLS only (health and reflection too); with `auth`, FineTuningService and
+    FilesService require an API key (health and reflection stay open: see auth_interceptor.py)."""
     loop = ServerLoop.shared()
-    return loop.run(_start(loop, jobs, address, max_message_bytes, limits, files, auth=auth))
+    return loop.run(_start(loop, jobs, address, max_message_bytes, limits, files, tls, auth))
 
 
 async def _start(loop: ServerLoop, jobs: JobService, address: str, max_message_bytes: int,
                  limits: ServerLimits, files: FileService | None = None,
-                 auth: ClientAuth | None = None) -> RunningServer:
+                 tls: ServerTls | None = None, auth: ClientAuth | None = None) -> RunningServer:
     blocking = BlockingCalls(limits.blocking_workers)
     # Create reads model configs and datasets: its own threads, so Get / List / Watch never queue behind it.
     checks = BlockingCalls(limits.create_workers, thread_name_prefix="grpc-create")
@@ -126,7 +127,7 @@ async def _start(loop: ServerLoop, jobs: JobService, address: str, max_message_b
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*served, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = bind(server, address, tls)
     for service in ("", *served):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await events.start()

@@ -12,7 +12,7 @@ from ..deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV
 from ..job_spec import Placement
 from ..launcher import worker_command
 from ..worker.backends import BACKEND_ENV
-from ..worker.remote_store import WORKER_API_TOKEN_ENV
+from ..worker.remote_store import WORKER_API_CA_BUNDLE_ENV, WORKER_API_TOKEN_ENV
 
 JOB_ID_LABEL = "vlmforge.dev/job-id"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "vlmforge-trainer"}
@@ -21,6 +21,7 @@ WORKER_LABELS = {"app.kubernetes.io/name": "vlmforge", "app.kubernetes.io/part-o
 GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER_NAME = "worker"
 EXIT_FAILED_FOR_GOOD = 3  # worker.run.main_for: the job is already FAILED; another pod would fail the same way
+WORKER_API_CA_DIR = PurePosixPath("/etc/vlmforge/worker-api-ca")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class WorkerJobTemplate:
     max_pod_failures: int  # pods that may die (OOM, node loss) before the Job fails; each resumes from a checkpoint
     ttl_after_finished_s: int  # finished Jobs (and their pod logs) are kept this long
     image_pull_policy: str = "IfNotPresent"
+    # The worker API serves TLS: the Secret (the trainer's certificate) whose ca.crt pods verify it with. Only
+    # that key is mounted: a worker never holds the trainer's private key.
+    worker_api_ca_secret: str | None = None
 
     @property
     def work_dir(self) -> PurePosixPath:
@@ -97,6 +101,9 @@ def _pod_spec(job_id: str, gpus: int, placement: Placement, template: WorkerJobT
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         ],
     }
+    if template.worker_api_ca_secret:
+        spec["volumes"].append({"name": "worker-api-ca", "secret": {
+            "secretName": template.worker_api_ca_secret, "items": [{"key": "ca.crt", "path": "ca.crt"}]}})
     if placement.node_selector:
         spec["nodeSelector"] = dict(placement.node_selector)
     if tolerations:
@@ -115,6 +122,12 @@ def _container(job_id: str, gpus: int, template: WorkerJobTemplate) -> dict[str,
     if template.inference_admin_url:
         env += [{"name": ADMIN_URL_ENV, "value": template.inference_admin_url},
                 _secret_env(ADMIN_TOKEN_ENV, template.secret_name, "admin-token")]
+    mounts = [{"name": "shared", "mountPath": str(template.shared_mount_path)},
+              {"name": "tmp", "mountPath": "/tmp"},
+              {"name": "dshm", "mountPath": "/dev/shm"}]
+    if template.worker_api_ca_secret:
+        env.append({"name": WORKER_API_CA_BUNDLE_ENV, "value": str(WORKER_API_CA_DIR / "ca.crt")})
+        mounts.append({"name": "worker-api-ca", "mountPath": str(WORKER_API_CA_DIR), "readOnly": True})
     command = worker_command(job_id, template.work_dir, template.artifacts_dir, gpus or 1,
                              trainer_address=template.worker_api_address, python="python")
     return {
@@ -127,9 +140,7 @@ def _container(job_id: str, gpus: int, template: WorkerJobTemplate) -> dict[str,
         "resources": resources,
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "shared", "mountPath": str(template.shared_mount_path)},
-                         {"name": "tmp", "mountPath": "/tmp"},
-                         {"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": mounts,
     }
 
 

@@ -2,7 +2,8 @@
 [--artifacts-dir DIR]`: run one job. The local launcher's child opens the job store itself (--database); a
 Kubernetes Job on another node reports through the trainer's worker API (--trainer-address). The inference
 service to notify, the training backend and the worker API token come from the environment
-(deploy.ADMIN_URL_ENV / ADMIN_TOKEN_ENV, backends.BACKEND_ENV, WORKER_API_TOKEN_ENV), so no secret shows in `ps`."""
+(deploy.ADMIN_URL_ENV / ADMIN_TOKEN_ENV, backends.BACKEND_ENV, WORKER_API_TOKEN_ENV), so no secret shows in `ps`;
+so does the CA of a worker API that serves TLS (WORKER_API_CA_BUNDLE_ENV)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV, InferenceNotifier
 from ..store import JobStore
 from .backends import BACKEND_ENV, select_backend
 from .distributed import Ranks
-from .remote_store import WORKER_API_TOKEN_ENV, RemoteJobStore
+from .remote_store import WORKER_API_CA_BUNDLE_ENV, WORKER_API_TOKEN_ENV, RemoteJobStore
 
 
 def main() -> None:
@@ -36,7 +37,8 @@ def main() -> None:
     from .run import main_for
 
     store = (JobStore(args.database) if args.database else
-             RemoteJobStore(args.trainer_address, token=os.environ.get(WORKER_API_TOKEN_ENV)))
+             RemoteJobStore(args.trainer_address, token=os.environ.get(WORKER_API_TOKEN_ENV),
+                            ca_bundle=os.environ.get(WORKER_API_CA_BUNDLE_ENV)))
     admin_url = os.environ.get(ADMIN_URL_ENV)
     notifier = InferenceNotifier(store, admin_url, os.environ.get(ADMIN_TOKEN_ENV)) if admin_url else None
     try:

@@ -7,11 +7,14 @@ waits for the channel to be ready (`wait_for_ready`) up to `call_timeout_s`, and
 from __future__ import annotations
 
 import json
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from vlmforge.client._channel import Tls, open_channel
 from vlmforge.trainer.v1 import worker_pb2 as pb
 from vlmforge.trainer.v1 import worker_pb2_grpc
 from vlmforge.trainer.v1.trainer_pb2 import JobError as JobErrorPb
@@ -21,6 +24,8 @@ from ..errors import FailedPreconditionError, InvalidArgumentError, JobNotFoundE
 from ..grpc_api.convert import status_from_pb, status_to_pb
 
 WORKER_API_TOKEN_ENV = "VLMFORGE_TRAINER_WORKER_API_TOKEN"  # the trainer's setting of the same name
+# Set when the worker API serves TLS: the PEM CA its certificate chains to (the launcher mounts it in the pod).
+WORKER_API_CA_BUNDLE_ENV = "VLMFORGE_WORKER_API_CA_BUNDLE"
 
 _RETRY_UNAVAILABLE = json.dumps({"methodConfig": [{
     "name": [{"service": "vlmforge.trainer.v1.JobReportingService"}],
@@ -30,12 +35,14 @@ _RETRY_UNAVAILABLE = json.dumps({"methodConfig": [{
 
 
 class RemoteJobStore:
-    def __init__(self, address: str, *, token: str | None = None, call_timeout_s: float = 300.0):
+    def __init__(self, address: str, *, token: str | None = None, ca_bundle: str | os.PathLike | None = None,
+                 call_timeout_s: float = 300.0):
+        """`ca_bundle`: connect with TLS, verifying the trainer's certificate against it (else plaintext)."""
         self.address = address
         self.call_timeout_s = call_timeout_s
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(address, options=[("grpc.service_config", _RETRY_UNAVAILABLE),
-                                                                ("grpc.enable_retries", 1)])
+        self._channel = open_channel(address, tls=Tls(Path(ca_bundle)) if ca_bundle else None,
+                                     options=[("grpc.service_config", _RETRY_UNAVAILABLE), ("grpc.enable_retries", 1)])
         self._stub = worker_pb2_grpc.JobReportingServiceStub(self._channel)
 
     def close(self) -> None:
