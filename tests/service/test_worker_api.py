@@ -19,7 +19,8 @@ from trainer_service.grpc_api.reporting import create_worker_api_server
 from trainer_service.job_spec import Hyperparameters, JobSpec
 from trainer_service.jobs import JobService
 from trainer_service.store import JobStore
-from trainer_service.worker.remote_store import WORKER_API_TOKEN_ENV, RemoteJobStore
+from trainer_service.worker.remote_store import WORKER_API_CA_BUNDLE_ENV, WORKER_API_TOKEN_ENV, RemoteJobStore
+from tests.pki import Pki
 from vlmforge.trainer.v1 import trainer_pb2 as tpb
 from vlmforge.trainer.v1 import worker_pb2 as pb
 from vlmforge.trainer.v1 import worker_pb2_grpc
@@ -103,22 +104,27 @@ def test_a_payload_that_is_not_a_json_object_is_invalid_argument(store: JobStore
 def test_a_worker_trains_through_the_api_across_a_trainer_restart(tmp_path: Path, tiny_model_dir: Path,
                                                                    small_dataset_dir: Path) -> None:
     """The worker gets an address, not a database path; the API goes away for 3 s mid-job (a trainer
-    rollout) and the job still ends SUCCEEDED in one attempt with every step reported once."""
+    rollout) and the job still ends SUCCEEDED in one attempt with every step reported once. Over TLS, as in
+    Kubernetes with --tls-cert: the worker verifies the API with the CA it is given (plaintext calls are
+    covered by the tests above)."""
     store = JobStore(tmp_path / "control-plane" / "jobs.sqlite3")
     job = JobService(store).create(JobSpec(str(tiny_model_dir), str(small_dataset_dir / "train.jsonl"),
                                            hyperparameters=Hyperparameters(max_steps=8, batch_size=2)))
     store.transition(job.id, JobStatus.RUNNING, "running")
-    server, port = create_worker_api_server(store, "127.0.0.1:0", token=TOKEN)
+    (tmp_path / "pki").mkdir()
+    pki = Pki(tmp_path / "pki")
+    server, port = create_worker_api_server(store, "127.0.0.1:0", token=TOKEN, tls=pki.server_tls())
     worker_dir = tmp_path / "worker-node"  # checkpoints and artifacts; no job store there
     worker = subprocess.Popen(
         [sys.executable, "-m", "trainer_service.worker", "--trainer-address", f"127.0.0.1:{port}",
          "--job-id", job.id, "--state-dir", str(worker_dir)],
-        env={**os.environ, WORKER_API_TOKEN_ENV: TOKEN}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        env={**os.environ, WORKER_API_TOKEN_ENV: TOKEN, WORKER_API_CA_BUNDLE_ENV: str(pki.ca_file)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_for(lambda: store.get_job(job.id).trained_steps >= 2, timeout_s=180)
         server.stop(None)
         time.sleep(3)
-        server, _ = create_worker_api_server(store, f"127.0.0.1:{port}", token=TOKEN)
+        server, _ = create_worker_api_server(store, f"127.0.0.1:{port}", token=TOKEN, tls=pki.server_tls())
         output, _ = worker.communicate(timeout=240)
     finally:
         worker.kill()
