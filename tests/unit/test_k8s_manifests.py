@@ -5,6 +5,7 @@ holds (one per test). No cluster here, so the manifests are rendered and read, n
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,8 @@ TARGETS = {"base": K8S / "base", "gpu": K8S / "overlays" / "gpu", "dev-cpu": K8S
 OVERLAYS = ("gpu", "dev-cpu")
 KUBERNETES_VERSION = "1.37.0"
 # Kinds with no schema in kubernetes-validate (CRDs), each checked by a structural test below instead.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("cert-manager.io/v1", "Certificate"),
+             ("cert-manager.io/v1", "Issuer")}
 
 # The alerts (k8s/components/monitoring/prometheus-rules.yaml): test_prometheus_rules_have_the_operator_shape.
 CRD_KINDS |= {("monitoring.coreos.com/v1", "PrometheusRule")}
@@ -32,6 +34,8 @@ COMMON_LABELS = {"app.kubernetes.io/name": "vlmforge", "app.kubernetes.io/part-o
 # The labels the trainer puts on the training Jobs' pods at run time (not rendered from k8s/).
 WORKER_POD_LABELS = {**COMMON_LABELS, COMPONENT: "training-worker"}
 SECRET = "vlmforge-secrets"
+TLS_SECRET = "vlmforge-trainer-tls"
+API_KEYS_SECRET = "vlmforge-api-keys"
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 
 
@@ -305,11 +309,122 @@ def test_inference_is_probed_on_health_with_a_long_startup_budget(rendered, targ
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_the_trainer_is_probed_over_native_grpc_health(rendered, target: str) -> None:
+def test_the_trainer_is_probed_over_grpc_health_with_tls(rendered, target: str) -> None:
+    """The kubelet's native gRPC probe speaks plaintext, and the port serves TLS only: the exec health check
+    asks grpc.health.v1 on the same port, verifying the certificate with the CA of the mounted Secret."""
+    from trainer_service import healthcheck
+
     container = _container(rendered[target], "vlmforge-trainer")
+    mounts = _secret_mounts(rendered[target], "vlmforge-trainer")
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["grpc"]["port"] == 50051, probe
-        assert not {"httpGet", "exec", "tcpSocket"} & set(container[probe]), probe
+        assert set(container[probe]) & {"grpc", "httpGet", "exec", "tcpSocket"} == {"exec"}, probe
+        command = container[probe]["exec"]["command"]
+        assert command[:3] == ["python", "-m", "trainer_service.healthcheck"], probe
+        args = healthcheck.parser().parse_args(command[3:])  # the probe's flags are the health check's own
+        assert args.address == "localhost:50051", command
+        ca_dir, _, ca_file = args.ca_bundle.rpartition("/")
+        assert mounts[ca_dir] == TLS_SECRET and ca_file == "ca.crt", command
+        assert container[probe]["timeoutSeconds"] >= 5, "a Python process starts within the probe's timeout"
+
+
+def _secret_mounts(docs: list[dict], deployment: str) -> dict[str, str]:
+    """Mount path -> Secret name, for the Secret volumes of a Deployment's first container."""
+    pod = _one(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    return {m["mountPath"]: secrets[m["name"]] for m in pod["containers"][0]["volumeMounts"] if m["name"] in secrets}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_trainer_serves_tls_and_checks_keys_from_mounted_secrets(rendered, target: str) -> None:
+    """Whole-directory mounts (a subPath mount never sees the Secret change, so no rotation or revocation)."""
+    docs = rendered[target]
+    container = _container(docs, "vlmforge-trainer")
+    config = _config(docs, container)
+    mounts = _secret_mounts(docs, "vlmforge-trainer")
+    assert not [m for m in container["volumeMounts"] if m.get("subPath") and m["mountPath"] in mounts]
+    assert all(m.get("readOnly") for m in container["volumeMounts"] if m["mountPath"] in mounts)
+    for key, secret, file in (("VLMFORGE_TRAINER_TLS_CERT", TLS_SECRET, "tls.crt"),
+                              ("VLMFORGE_TRAINER_TLS_KEY", TLS_SECRET, "tls.key"),
+                              ("VLMFORGE_TRAINER_API_KEYS_FILE", API_KEYS_SECRET, "api-keys.json")):
+        directory, _, name = config[key].rpartition("/")
+        assert mounts.get(directory) == secret and name == file, (key, config[key])
+    assert "VLMFORGE_TRAINER_TLS_CLIENT_CA" not in config, "clients need no certificate: keys authenticate them"
+    assert config["VLMFORGE_TRAINER_TLS_SECRET_NAME"] == TLS_SECRET, "worker pods mount its ca.crt"
+    pod = _one(docs, "Deployment", "vlmforge-trainer")["spec"]["template"]["spec"]
+    for volume in pod["volumes"]:
+        if "secret" in volume:  # group-readable for fsGroup 10001, nobody else
+            assert volume["secret"]["defaultMode"] == 0o440 and "items" not in volume["secret"], volume
+
+
+# cert-manager v1 (cert-manager.io_certificates.yaml / _issuers.yaml, openAPIV3Schema): the fields these
+# manifests may use and the enums they draw from. No JSON schema of a CRD ships offline here, so the shape is
+# checked against this transcription, as the ServiceMonitor's is above.
+CERTIFICATE_SPEC_KEYS = {"additionalOutputFormats", "commonName", "dnsNames", "duration", "emailAddresses",
+                         "encodeUsagesInRequest", "ipAddresses", "isCA", "issuerRef", "keystores", "literalSubject",
+                         "nameConstraints", "otherNames", "privateKey", "renewBefore", "renewBeforePercentage",
+                         "revisionHistoryLimit", "secretName", "secretTemplate", "signatureAlgorithm", "subject",
+                         "uris", "usages"}
+CERTIFICATE_USAGES = {"signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+                      "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+                      "server auth", "client auth", "code signing", "email protection", "s/mime",
+                      "ipsec end system", "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing",
+                      "microsoft sgc", "netscape sgc"}
+PRIVATE_KEY_FIELDS = {"algorithm": {"RSA", "ECDSA", "Ed25519"}, "encoding": {"PKCS1", "PKCS8"},
+                      "rotationPolicy": {"Never", "Always"}, "size": None}
+ISSUER_KINDS = {"acme", "ca", "selfSigned", "vault", "venafi"}
+GO_DURATION = re.compile(r"(\d+(\.\d+)?(h|m|s|ms))+")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_cert_manager_objects_have_the_crd_shape(rendered, target: str) -> None:
+    docs = rendered[target]
+    issuers = {i["metadata"]["name"]: i for i in _all(docs, "Issuer")}
+    for issuer in issuers.values():
+        assert issuer["apiVersion"] == "cert-manager.io/v1" and set(issuer) <= {"apiVersion", "kind", "metadata",
+                                                                               "spec"}
+        (kind,) = issuer["spec"]  # exactly one way of issuing
+        assert kind in ISSUER_KINDS, kind
+        if kind == "ca":
+            assert set(issuer["spec"]["ca"]) <= {"secretName", "crlDistributionPoints", "issuingCertificateURLs",
+                                                 "ocspServers"} and issuer["spec"]["ca"]["secretName"]
+    certificates = _all(docs, "Certificate")
+    for certificate in certificates:
+        assert certificate["apiVersion"] == "cert-manager.io/v1"
+        spec = certificate["spec"]
+        assert set(spec) <= CERTIFICATE_SPEC_KEYS, set(spec) - CERTIFICATE_SPEC_KEYS
+        assert isinstance(spec["secretName"], str) and isinstance(spec["issuerRef"]["name"], str)
+        assert set(spec["issuerRef"]) <= {"name", "kind", "group"}
+        assert spec["issuerRef"].get("group", "cert-manager.io") == "cert-manager.io"
+        assert spec["issuerRef"].get("kind", "Issuer") == "Issuer" and spec["issuerRef"]["name"] in issuers
+        assert set(spec.get("usages", [])) <= CERTIFICATE_USAGES
+        for field, value in spec.get("privateKey", {}).items():
+            assert field in PRIVATE_KEY_FIELDS and (PRIVATE_KEY_FIELDS[field] is None
+                                                    or value in PRIVATE_KEY_FIELDS[field]), (field, value)
+        for field in ("duration", "renewBefore"):
+            assert field not in spec or GO_DURATION.fullmatch(spec[field]), spec[field]
+        for field in ("dnsNames", "ipAddresses"):
+            assert all(isinstance(name, str) for name in spec.get(field, []))
+    # A CA Issuer signs with the key pair of a CA certificate some Certificate here makes.
+    for issuer in issuers.values():
+        if "ca" in issuer["spec"]:
+            (ca,) = [c for c in certificates if c["spec"]["secretName"] == issuer["spec"]["ca"]["secretName"]]
+            assert ca["spec"]["isCA"] is True
+
+
+def test_the_gpu_overlay_gets_its_certificate_from_cert_manager(rendered) -> None:
+    """The Certificate writes the Secret the trainer mounts, for the names its clients use: the worker API
+    address the worker pods dial and the probe's localhost."""
+    docs = rendered["gpu"]
+    (certificate,) = [c for c in _all(docs, "Certificate") if c["spec"]["secretName"] == TLS_SECRET]
+    spec = certificate["spec"]
+    config = _config(docs, _container(docs, "vlmforge-trainer"))
+    worker_host = config["VLMFORGE_TRAINER_WORKER_API_ADDRESS"].rpartition(":")[0]
+    assert {worker_host, "vlmforge-trainer", "localhost"} <= set(spec["dnsNames"])
+    namespace = _one(docs, "Deployment", "vlmforge-trainer")["metadata"]["namespace"]
+    assert f"vlmforge-trainer.{namespace}.svc" in spec["dnsNames"], "the names follow the overlay's namespace"
+    assert "server auth" in spec["usages"] and not spec.get("isCA")
+    assert spec["privateKey"]["rotationPolicy"] == "Always", "a renewal brings a new key"
+    assert not _all(rendered["base"], "Certificate"), "the base takes the plain Secret; cert-manager is opt-in"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -484,6 +599,7 @@ def test_the_launcher_s_worker_pods_fit_these_manifests(rendered) -> None:
         assert any(_matches(peer["podSelector"], WORKER_LABELS) for peer in peers), (deployment, port)
     fields = TrainerSettings.model_fields
     assert fields["secret_name"].default == SECRET
+    assert fields["tls_secret_name"].default == TLS_SECRET
     worker_account = _one(docs, "ServiceAccount", fields["worker_service_account"].default)
     assert worker_account["automountServiceAccountToken"] is False
     assert fields["shared_pvc"].default == "vlmforge-shared"
@@ -505,21 +621,57 @@ def test_secrets_are_referenced_by_the_right_keys(rendered, target: str) -> None
             name: (SECRET, key) for name, key in keys.items()}
         assert not any(ref.get("optional") for ref in references.values()), "a missing Secret must stop the pod"
     for config_map in _all(rendered[target], "ConfigMap"):
-        assert not [k for k in config_map["data"] if re.search("TOKEN|API_KEY|PASSWORD|SECRET", k)], config_map
+        # Where a secret is (a mounted file, a Secret's name) is configuration; the secret itself never is.
+        where = {k: v for k, v in config_map["data"].items() if k.endswith(("_FILE", "_SECRET_NAME"))}
+        assert all(v.startswith("/") or re.fullmatch("[a-z0-9-]+", v) for v in where.values()), where
+        assert not [k for k in config_map["data"] if re.search("TOKEN|API_KEY|PASSWORD|SECRET", k)
+                    and k not in where], config_map
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_no_real_secret_is_rendered(rendered, target: str) -> None:
     secrets = _all(rendered[target], "Secret")
     if target != "dev-cpu":
-        assert not secrets, "the Secret is created out of band (kubectl create secret), never from git"
+        assert not secrets, "the Secrets are created out of band (kubectl create secret), never from git"
         return
-    (secret,) = secrets
-    assert secret["metadata"]["name"] == SECRET, "fixed name: the trainer's Jobs reference it at run time"
+    by_name = {s["metadata"]["name"]: s for s in secrets}
+    assert set(by_name) == {SECRET, API_KEYS_SECRET, TLS_SECRET}, "fixed names: the trainer's Jobs use them"
+    secret = by_name[SECRET]
     values = {**secret.get("stringData", {}), **secret.get("data", {})}
     assert set(values) == {"api-key", "admin-token", "worker-api-token"}
     for key, value in secret.get("data", {}).items():
         assert "insecure-dev-only" in base64.b64decode(value).decode(), key
+    key_file = base64.b64decode(by_name[API_KEYS_SECRET]["data"]["api-keys.json"]).decode()
+    assert "vlmf_" not in key_file, "the key file holds hashes, never a key"
+    (entry,) = json.loads(key_file)["keys"]
+    assert "DEVELOPMENT ONLY" in entry["description"] and re.fullmatch("[0-9a-f]{64}", entry["sha256"])
+    tls = by_name[TLS_SECRET]
+    assert tls["type"] == "kubernetes.io/tls" and set(tls["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+
+
+def test_the_dev_certificate_is_labelled_insecure_and_fits_the_trainer(rendered) -> None:
+    """Its names cover what worker pods and the probe dial, it is its own CA (clients pass ca.crt), its key
+    matches, and it still has a year to run."""
+    import ssl
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    data = {name: base64.b64decode(value) for name, value in _one(
+        rendered["dev-cpu"], "Secret", TLS_SECRET)["data"].items()}
+    certificate = x509.load_pem_x509_certificate(data["tls.crt"])
+    assert data["ca.crt"] == data["tls.crt"]
+    assert "insecure-dev-only" in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"vlmforge-trainer", "localhost"} <= set(names.get_values_for_type(x509.DNSName))
+    remaining = certificate.not_valid_after_utc.timestamp() - __import__("time").time()
+    assert remaining > 365 * 24 * 3600, "regenerate k8s/overlays/dev-cpu/dev-tls (see its kustomization.yaml)"
+    with tempfile.TemporaryDirectory() as directory:
+        for name in ("tls.crt", "tls.key"):
+            (Path(directory) / name).write_bytes(data[name])
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(Path(directory) / "tls.crt",
+                                                                Path(directory) / "tls.key")
 
 
 @pytest.mark.parametrize("target", TARGETS)
