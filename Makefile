@@ -12,7 +12,7 @@ CACHE_DIR ?= .cache/vlmforge
 DATA_DIR ?= $(CACHE_DIR)/data/vqa-shapes-charts
 MODEL_DIR ?= $(CACHE_DIR)/models/tiny-qwen2-vl
 
-.PHONY: setup protos data model test demo lock clean
+.PHONY: setup protos data model test demo lock clean observability-tools test-observability
 
 setup: $(SETUP_STAMP) protos
 
@@ -50,6 +50,23 @@ DEMO_MODEL ?= $(MODEL_DIR)
 DEMO_DATA ?= $(DATA_DIR)
 demo: setup $(if $(filter $(DATA_DIR),$(DEMO_DATA)),data) $(if $(filter $(MODEL_DIR),$(DEMO_MODEL)),model)
 	@$(PY) -m vlmforge.demo --model $(DEMO_MODEL) --data-dir $(DEMO_DATA)
+
+# Debian's prometheus package (the server and promtool, ~20 MB, ~11 s) for tests/e2e/test_observability.py.
+# Not in `setup`: it needs root and apt, setup only fills .venv. .ci/run calls it before `make test`. The package
+# would start its own server where systemd runs: stopped, the test starts one on loopback itself.
+observability-tools:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "observability-tools: needs root (sudo $(MAKE) observability-tools)"; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || exit 1; \
+	  if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
+	fi
+	@promtool --version | head -1
+
+# The dashboards and alerts against a real Prometheus and both services (also part of `make test`).
+test-observability: setup observability-tools
+	$(PY) -m pytest tests/unit/test_dashboards.py tests/e2e/test_observability.py
 
 # After editing a requirements file: install without the old lock, then write the new one.
 lock:
