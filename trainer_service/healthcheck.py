@@ -10,12 +10,15 @@ requires client certificates."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from vlmforge.client._channel import Tls, open_channel
+from vlmforge.client._channel import CA_BUNDLE_ENV, Tls, open_channel
+
+TRAINER_TLS_CERT_ENV = "VLMFORGE_TRAINER_TLS_CERT"  # the trainer's --tls-cert, set in its container
 
 
 def is_serving(address: str, timeout_s: float, tls: Tls | None = None) -> bool:
@@ -43,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         tls = Tls.resolve(ca_bundle=args.ca_bundle, client_cert=args.client_cert, client_key=args.client_key)
+        if tls is None and os.environ.get(TRAINER_TLS_CERT_ENV):  # inside the trainer's container (HEALTHCHECK)
+            print(f"error: the trainer serves TLS only ({TRAINER_TLS_CERT_ENV} is set): pass --ca-bundle or set "
+                  f"{CA_BUNDLE_ENV}")
+            return 1
         serving = is_serving(args.address, args.timeout_s, tls)
     except ValueError as error:  # a CA or client certificate file that cannot be read
         print(f"error: {error}")

@@ -230,12 +230,19 @@ def test_the_cli_takes_the_ca_and_the_client_certificate(pki, serve, store, caps
     assert "client_key /nowhere.key: No such file" in capsys.readouterr().out
 
 
-def test_the_health_check_speaks_tls(pki, serve) -> None:
+def test_the_health_check_speaks_tls(pki, serve, monkeypatch, capsys) -> None:
     running = serve(pki.server_tls())
     address = f"localhost:{running.port}"
     assert healthcheck.main([address, "--ca-bundle", str(pki.ca_file)]) == 0
     assert healthcheck.main([address, "--timeout-s", "2"]) == 1  # plaintext against a TLS port
     assert healthcheck.main([address, "--ca-bundle", str(pki.other_ca_file), "--timeout-s", "2"]) == 1
+    # The image's HEALTHCHECK runs in the trainer's environment: it says what is missing, and the CA from there
+    # is enough.
+    monkeypatch.setenv("VLMFORGE_TRAINER_TLS_CERT", str(pki.cert_file))
+    assert healthcheck.main([address]) == 1
+    assert "pass --ca-bundle or set VLMFORGE_CA_BUNDLE" in capsys.readouterr().out
+    monkeypatch.setenv("VLMFORGE_CA_BUNDLE", str(pki.ca_file))
+    assert healthcheck.main([address]) == 0
 
 
 # ---------------------------------------------------------------------------------------------- worker API
