@@ -3,17 +3,24 @@
 step) against the trainer's own loop on its two backends (`transformers`: batches prepared by DataLoader
 workers while the GPU trains, LM head only on answer tokens, LoRA matmuls in bf16 under autocast; `fp32lora`:
 the same with PEFT's fp32 LoRA matmuls; `compiled`: the same with each decoder / vision block under
-`torch.compile`; `unsloth`; `unsloth_eager`: Unsloth without its block compilation), LoRA and QLoRA, with and without
+`torch.compile`; `packed`: the trainer's loop with padding-free packing, each micro-batch one row of whole
+samples with attention kept inside each (`packed_compiled`: and the blocks compiled); `grouped`: padded batches
+of samples of similar length; `unsloth`; `unsloth_eager`: Unsloth without its block compilation), LoRA and QLoRA,
+with and without
 gradient checkpointing. Each configuration runs in its own process (Unsloth patches transformers when
 imported) with the worker's loading and adapter code, on the same synthetic batches: one random RGB image and
 a fixed number of text tokens per sample (`--workload uniform`), or (`--workload realistic`) images and answers
 whose sizes vary as real VQA data's do: per sample a shortest side of 280-1344 px and an aspect of 0.5-2
 (log-uniform), an answer of 1-256 tokens (log-uniform), drawn from a fixed seed, the processor at Qwen2-VL's
 published pixel limits. LoRA on every linear layer (language + vision). Ratios and the largest loss difference
-are against `plain` in the same method, mode and GPU count. Tokens/s and MFU count real tokens only (no padding).
+are against `plain` in the same method, mode and GPU count. Tokens/s and MFU count real tokens only (no padding);
+`padding` is the share of the language model's positions that are padding. `packed` rows take `--batch-size`
+samples and, unless `--max-tokens-per-batch` says less, room for any `--batch-size` of them: the same batches as
+`plain`, so its losses compare; with a smaller budget a step takes as many samples as fit.
 
     python bench/train_throughput.py --model-dir DIR [--configs plain:lora:gc,transformers:lora:gc,...]
     python bench/train_throughput.py --model-dir DIR --workload realistic --batch-size 4
+    python bench/train_throughput.py --model-dir DIR --configs plain:lora:nogc,packed:lora:nogc --cpu-smoke
     python -m vlmforge.model_shapes DIR --shape 2b --tokenizer-from TINY_MODEL_DIR   # a 2B-shaped DIR
 """
 
@@ -31,6 +38,7 @@ import time
 from pathlib import Path
 
 PROFILE_MARK = "\n=== profile ===\n"
+TRANSFORMERS_LOOPS = ("plain", "fp32lora", "compiled", "packed", "packed_compiled", "grouped")
 H200_BF16_DENSE_PEAK_FLOPS = 989.4e12  # NVIDIA's H100/H200 SXM datasheet, dense (no sparsity)
 QWEN2_VL_PIXELS = (56 * 56, 28 * 28 * 16384)  # min_pixels / max_pixels of Qwen/Qwen2-VL-2B-Instruct's processor
 DEFAULT_CONFIGS = ("plain:lora:nogc,transformers:lora:nogc,unsloth:lora:nogc,plain:lora:gc,transformers:lora:gc,"
@@ -48,6 +56,10 @@ def main() -> None:
     parser.add_argument("--image-size-px", type=int, default=448)
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--workload", choices=("uniform", "realistic"), default="uniform")
+    parser.add_argument("--max-tokens-per-batch", type=int, default=None,
+                        help="packed configs: tokens per row (default: room for any --batch-size samples)")
+    parser.add_argument("--cpu-smoke", action="store_true", help="run on the CPU (a tiny model: checks the "
+                        "configs run, measures nothing)")
     parser.add_argument("--time-budget-s", type=float, default=None, help="start no configuration after this long")
     parser.add_argument("--gpus", default="1", help="GPU counts to run each configuration on, e.g. 1,2 (DDP)")
     parser.add_argument("--profile", action="store_true", help="also print each configuration's top CUDA "
@@ -67,7 +79,8 @@ def main() -> None:
         runner = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                      f"--nproc-per-node={gpus}"]
         child = subprocess.run([*runner, __file__, *sys.argv[1:], "--child", config], capture_output=True,
-                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                               **({"CUDA_VISIBLE_DEVICES": ""} if args.cpu_smoke else {})})
         lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
         if child.returncode or not lines:
             print(f"{config}: failed (exit {child.returncode})\n{child.stderr[-3000:]}", file=sys.stderr)
@@ -86,6 +99,7 @@ def _measure(args, config: str) -> dict:
     from trainer_service.job_spec import Hyperparameters
     from trainer_service.worker.backends import TransformersBackend, select_backend
     from trainer_service.worker.distributed import Ranks
+    from trainer_service.worker.sampling import plan_micro_batches
     from trainer_service.worker.train import seed_everything, train
 
     backend_name, method, checkpointing, _ = config.split(":")
@@ -94,7 +108,7 @@ def _measure(args, config: str) -> dict:
         backend_name = "unsloth"
     ranks = Ranks.from_environment()
     ranks.start()
-    backend = select_backend("transformers" if backend_name in ("plain", "fp32lora", "compiled")
+    backend = select_backend("transformers" if backend_name in TRANSFORMERS_LOOPS
                              else backend_name)  # Unsloth must be imported first
     if backend_name == "fp32lora":  # the trainer's loop with PEFT's fp32 LoRA matmuls (no autocast)
         backend = TransformersBackend(backend.placement, mixed_precision=False)
@@ -111,12 +125,14 @@ def _measure(args, config: str) -> dict:
     model = backend.load(args.model_dir, quantize_4bit=method == "qlora", hyper=hyper)
     seed_everything(hyper.seed)
     peft_model = backend.add_lora(model, hyper)
-    if backend_name == "compiled":
+    if backend_name in ("compiled", "packed_compiled"):
         _compile_blocks(peft_model)
     load_s = time.perf_counter() - loaded_at
     count = args.batch_size * hyper.max_steps * ranks.world_size
     samples = (_realistic_samples(processor, count) if args.workload == "realistic" else
                _samples(processor, count, args.text_tokens, args.image_size_px))
+    hyper = _with_levers(hyper, backend_name, processor, samples, args)
+    plan = plan_micro_batches(samples, processor, hyper, ranks.world_size)
     step_ends: list[float] = []
     profiler = _profiler(args.warmup_steps) if args.profile and ranks.is_main else None
 
@@ -125,7 +141,9 @@ def _measure(args, config: str) -> dict:
         if profiler is not None:
             profiler.step()
 
-    torch.cuda.reset_peak_memory_stats()
+    on_gpu = backend.placement.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     if backend_name == "plain":
         losses = _plain_loop(peft_model, processor, samples, hyper, backend, ranks, on_step=on_step)
     else:
@@ -142,14 +160,33 @@ def _measure(args, config: str) -> dict:
         print(f"{PROFILE_MARK}{table}{PROFILE_MARK}")
     timed = step_ends[args.warmup_steps - 1:]
     seconds = timed[-1] - timed[0]
-    samples_per_step = args.batch_size * ranks.world_size
-    work = _timed_work(peft_model, processor, samples, hyper, ranks, range(args.warmup_steps, hyper.max_steps))
-    return {"samples_per_second": samples_per_step * (len(timed) - 1) / seconds,
+    timed_samples = plan.samples_before(hyper.max_steps) - plan.samples_before(args.warmup_steps)
+    work = _timed_work(peft_model, processor, samples, hyper, ranks, range(args.warmup_steps, hyper.max_steps),
+                       plan)
+    return {"samples_per_second": timed_samples / seconds, "padding": work["padding"] if work else None,
             "tokens_per_second": work["tokens"] * ranks.world_size / seconds if work else None,
             "mfu": work["flops"] * ranks.world_size / seconds / (H200_BF16_DENSE_PEAK_FLOPS * ranks.world_size)
             if work else None, "spread": work.get("spread") if work else None,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "load_s": load_s, "losses": losses,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0, "load_s": load_s,
+            "losses": losses, "max_tokens_per_batch": hyper.max_tokens_per_batch if hyper.packing else None,
             "trainable_parameters": sum(p.numel() for p in peft_model.parameters() if p.requires_grad)}
+
+
+def _with_levers(hyper, backend_name: str, processor, samples, args):
+    """The packed and grouped loops' settings. A packed row's default budget fits any `--batch-size` samples of
+    this workload, so its rows are `plain`'s batches."""
+    import dataclasses
+
+    from trainer_service.worker.sampling import sample_token_counts
+
+    if backend_name in ("packed", "packed_compiled"):
+        budget = args.max_tokens_per_batch or int(
+            sample_token_counts(samples, processor, None).max() * args.batch_size)
+        return dataclasses.replace(hyper, packing=True, max_tokens_per_batch=budget,
+                                   max_sequence_length=min(hyper.max_sequence_length, budget)).validated()
+    if backend_name == "grouped":
+        return dataclasses.replace(hyper, group_by_length=True).validated()
+    return hyper
 
 
 def _compile_blocks(peft_model) -> None:
@@ -181,7 +218,8 @@ def _plain_loop(peft_model, processor, samples, hyper, backend, ranks, on_step) 
     from vlmforge.families import family_for_model_type
 
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=hyper.learning_rate, weight_decay=hyper.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(trainable, lr=hyper.learning_rate, weight_decay=hyper.weight_decay,
+                                  fused=backend.placement.device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(hyper, hyper.max_steps))
     collate = ChatCollator(processor, family=family_for_model_type(peft_model.config.model_type),
                            max_length=hyper.max_sequence_length)
@@ -308,24 +346,24 @@ def model_flops(config, work: dict) -> float:
     return float(flops)
 
 
-def _timed_work(peft_model, processor, samples, hyper, ranks, steps) -> dict | None:
-    """Real tokens and model FLOPs of the timed steps on this rank, and how unequal the samples of a batch are."""
-    from trainer_service.worker.train import batch_indices
-
+def _timed_work(peft_model, processor, samples, hyper, ranks, steps, plan) -> dict | None:
+    """Real tokens and model FLOPs of the timed steps on this rank, how unequal the samples of a batch are, and
+    the share of the language model's positions that are padding (none in a packed row)."""
     config = peft_model.config
     if config.model_type != "qwen2_vl":  # the FLOP count is Qwen2-VL's (Qwen2.5-VL's vision attends in windows)
         return None
-    tokens = flops = 0.0
+    tokens = flops = positions = 0.0
     spreads = []
     for step in steps:
         for micro in range(hyper.gradient_accumulation_steps):
-            works = [sample_work(processor, samples[i])
-                     for i in batch_indices(step, micro, hyper, len(samples), ranks)]
-            tokens += sum(w["tokens"] for w in works)
+            works = [sample_work(processor, samples[i]) for i in plan.indices(step, micro, ranks)]
+            lengths = [min(w["tokens"], hyper.max_sequence_length) for w in works]
+            tokens += sum(lengths)
+            positions += sum(lengths) if hyper.packing else max(lengths) * len(lengths)
             flops += sum(model_flops(config, w) for w in works)
-            spreads.append(max(w["tokens"] for w in works) / min(w["tokens"] for w in works))
+            spreads.append(max(lengths) / min(lengths))
     spreads.sort()
-    return {"tokens": tokens, "flops": flops, "spread": spreads[len(spreads) // 2]}
+    return {"tokens": tokens, "flops": flops, "spread": spreads[len(spreads) // 2], "padding": 1 - tokens / positions}
 
 
 def _print_table(results: dict[str, dict], args) -> None:
@@ -335,24 +373,30 @@ def _print_table(results: dict[str, dict], args) -> None:
                 if args.workload == "uniform" else "realistic sizes (280-1344 px shortest side, aspect 0.5-2, "
                 "answers of 1-256 tokens)")
     spread = next((r["spread"] for r in results.values() if r.get("spread")), None)
-    print(f"\n{torch.cuda.get_device_name()}, batch {args.batch_size}, {workload}, LoRA r={args.lora_rank} on every "
+    device = "CPU (smoke: nothing measured)" if args.cpu_smoke else torch.cuda.get_device_name()
+    print(f"\n{device}, batch {args.batch_size}, {workload}, LoRA r={args.lora_rank} on every "
           f"linear layer, {args.steps} timed steps after {args.warmup_steps}; MFU against "
           f"{H200_BF16_DENSE_PEAK_FLOPS / 1e12:.1f} TFLOP/s (bf16 dense, datasheet)"
           + (f"; a batch's longest sample has {spread:.1f}x the tokens of its shortest (median)" if spread else ""))
-    print("| loop / backend | method | gradient checkpointing | GPUs | samples/s | real tokens/s | MFU "
+    print("| loop / backend | method | gradient checkpointing | GPUs | samples/s | real tokens/s | padding | MFU "
           "| peak GiB (rank 0) | vs plain | largest loss difference vs plain |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for config, result in results.items():
         backend, method, checkpointing, gpus = config.split(":")
         baseline = results.get(f"plain:{method}:{checkpointing}:{gpus}")
         ratio = f"{result['samples_per_second'] / baseline['samples_per_second']:.2f}x" if baseline else "-"
         drift = "-"
-        if baseline and backend != "plain":
+        same_batches = backend != "grouped" and not (result.get("max_tokens_per_batch") and args.max_tokens_per_batch)
+        if baseline and backend != "plain" and same_batches:
             drift = f"{max(abs(a - b) / abs(b) for a, b in zip(result['losses'], baseline['losses'])):.2%}"
         tokens = f"{result['tokens_per_second']:,.0f}" if result.get("tokens_per_second") else "-"
         mfu = f"{result['mfu']:.1%}" if result.get("mfu") else "-"
+        padding = f"{result['padding']:.0%}" if result.get("padding") is not None else "-"
+        if result.get("max_tokens_per_batch"):
+            backend += f" ({result['max_tokens_per_batch']:,} tokens a row)"
         print(f"| {backend} | {method} | {'on' if checkpointing == 'gc' else 'off'} | {gpus.removesuffix('gpu')} | "
-              f"{result['samples_per_second']:.2f} | {tokens} | {mfu} | {result['peak_gib']:.1f} | {ratio} | {drift} |")
+              f"{result['samples_per_second']:.2f} | {tokens} | {padding} | {mfu} | {result['peak_gib']:.1f} | "
+              f"{ratio} | {drift} |")
     for config, result in results.items():
         print(f"{config} first losses: {', '.join(f'{loss:.4f}' for loss in result['losses'][:5])}")
 
