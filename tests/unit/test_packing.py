@@ -142,3 +142,16 @@ def test_the_settings_travel_over_grpc() -> None:
     hyper = hyperparameters_from_pb(message)
     assert (hyper.packing, hyper.max_tokens_per_batch, hyper.group_by_length) == (True, 4096, False)
     assert not hyperparameters_from_pb(hyperparameters_to_pb({"group_by_length": True})).packing
+
+
+def test_a_packed_rows_known_lengths_are_used_only_while_it_trains() -> None:
+    from trainer_service.worker.packing import _segments, known_segments, sample_lengths
+
+    positions = torch.cat([torch.arange(n) for n in (3, 4, 2)])[None].expand(4, 1, -1).contiguous()
+    batch = {"position_ids": positions, "input_ids": torch.zeros(1, 9, dtype=torch.long)}
+    assert sample_lengths(batch) == [3, 4, 2]
+    assert sample_lengths({**batch, "attention_mask": torch.ones(1, 9)}) is None
+    with known_segments(batch, [4, 5]):  # what the trainer says wins: no read-back from the device
+        assert _segments(positions[0])[1] == [4, 5]
+    cu_seqlens, lengths = _segments(positions[0])
+    assert lengths == [3, 4, 2] and cu_seqlens.tolist() == [0, 3, 7, 9]

@@ -12,8 +12,10 @@ other call (padded batches, generation with a cache, the vision tower) goes to S
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import itertools
 import math
 
 import torch
@@ -132,13 +134,46 @@ def _varlen_kernel():
 
 
 _last_segments: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
+_known_segments: tuple[int, int, torch.Tensor, list[int]] | None = None
+
+
+def sample_lengths(batch: dict[str, torch.Tensor]) -> list[int] | None:
+    """The samples' lengths in a packed row (CPU tensors; None for a padded batch)."""
+    if "position_ids" not in batch or "attention_mask" in batch:
+        return None
+    text = batch["position_ids"][0].reshape(-1)
+    starts = (torch.nonzero(text == 0).flatten().tolist() + [text.numel()])
+    return [end - start for start, end in zip(starts, starts[1:])]
+
+
+@contextlib.contextmanager
+def known_segments(batch: dict[str, torch.Tensor], lengths: list[int] | None):
+    """While the packed row `batch` (on its device) trains, the attention takes its samples from `lengths`
+    instead of reading them back from the GPU in the forward: a host sync there would stall the CPU behind the
+    queued vision tower, and on a GPU the CPU's kernel launches are what a step waits for."""
+    global _known_segments
+    if lengths is None:
+        yield
+        return
+    position_ids = batch["position_ids"]
+    bounds = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    _known_segments = (position_ids.data_ptr(), position_ids.shape[-1],
+                       bounds.to(position_ids.device, non_blocking=True), lengths)
+    try:
+        yield
+    finally:
+        _known_segments = None
 
 
 def _segments(position_ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """Cumulative sample boundaries (int32, on the tokens' device) and lengths of a packed row, from where the
     text positions restart. Every layer of one forward (and its recomputation) gets the same tensor: computed,
-    and synchronised with the host, once."""
+    and synchronised with the host, once (never, inside `known_segments`: the text positions are a view of
+    the row's `position_ids`, at the same address)."""
     global _last_segments
+    known = _known_segments
+    if known is not None and position_ids.data_ptr() == known[0] and position_ids.shape[-1] == known[1]:
+        return known[2], known[3]
     if _last_segments is not None and _last_segments[0] is position_ids:
         return _last_segments[1], _last_segments[2]
     flat = position_ids.reshape(-1)

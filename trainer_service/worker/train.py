@@ -22,7 +22,7 @@ from ..job_spec import Hyperparameters
 from .backends import Placement, TrainingBackend
 from .checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from .distributed import Ranks
-from .packing import pack_batch, rope_index_of, use_packed_attention
+from .packing import known_segments, pack_batch, rope_index_of, sample_lengths, use_packed_attention
 from .sampling import plan_micro_batches
 
 
@@ -143,13 +143,15 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
         # would give: packed rows and padded batches of the same samples then train alike.
         answer_tokens = max(1.0, ranks.mean(float(sum(_answer_tokens(b) for b in micro_batches))))
         for batch in micro_batches:
+            lengths = sample_lengths(batch)
             batch = _to_device(batch, placement)
-            with backend.compute_precision():
-                if backend.fused_loss:
-                    loss = model(**batch).loss / hyper.gradient_accumulation_steps
-                else:
-                    loss = answer_only_loss(model, batch, answer_tokens=answer_tokens)
-            loss.backward()
+            with known_segments(batch, lengths):
+                with backend.compute_precision():
+                    if backend.fused_loss:
+                        loss = model(**batch).loss / hyper.gradient_accumulation_steps
+                    else:
+                        loss = answer_only_loss(model, batch, answer_tokens=answer_tokens)
+                loss.backward()
             step_loss += loss.item()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
