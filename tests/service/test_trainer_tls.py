@@ -37,6 +37,8 @@ from vlmforge.client._channel import Tls
 FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
                   ("grpc.max_reconnect_backoff_ms", 200))
 TOKEN = "worker-token-for-the-tls-test"
+# Each client its own connection (no subchannel shared across channels): "a new connection" means one.
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 
 @pytest.fixture()
@@ -141,17 +143,18 @@ def test_a_replaced_certificate_is_served_to_new_connections_without_a_restart(p
     running = serve(pki.server_tls())
     address = f"localhost:{running.port}"
     job_id = _queued_job(store)
-    kept = Trainer(address, ca_bundle=pki.ca_file)  # a connection opened before the rotation
+    kept = Trainer(address, ca_bundle=pki.ca_file, options=OWN_CONNECTION)  # a connection opened before the rotation
     assert kept.jobs.retrieve(job_id).id == job_id
 
     rotated = pki.other_ca.issue("vlmforge-trainer")
     pki.write("tls.crt", rotated.cert)  # half-written: the new certificate, still the old key
-    with Trainer(address, ca_bundle=pki.ca_file) as client:
+    with Trainer(address, ca_bundle=pki.ca_file, options=OWN_CONNECTION) as client:
         assert client.jobs.retrieve(job_id).id == job_id, "a mismatched pair must leave the old one in use"
     pki.write("tls.key", rotated.key)
-    with Trainer(address, ca_bundle=pki.other_ca_file) as client:
+    with Trainer(address, ca_bundle=pki.other_ca_file, options=OWN_CONNECTION) as client:
         assert client.jobs.retrieve(job_id).id == job_id
-    with Trainer(address, ca_bundle=pki.ca_file, timeout_s=5) as client, pytest.raises(UnavailableError):
+    with Trainer(address, ca_bundle=pki.ca_file, timeout_s=5, options=OWN_CONNECTION) as client, \
+            pytest.raises(UnavailableError):
         client.jobs.retrieve(job_id)
     assert kept.jobs.retrieve(job_id).id == job_id, "open connections keep the certificate they started with"
     kept.close()
