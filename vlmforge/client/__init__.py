@@ -2,7 +2,8 @@
 
     from vlmforge.client import Trainer
 
-    with Trainer("trainer.example:50051") as client:
+    # api_key / ca_bundle default to $VLMFORGE_API_KEY / $VLMFORGE_CA_BUNDLE (the CA makes the channel TLS)
+    with Trainer("trainer.example:50051", api_key="vlmf_...", ca_bundle="trainer-ca.pem") as client:
         file = client.files.upload("./my_dataset_dir")          # resumable; a directory goes as a tar
         job = client.jobs.create(model="Qwen2-VL-2B-Instruct", training_file=file.id)
         job = client.jobs.wait(job.id, on_event=print)           # follows events, reconnecting
