@@ -4,6 +4,7 @@ JSON shape (auth/keys.py), as an operator or a Kubernetes Secret would provide i
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -88,7 +89,7 @@ def trainer(tmp_path_factory, tiny_model_dir: Path, small_dataset_dir: Path):
     data_root, models_dir, outside = root / "data", root / "models", root / "outside"
     for directory in (data_root / "team-a", data_root / "team-b", models_dir, outside):
         directory.mkdir(parents=True)
-    for where in (data_root / "team-a" / "ds", outside / "ds"):
+    for where in (data_root / "team-a" / "ds", data_root / "team-b" / "own", outside / "ds"):
         shutil.copytree(small_dataset_dir / "images", where / "images")
         shutil.copy(small_dataset_dir / "train.jsonl", where / "train.jsonl")
     shutil.copytree(tiny_model_dir, models_dir / "tiny")
@@ -333,7 +334,9 @@ def test_upload_quota_trips_at_the_limit_and_frees_when_a_file_is_deleted(traine
     other = _upload(trainer, trainer.keys.a, big + line)  # another project's quota is its own
     trainer.files.DeleteFile(fpb.DeleteFileRequest(id=other.id), metadata=_bearer(trainer.keys.a))
     trainer.files.DeleteFile(fpb.DeleteFileRequest(id=first.id), metadata=b)
-    assert _upload(trainer, trainer.keys.b, big + line).bytes == len(big + line)
+    again = _upload(trainer, trainer.keys.b, big + line)
+    assert again.bytes == len(big + line)
+    trainer.files.DeleteFile(fpb.DeleteFileRequest(id=again.id), metadata=b)
 
 
 def test_paths_outside_the_roots_are_refused_without_saying_what_exists(trainer, tiny_model_dir: Path) -> None:
@@ -412,3 +415,31 @@ def test_the_per_key_rate_limit_answers_resource_exhausted(tmp_path: Path) -> No
             stub.ListFineTuningJobs(pb.ListFineTuningJobsRequest(), metadata=_bearer(other), timeout=5)  # its own
     finally:
         running.server.stop(None)
+
+
+def test_concurrent_calls_of_two_projects_each_see_only_their_own(trainer) -> None:
+    """Each call's key reaches its own handler however calls interleave on the server's event loop (uploads read
+    the caller after awaiting the stream's first message)."""
+    keys = {"team-a": trainer.keys.a, "team-b": trainer.keys.b}
+    mine = {"team-a": _create(trainer, keys["team-a"]).id,
+            "team-b": _create(trainer, keys["team-b"], training_file="own/train.jsonl").id}
+
+    def calls(project: str, round_: int) -> None:
+        key = keys[project]
+        listed = trainer.jobs.ListFineTuningJobs(pb.ListFineTuningJobsRequest(page_size=100), metadata=_bearer(key))
+        assert mine[project] in {j.id for j in listed.jobs}
+        assert not {j.id for j in listed.jobs} & set(mine.values()) - {mine[project]}
+        content = f'{{"messages": [], "n": "{project}-{round_}"}}\n'.encode()
+        stored = _upload(trainer, key, content, filename=f"{project}-{round_}.jsonl")
+        assert {f.id for f in trainer.files.ListFiles(fpb.ListFilesRequest(page_size=100),
+                                                      metadata=_bearer(key)).files} >= {stored.id}
+        other = "team-b" if project == "team-a" else "team-a"
+        code, _ = _refused(lambda: trainer.files.GetFile(fpb.GetFileRequest(id=stored.id),
+                                                         metadata=_bearer(keys[other])))
+        assert code == grpc.StatusCode.NOT_FOUND
+        trainer.files.DeleteFile(fpb.DeleteFileRequest(id=stored.id), metadata=_bearer(key))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(calls, ["team-a", "team-b"] * 6, range(12)))
+    for project, job_id in mine.items():
+        trainer.jobs.CancelFineTuningJob(pb.CancelFineTuningJobRequest(id=job_id), metadata=_bearer(keys[project]))

@@ -195,6 +195,10 @@ class FileService:
 
     def _validate(self, stored: StoredFile) -> None:
         try:
+            self._records.get(stored.id)
+        except StoredFileNotFoundError:
+            return  # deleted before its turn came: no child process for it
+        try:
             result = validate_in_child(DatasetLocation(stored.dataset_path, stored.dataset_name))
         except Exception:  # noqa: BLE001 - a loader bug must not leave the file 'uploaded' forever
             logger.exception("validating %s (%s) failed unexpectedly", stored.id, stored.filename)
