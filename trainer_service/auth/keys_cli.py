@@ -11,6 +11,7 @@ picks the change up within --api-keys-reload-interval-s. The file is replaced at
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def _revoke(args) -> int:
     keys = _existing(args.keys_file)
     if args.key_id not in keys:
         raise KeyFileError(f"{args.keys_file}: no key id {args.key_id}")
-    keys[args.key_id] = type(keys[args.key_id])(**{**keys[args.key_id].__dict__, "revoked": True})
+    keys[args.key_id] = dataclasses.replace(keys[args.key_id], revoked=True)
     write_key_file(args.keys_file, keys)
     print(f"key {args.key_id} revoked", file=sys.stderr)
     return 0
