@@ -248,8 +248,6 @@ def _free_port() -> int:
 
 class Prometheus:
     def __init__(self, binary: str, directory: Path, trainer_metrics: str, inference_targets: Path, rules: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         config = {
             "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL,
                        "evaluation_interval": SCRAPE_INTERVAL},
@@ -262,13 +260,22 @@ class Prometheus:
             ],
         }
         (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.log = open(directory / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [binary, f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        self.started = time.time()
-        _wait(lambda: self._ready(), 30, "Prometheus to be ready", self._log_tail)
+        for attempt in range(3):  # the free port may be taken before Prometheus binds it: another one then
+            self.port = _free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.log = open(directory / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
+            self.process = subprocess.Popen(
+                [binary, f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                stdout=self.log, stderr=subprocess.STDOUT)
+            self.started = time.time()
+            try:
+                _wait(self._ready, 30, "Prometheus to be ready", self._log_tail)
+                return
+            except AssertionError:
+                self.stop()
+                if attempt == 2 or "address already in use" not in self._log_tail():
+                    raise
 
     def _ready(self) -> bool:
         assert self.process.poll() is None, self._log_tail()
@@ -347,31 +354,35 @@ def run(promtool: str, tiny_model_dir: Path, small_dataset_dir: Path, tmp_path_f
 
     def phase(what: str) -> None:  # where the time goes (pytest --log-cli-level=INFO shows it)
         log.info("%5.1f s  %s", time.monotonic() - started, what)
+
     state, targets = directory / "trainer", directory / "inference-targets.json"
     state.mkdir()
     targets.write_text("[]")
+    exits: dict[str, int] = {}
     with ThreadPoolExecutor(2) as pool:
         # vLLM takes longest to start: it loads while the job trains.
         inference_start = pool.submit(start_and_wait, [
             "-m", "inference_service", "--base-model", str(tiny_model_dir), "--served-model-name", "tiny",
             "--artifacts-dir", str(state / "artifacts"), "--port", "0", "--api-key", API_KEY,
-            "--vllm-args", "--max-num-seqs 8"], directory / "inference.log", INFERENCE_READY)
-        trainer, ready = start_and_wait(
-            ["-m", "trainer_service", "--grpc-port", "0", "--metrics-port", "0", "--state-dir", str(state),
-             "--drain-announce-s", "0"], directory / "trainer.log", TRAINER_READY)
-        phase("trainer up")
-        inference = prometheus = None
+            "--drain-timeout-s", "2", "--vllm-args", "--max-num-seqs 8"], directory / "inference.log", INFERENCE_READY)
+        inference = trainer = prometheus = None
         try:
+            trainer, ready = start_and_wait(
+                ["-m", "trainer_service", "--grpc-port", "0", "--metrics-port", "0", "--state-dir", str(state),
+                 "--drain-announce-s", "0"], directory / "trainer.log", TRAINER_READY)
+            phase("trainer up")
             trainer_address, trainer_metrics = ready.group(1).decode(), f"127.0.0.1:{int(ready.group(2))}"
-            prometheus = Prometheus(shutil.which("prometheus"), directory, trainer_metrics, targets,
-                                    _write_rule_file(directory))
-            _wait(lambda: prometheus.target_up(TRAINER_JOB), 30, "the trainer to be scraped")
-            phase("Prometheus up, scraping the trainer")
             with Trainer(trainer_address) as client:
+                # Its worker takes seconds to import torch and evaluate the base model before its first step:
+                # Prometheus is scraping by then (the live panels below need a scrape of the running job).
                 job = client.jobs.create(model=str(tiny_model_dir),
                                          training_file=str(small_dataset_dir / "train.jsonl"),
                                          test_file=str(_test_file(small_dataset_dir, directory, 2)),
                                          hyperparameters={"max_steps": 2, "batch_size": 2})
+                prometheus = Prometheus(shutil.which("prometheus"), directory, trainer_metrics, targets,
+                                        _write_rule_file(directory))
+                _wait(lambda: prometheus.target_up(TRAINER_JOB), 30, "the trainer to be scraped")
+                phase("job submitted; Prometheus up, scraping the trainer")
                 inference, inference_ready = inference_start.result()
                 phase("inference up")
                 inference_url = f"http://127.0.0.1:{int(inference_ready.group(1))}"
@@ -388,19 +399,25 @@ def run(promtool: str, tiny_model_dir: Path, small_dataset_dir: Path, tmp_path_f
         finally:
             if inference is None and inference_start.exception() is None:  # waits for vLLM: never leave it behind
                 inference = inference_start.result()[0]
-            for process in (inference, trainer):
-                if process is not None:
-                    stop(process)
+            # Prometheus first: its scrape connections are kept alive, and a server stopping waits for them.
             if prometheus is not None:
                 prometheus.stop()
-            phase("all stopped")
+            for name, process in (("inference", inference), ("trainer", trainer)):
+                if process is not None:
+                    exits[name] = stop(process)
+                    phase(f"{name} stopped")
+    assert set(exits.values()) == {0}, f"a service did not exit cleanly: {exits}, logs in {directory}"
 
 
 def _chat_burst(url: str, fine_tuned_model: str, small_dataset_dir: Path) -> None:
-    """Requests to the base model and the new adapter (loaded on first use), a few refused ones, and a wait
-    until Prometheus has scraped all of it."""
-    client = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
-    stranger = openai.OpenAI(base_url=url + "/v1", api_key="not-the-key", max_retries=0, timeout=30)
+    """Requests to the base model and the new adapter (loaded on first use), and a few refused ones."""
+    with (openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0, timeout=120) as client,
+          openai.OpenAI(base_url=url + "/v1", api_key="not-the-key", max_retries=0, timeout=30) as stranger):
+        _send_burst(client, stranger, fine_tuned_model, small_dataset_dir)
+
+
+def _send_burst(client: openai.OpenAI, stranger: openai.OpenAI, fine_tuned_model: str,
+                small_dataset_dir: Path) -> None:
     images = sorted((small_dataset_dir / "images" / "test").glob("*.png"))[:4]
 
     def ask(i: int) -> None:
@@ -424,7 +441,7 @@ def _chat_burst(url: str, fine_tuned_model: str, small_dataset_dir: Path) -> Non
     refused()
 
 
-# The prometheus fixture waits for its last scrape before any check reads it.
+# Every check reads Prometheus once it has scraped the whole burst.
 @pytest.fixture(scope="module")
 def scraped(run: Run) -> Run:
     def all_counted() -> bool:
@@ -459,11 +476,18 @@ def test_every_alert_rule_evaluates_on_the_real_series_and_none_is_active(scrape
             found = prometheus.api("series", **{"match[]": selector, "start": prometheus.started})
             assert found, f"{rule['alert']} reads {selector}, which the services do not expose"
     # A healthy run ends with every alert inactive (some were pending at start: the inference target
-    # appears late, a queued job waits a moment).
+    # appears late, a queued job waits a moment). Slowness is no fault of the rules: a machine so busy that the
+    # p99 time to first token really is over the threshold may keep that one pending.
+    def unexpected() -> list[dict]:
+        active = prometheus.api("alerts")["alerts"]
+        slow = bool(prometheus.query(slow_first_token["expr"]))
+        return [a for a in active if not (a["labels"]["alertname"] == slow_first_token["alert"] and slow)]
+
+    (slow_first_token,) = [rule for rule in alert_rules() if rule["alert"] == "VlmforgeInferenceSlowFirstToken"]
     try:
-        _wait(lambda: not prometheus.api("alerts")["alerts"], 15, "every alert to be inactive")
+        _wait(lambda: not unexpected(), 15, "every alert to be inactive")
     except AssertionError:
-        pytest.fail(f"active on a healthy system: {prometheus.api('alerts')['alerts']}")
+        pytest.fail(f"active on a healthy system: {unexpected()}")
 
 
 def test_promtool_accepts_both_services_metrics(scraped: Run, promtool: str) -> None:
