@@ -81,3 +81,25 @@ def test_a_cut_batch_keeps_the_mrope_positions_of_its_tokens(family, tiny_model_
     first, last = int(image.min()), int(image.max())
     assert (uncut[1:, 0, first:last + 1].amax(dim=1) - uncut[1:, 0, first]).tolist() == (grid[1:] - 1).tolist()
     assert uncut[0, 0, last + 1] == uncut[0, 0, first] + int(grid[1:].max())
+
+
+def test_a_video_becomes_timestamped_frames_the_model_reads(family, tiny_model_of) -> None:
+    """Qwen3's video processor: two frames per temporal patch, each patch its own `<t seconds>` slot of video
+    tokens (typed 2 in mm_token_type_ids). The service takes no video; transformers trains on it."""
+    import numpy as np
+    from transformers.video_utils import VideoMetadata
+
+    model, processor = _load(tiny_model_of, family)
+    frames = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What moves?"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    metadata = VideoMetadata(total_num_frames=4, fps=2.0, frames_indices=[0, 1, 2, 3])
+    batch = processor(text=[text], videos=[frames], videos_kwargs={"video_metadata": [metadata],
+                                                                    "do_sample_frames": False}, return_tensors="pt")
+    assert batch["video_grid_thw"].tolist() == [[2, 6, 6]]
+    assert int((batch["mm_token_type_ids"] == 2).sum()) == 2 * 9
+    decoded = processor.tokenizer.decode(batch["input_ids"][0])
+    assert "<0.2 seconds>" in decoded and "<1.2 seconds>" in decoded
+    with torch.no_grad():
+        loss = model(**batch, labels=batch["input_ids"]).loss
+    assert torch.isfinite(loss)

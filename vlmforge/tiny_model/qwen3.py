@@ -54,8 +54,9 @@ def qwen3_processor(tokenizer, spec: TinyModelSpec) -> Qwen3VLProcessor:
     pixels = image_side_px(spec) ** 2
     sizes = {"patch_size": PATCH_PX, "merge_size": MERGE, "temporal_patch_size": 2, **_MEAN_STD}
     image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels, **sizes)
+    # cap_pixels_per_frame: qwen-vl-utils' per-frame budget, transformers' default from 5.22 (5.17 warns without it)
     video_processor = Qwen3VLVideoProcessor(size={"shortest_edge": pixels, "longest_edge": 4 * pixels},
-                                            min_frames=2, max_frames=4, **sizes)
+                                            min_frames=2, max_frames=4, cap_pixels_per_frame=True, **sizes)
     return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
                             chat_template=tokenizer.chat_template)
 
