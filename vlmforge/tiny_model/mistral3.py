@@ -13,9 +13,9 @@ from .tokenizer import ENDOFTEXT, TokenizerStyle
 PATCH_SIZE_PX = 14  # Mistral-Small-3.1's (Pixtral-12B has 16)
 SPATIAL_MERGE_SIZE = 2
 
-# Mistral's tokenizer-v7 chat template with images (what mistral_common's generate_chat_template writes for v7
-# and images, and what mistralai's HF repos ship), without the default system prompt the published one adds (a
-# long text that names today's date, so renders would differ from day to day): system turns in place, user
+# Mistral's tokenizer-v7 turns with images (as mistral_common's generate_chat_template writes them for v7 and
+# images; mistralai's HF repos ship templates with these turns), without the default system prompt the published
+# one adds (a long text that names today's date, so renders would differ from day to day): system turns in place, user
 # turns in [INST]...[/INST] with [IMG] per image (a lone text-then-image pair goes image first, as in v7),
 # answers closed by </s>. tests/unit/test_model_families.py renders it against mistral_common's.
 MISTRAL3_CHAT_TEMPLATE = (
