@@ -9,7 +9,7 @@ get_mm_lora_token_counts)."""
 
 from __future__ import annotations
 
-from transformers import Gemma3Config, Gemma3ImageProcessor, Gemma3Processor
+from transformers import AddedToken, Gemma3Config, Gemma3ImageProcessor, Gemma3Processor
 
 from .spec import TinyModelSpec
 from .tokenizer import ENDOFTEXT, TokenizerStyle
@@ -77,6 +77,10 @@ def image_tokens(spec: TinyModelSpec) -> int:
 
 
 def gemma3_processor(tokenizer, spec: TinyModelSpec) -> Gemma3Processor:
+    """Also gives the tokenizer Gemma's newline tokens: its vocabulary has runs of one to four newlines as single
+    tokens, and vLLM 0.32's Gemma 3 processor looks them up by their text (gemma3_mm.py, `vocab["\\n\\n"]`)
+    to merge the newlines around each image with the prompt's; the byte-level vocabulary spells them `Ċ`."""
+    tokenizer.add_tokens([AddedToken("\n" * count, normalized=False, special=False) for count in range(1, 5)])
     side = spec.image_size_px
     image_processor = Gemma3ImageProcessor(size={"height": side, "width": side}, do_pan_and_scan=False)
     return Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=image_tokens(spec),
