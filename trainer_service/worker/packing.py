@@ -165,6 +165,7 @@ def known_segments(batch: dict[str, torch.Tensor], lengths: list[int] | None):
         _known_segments = None
 
 
+@torch.compiler.disable  # reads module state that changes every row: never baked into a compiled block
 def _segments(position_ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """Cumulative sample boundaries (int32, on the tokens' device) and lengths of a packed row, from where the
     text positions restart. Every layer of one forward (and its recomputation) gets the same tensor: computed,
