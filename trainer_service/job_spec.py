@@ -63,7 +63,8 @@ class Hyperparameters:
     max_samples: int | None = None  # train on the first N records only (LLaMA-Factory's max_samples)
     # Padding-free packing (Qwen2-VL / Qwen2.5-VL): each micro-batch is one row of whole samples laid end to end,
     # at most max_tokens_per_batch language tokens (image placeholders included) and batch_size samples,
-    # attention kept inside each sample. Off: padded batches of batch_size samples.
+    # attention kept inside each sample. Off: padded batches of batch_size samples. Off by default: on an H200
+    # (2B shape) it paid on real-sized data (1.08x without, 1.26x with checkpointing) but not on uniform (0.93x).
     packing: bool = False
     max_tokens_per_batch: int = 8192
     group_by_length: bool = False  # packing off: batches of samples of similar length (seeded), less padding

@@ -155,3 +155,12 @@ def test_a_packed_rows_known_lengths_are_used_only_while_it_trains() -> None:
         assert _segments(positions[0])[1] == [4, 5]
     cu_seqlens, lengths = _segments(positions[0])
     assert lengths == [3, 4, 2] and cu_seqlens.tolist() == [0, 3, 7, 9]
+
+
+def test_a_jobs_levers_event_says_how_it_batches() -> None:
+    from trainer_service.worker.run import training_levers
+
+    assert training_levers(Hyperparameters(packing=True, max_tokens_per_batch=4096)) == (
+        "training levers: packing on (rows of at most 4096 tokens and 8 samples), gradient checkpointing off")
+    assert training_levers(Hyperparameters(group_by_length=True, gradient_checkpointing=True)) == (
+        "training levers: packing off (batches of 8, grouped by length), gradient checkpointing on")

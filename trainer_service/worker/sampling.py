@@ -97,8 +97,8 @@ class PackedPlan:
 def packed_plan(counts: np.ndarray, hyper: Hyperparameters, world_size: int = 1) -> PackedPlan:
     """Greedy in the epoch's seeded order: each row takes the next samples while they fit the token budget and
     `batch_size` (a sample never waits for a later row, so the order is the unpacked run's; with a budget that
-    `batch_size` samples always fit, the rows are exactly the unpacked run's batches). `max_steps` steps, else as many as
-    cover `epochs` epochs (the last step topped up from the next epoch, as plain batches are)."""
+    `batch_size` samples always fit, the rows are exactly the unpacked run's batches). `max_steps` steps, else
+    as many as cover `epochs` epochs (the last step topped up from the next epoch, as plain batches are)."""
     budget = hyper.max_tokens_per_batch
     if int(counts.max(initial=0)) > budget:
         raise ValueError(f"a sample has {int(counts.max())} tokens, more than max_tokens_per_batch {budget}")
