@@ -39,7 +39,8 @@ def test_a_minted_key_is_random_carries_its_id_and_only_its_hash_is_kept() -> No
     assert key != other and key.startswith("vlmf_") and len(key) > 50
     assert key_id_of(key) == entry.id and entry.sha256 == hashlib.sha256(key.encode()).hexdigest()
     assert key not in json.dumps(entry.__dict__)
-    assert key_id_of("vlmf_nothex_x") is None and key_id_of("sk-123") is None and key_id_of("vlmf_0123456789ab_") is None
+    assert key_id_of("vlmf_nothex_x") is None and key_id_of("sk-123") is None
+    assert key_id_of("vlmf_0123456789ab_") is None
 
 
 def test_the_store_accepts_the_key_and_refuses_wrong_unknown_and_revoked_keys(tmp_path: Path) -> None:
