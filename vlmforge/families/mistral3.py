@@ -31,5 +31,6 @@ MISTRAL3 = ModelFamily(
     projector=r"multi_modal_projector\.(patch_merger\.merging_layer|linear_1|linear_2)",
     language_attention=_TEXT_LAYERS + r"\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
     language_mlp=_TEXT_LAYERS + r"\.mlp\.(gate_proj|up_proj|down_proj)",
+    # vLLM 0.32's Mistral3ForConditionalGeneration has no supports_tower_connector_lora: the module docstring
     vllm_serves_tower_connector_lora=False,
 )
