@@ -52,7 +52,8 @@ def _serving_note(spec: JobSpec, family: ModelFamily) -> str | None:
         language = f"{family.language_attention}|{family.language_mlp}"
         beyond_language = any(not re.search(language, target) for target in hyper.lora_target_modules)
     else:
-        beyond_language = hyper.finetune_vision_layers or hyper.finetune_projector
+        # Gemma 3's projector takes no LoRA: finetune_projector alone leaves the adapter servable there.
+        beyond_language = hyper.finetune_vision_layers or (hyper.finetune_projector and family.projector_takes_lora)
     if not beyond_language:
         return None
     return (f"vLLM serves LoRA only on the language model of {family.name} models: the inference service will refuse "

@@ -32,6 +32,8 @@ def _model_dir(root: Path, model_type: str) -> Path:
     ("mllama", {}, ["does not serve Llama-3.2-Vision"]),
     ("llava", {}, ["serves LoRA only on the language model of llava models"]),  # the tower LoRA note, as before
     ("qwen2_vl", {}, None),
+    ("gemma3", {}, ["serves LoRA only on the language model of gemma3 models"]),
+    ("gemma3", {"finetune_vision_layers": False}, None),  # its projector takes no LoRA: the adapter serves
 ])
 def test_a_job_says_when_created_what_vllm_will_not_serve(model_type: str, switches: dict, said: list[str] | None,
                                                           small_dataset_dir: Path, tmp_path: Path) -> None:
