@@ -364,7 +364,8 @@ def run(promtool: str, tiny_model_dir: Path, small_dataset_dir: Path, tmp_path_f
         inference_start = pool.submit(start_and_wait, [
             "-m", "inference_service", "--base-model", str(tiny_model_dir), "--served-model-name", "tiny",
             "--artifacts-dir", str(state / "artifacts"), "--port", "0", "--api-key", API_KEY,
-            "--drain-timeout-s", "2", "--vllm-args", "--max-num-seqs 8"], directory / "inference.log", INFERENCE_READY)
+            "--drain-timeout-s", "2", "--vllm-args", "--max-num-seqs 8"], directory / "inference.log", INFERENCE_READY,
+            timeout_s=600)  # ~25 s on an idle CI machine; minutes when other work shares its two cores
         inference = trainer = prometheus = None
         try:
             trainer, ready = start_and_wait(
