@@ -2,8 +2,8 @@
 the merged 16-bit model loads as a base model, and the PEFT adapter (LoRA on language and vision layers and
 the projector) loads onto the tiny base, in transformers and through vLLM's `enable_lora`, each answering a
 question about an image (vLLM on its CPU backend; the adapter in vLLM here for Qwen2-VL, through the inference
-service for the other families in tests/e2e/test_model_families_served.py). A family vLLM does not serve at all (Llama-3.2-Vision)
-goes through the transformers half only, and its job is not pushed to an inference service."""
+service for the other families in tests/e2e/test_model_families_served.py). A family vLLM does not serve at all
+(Llama-3.2-Vision) goes through the transformers half only, and its job is not pushed to an inference service."""
 
 from __future__ import annotations
 
