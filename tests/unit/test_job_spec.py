@@ -143,8 +143,8 @@ def test_node_placement_needs_the_kubernetes_launcher(model_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("config", "message"), [
-    ('{"model_type": "llama"}', "model type 'llama' is not supported (supported: idefics3, llava, llava_next, "
-                                "mllama, qwen2_5_vl, qwen2_vl, smolvlm)"),
+    ('{"model_type": "llama"}', "model type 'llama' is not supported (supported: gemma3, idefics3, internvl, llava, "
+                                "llava_next, mistral3, mllama, qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl, smolvlm)"),
     ("{not json", "config.json is not readable JSON"),
 ])
 def test_a_model_of_an_unknown_family_is_refused_up_front(model_dir: Path, config: str, message: str) -> None:
