@@ -48,3 +48,53 @@ def tiny_model_of(small_dataset_dir: Path, tiny_model_dir: Path) -> Callable[[st
                                 dataclasses.replace(QUICK_MODEL, family=family))
 
     return build
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyFineTune:
+    """A finished trainer job on a tiny family model: its store and state directory (artifacts under
+    `state_dir / "artifacts"`), its id, and the fine-tunes the worker pushed to the inference service."""
+
+    store: object
+    state_dir: Path
+    job_id: str
+    pushed: tuple[str, ...]
+
+
+@pytest.fixture(scope="session")
+def family_fine_tune(tiny_model_of, small_dataset_dir: Path, tmp_path_factory) -> Callable[[str], FamilyFineTune]:
+    """One fine-tune per family a session, shared by the artifact tests and the served-family tests (a job with
+    evaluation before and after costs 10-30 s on CI's CPU; training it once per module doubled that). LoRA on
+    the vision tower and projector where the adapter still serves them: in vLLM where it takes them, in
+    transformers (any LoRA) for a family vLLM does not serve; else the language model only."""
+    from trainer_service.domain import JobStatus
+    from trainer_service.job_spec import Hyperparameters, JobSpec
+    from trainer_service.jobs import JobService
+    from trainer_service.store import JobStore
+    from trainer_service.worker.run import run_job
+    from vlmforge.families import family_for_model_dir
+
+    class PushRecorder:  # stands in for the InferenceNotifier: which fine-tunes the worker pushes
+        def __init__(self):
+            self.pushed: list[str] = []
+
+        def notify(self, job_id: str, name: str) -> bool:
+            self.pushed.append(name)
+            return True
+
+    @functools.cache
+    def fine_tune(family_name: str) -> FamilyFineTune:
+        base_dir = tiny_model_of(family_name)
+        family = family_for_model_dir(base_dir)
+        towers = family.vllm_serves_tower_connector_lora or not family.vllm_serves
+        state = tmp_path_factory.mktemp(f"fine-tune-{family_name}")
+        store = JobStore(state / "jobs.sqlite3")
+        spec = JobSpec(str(base_dir), str(small_dataset_dir / "train.jsonl"), hyperparameters=Hyperparameters(
+            max_steps=3, batch_size=2, learning_rate=1e-3, finetune_vision_layers=towers, finetune_projector=towers))
+        job = JobService(store).create(spec)
+        store.transition(job.id, JobStatus.RUNNING, "running in the test process")
+        recorder = PushRecorder()
+        run_job(store, job.id, state, notifier=recorder)
+        return FamilyFineTune(store, state, job.id, tuple(recorder.pushed))
+
+    return fine_tune

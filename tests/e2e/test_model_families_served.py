@@ -42,17 +42,14 @@ def _served_families() -> list:
 
 
 @pytest.fixture(scope="module", params=_served_families())
-def served_family(request, tiny_model_of, small_dataset_dir: Path, tmp_path_factory):
+def served_family(request, tiny_model_of, family_fine_tune, small_dataset_dir: Path):
     """(base URL, servable adapter, job store, id of a job with LoRA on every layer) of a running inference
-    service over fresh fine-tunes of the family."""
+    service over fine-tunes of the family: the session's shared one (tests/conftest.py; tower and projector
+    LoRA where vLLM serves them) and, where vLLM does not, one more with LoRA on every layer."""
     base_dir = tiny_model_of(request.param)
-    state = tmp_path_factory.mktemp(f"state-{request.param}")
-    store = JobStore(state / "jobs.sqlite3")
+    shared = family_fine_tune(request.param)
+    store, state, servable = shared.store, shared.state_dir, shared.job_id
     towers = family_for_model_dir(base_dir).vllm_serves_tower_connector_lora
-    servable = _fine_tune(store, state, base_dir, small_dataset_dir, finetune_vision_layers=towers,
-                          finetune_projector=towers)
-    # LoRA on every layer is what `servable` already has where vLLM serves tower and projector LoRA: train it
-    # again only where it differs (a fine-tune less per such family on CI).
     every_layer = servable if towers else _fine_tune(store, state, base_dir, small_dataset_dir)
     log = state / "inference.log"
     process, ready = start_and_wait(

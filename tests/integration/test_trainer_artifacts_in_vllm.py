@@ -14,11 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from trainer_service.domain import JobStatus
-from trainer_service.job_spec import Hyperparameters, JobSpec
-from trainer_service.jobs import JobService
-from trainer_service.store import JobStore
-from trainer_service.worker.run import run_job
 from vlmforge.data import load_dataset
 from vlmforge.families import ModelFamily, family_for_model_dir
 from vlmforge.tiny_model.build import FAMILIES as TINY_FAMILIES
@@ -28,8 +23,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=TINY_FAMILIES)
-def base_model_dir(request, tiny_model_of) -> Path:
-    return tiny_model_of(request.param)
+def family_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def base_model_dir(family_name: str, tiny_model_of) -> Path:
+    return tiny_model_of(family_name)
 
 
 def _trains_towers(family: ModelFamily) -> bool:
@@ -38,31 +38,13 @@ def _trains_towers(family: ModelFamily) -> bool:
     return family.vllm_serves_tower_connector_lora or not family.vllm_serves
 
 
-class _PushRecorder:
-    """Stands in for the InferenceNotifier: which fine-tunes the worker pushes to the inference service."""
-
-    def __init__(self):
-        self.pushed: list[str] = []
-
-    def notify(self, job_id: str, name: str) -> bool:
-        self.pushed.append(name)
-        return True
-
-
 @pytest.fixture(scope="module")
-def finished_job(base_model_dir: Path, small_dataset_dir: Path, tmp_path_factory) -> tuple[Path, Path, list[str]]:
-    """(adapter, merged model, the fine-tunes pushed to the inference service)."""
-    state = tmp_path_factory.mktemp("trainer-state")
-    store = JobStore(state / "jobs.sqlite3")
-    towers = _trains_towers(family_for_model_dir(base_model_dir))
-    spec = JobSpec(str(base_model_dir), str(small_dataset_dir / "train.jsonl"), hyperparameters=Hyperparameters(
-        max_steps=3, batch_size=2, learning_rate=1e-3, finetune_vision_layers=towers, finetune_projector=towers))
-    job = JobService(store).create(spec)
-    store.transition(job.id, JobStatus.RUNNING, "running in the test process")
-    recorder = _PushRecorder()
-    run_job(store, job.id, state, notifier=recorder)
-    result = store.get_job(job.id).result
-    return Path(result["adapter_path"]), Path(result["merged_model_path"]), recorder.pushed
+def finished_job(family_name: str, family_fine_tune) -> tuple[Path, Path, tuple[str, ...]]:
+    """(adapter, merged model, the fine-tunes pushed to the inference service) of the session's fine-tune of the
+    family (tests/conftest.py: LoRA on the towers and projector as `_trains_towers` says)."""
+    fine_tune = family_fine_tune(family_name)
+    result = fine_tune.store.get_job(fine_tune.job_id).result
+    return Path(result["adapter_path"]), Path(result["merged_model_path"]), fine_tune.pushed
 
 
 @pytest.fixture()
@@ -114,7 +96,7 @@ def test_both_answer_in_transformers(finished_job, base_model_dir: Path, small_d
         expected = _trains_towers(family) or part.startswith("language")
         expected = expected and (part != "projector" or family.projector_takes_lora)  # Gemma 3's: no linear layer
         assert any(re.search(getattr(family, part) + "$", name) for name in adapted) == expected, part
-    assert pushed == ([merged.parent.name] if family.vllm_serves else [])
+    assert list(pushed) == ([merged.parent.name] if family.vllm_serves else [])
 
 
 @pytest.mark.parametrize("tiny_family", TINY_FAMILIES)
