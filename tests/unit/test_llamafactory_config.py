@@ -140,7 +140,8 @@ def test_evaluation_follows_the_eval_strategy(tmp_path, data_dir) -> None:
 
 def test_every_key_is_accounted_for_even_when_null(tmp_path, data_dir) -> None:
     nulls = {key: None for key in ("quantization_bit", "eval_dataset", "lr_scheduler_type", "lora_alpha", "max_steps",
-                                   "val_size", "eval_strategy", "eval_steps", "seed", "report_to")}
+                                   "val_size", "eval_strategy", "eval_steps", "seed", "report_to", "packing",
+                                   "neat_packing")}
     migration = migrate(_yaml(tmp_path, dataset="mllm_demo", dataset_dir=str(data_dir), **nulls))
     accounted = set(migration.mapped) | set(migration.no_effect) | set(migration.unsupported)
     assert set(yaml.safe_load(QWEN2VL_LORA_SFT)) | set(nulls) <= accounted
@@ -179,3 +180,20 @@ def test_the_cli_refuses_unsupported_keys_before_calling_the_trainer(tmp_path, d
     assert code == 2
     assert "keys this trainer cannot honor: image_max_pixels" in output and "--ignore-unsupported" in output
     assert "mapped: lora_rank -> hyperparameters.lora_rank" in output
+
+
+@pytest.mark.parametrize(("flags", "packing"), [
+    ({"packing": True}, True), ({"neat_packing": True}, True), ({"packing": True, "neat_packing": True}, True),
+    ({"packing": False, "neat_packing": False}, False)])
+def test_packing_maps_to_the_trainers_neat_packing_in_rows_of_cutoff_len(tmp_path, data_dir, flags, packing) -> None:
+    migration = migrate(_yaml(tmp_path, dataset="mllm_demo", dataset_dir=str(data_dir), **flags))
+    hyper = migration.create_kwargs["hyperparameters"]
+    assert hyper["packing"] is packing and set(flags) <= set(migration.mapped)
+    assert hyper.get("max_tokens_per_batch") == (2048 if packing else None)  # the example's cutoff_len
+    validated = hyperparameters_from_pb(_convert.hyperparameters_to_pb(hyper)).validated()
+    assert validated.packing is packing
+
+
+def test_a_packing_flag_that_is_not_a_boolean_fails_naming_the_key(tmp_path, data_dir) -> None:
+    with pytest.raises(LlamaFactoryConfigError, match="neat_packing: 'yes': expected true or false"):
+        migrate(_yaml(tmp_path, dataset="mllm_demo", dataset_dir=str(data_dir), neat_packing="yes"))

@@ -244,6 +244,7 @@ class _Builder:
             else:
                 self.hyper["scheduler"] = _SCHEDULERS[scheduler]
                 self.mapped["lr_scheduler_type"] = "hyperparameters.scheduler"
+        self._packing()
         absent = "disable_gradient_checkpointing" not in self.config
         disabled = self.config.pop("disable_gradient_checkpointing", False)
         if not isinstance(disabled, bool):
@@ -251,6 +252,33 @@ class _Builder:
         self.hyper["gradient_checkpointing"] = not disabled
         self.mapped["disable_gradient_checkpointing"] = (f"hyperparameters.gradient_checkpointing = {not disabled}"
                                                          + (_DEFAULT if absent else ""))
+
+    def _packing(self) -> None:
+        """`packing` / `neat_packing`: LLaMA-Factory packs samples into rows of cutoff_len tokens; with plain
+        `packing` they attend to each other, with `neat_packing` each attends to itself. The trainer packs only
+        the neat way, so either asks for its `packing`, rows of at most cutoff_len tokens."""
+        flags = {}
+        for key in ("packing", "neat_packing"):
+            if key not in self.config:
+                continue
+            value = self.config.pop(key)
+            if value is None:
+                self.no_effect[key] = "null: the trainer's default (no packing)"
+                continue
+            if not isinstance(value, bool):
+                self.fail(key, f"{value!r}: expected true or false")
+            flags[key] = value
+        if not flags:
+            return
+        packing = any(flags.values())
+        self.hyper["packing"] = packing
+        rows = ""
+        if packing and "max_sequence_length" in self.hyper:
+            self.hyper["max_tokens_per_batch"] = self.hyper["max_sequence_length"]
+            rows = f", max_tokens_per_batch = {self.hyper['max_tokens_per_batch']} (cutoff_len)"
+        neat = " (attention inside each sample, as neat_packing)" if packing else ""
+        for key in flags:
+            self.mapped[key] = f"hyperparameters.packing = {packing}{neat}{rows}"
 
     def _evaluation(self) -> None:
         if "val_size" in self.config:
