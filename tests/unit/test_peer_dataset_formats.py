@@ -478,3 +478,60 @@ def test_inspect_with_a_huge_max_records_streams_the_whole_file(tmp_path: Path) 
     assert (summary.records_checked, summary.complete) == (40, True)
     assert (inspect_dataset(path, max_records=40).complete, inspect_dataset(path, max_records=39).complete) == (True,
                                                                                                                 False)
+
+
+def _outside_shard(tmp_path: Path) -> Path:
+    """Someone else's data beside the dataset directory (with --data-root: another project's)."""
+    (tmp_path / "other").mkdir()
+    pq.write_table(_chartqa_table([("red", "Secret?", "red")]), tmp_path / "other" / "train-00000-of-00001.parquet")
+    return tmp_path / "other" / "train-00000-of-00001.parquet"
+
+
+def test_a_parquet_shard_or_data_folder_linked_out_of_the_dataset_is_refused(tmp_path: Path) -> None:
+    outside = _outside_shard(tmp_path)
+    linked_shard = tmp_path / "shard-link"
+    (linked_shard / "data").mkdir(parents=True)
+    (linked_shard / "data" / "train-00000-of-00001.parquet").symlink_to(outside)
+    assert _error(linked_shard).endswith("is a link to a file outside the dataset directory")
+    linked_folder = tmp_path / "folder-link"
+    linked_folder.mkdir()
+    (linked_folder / "data").symlink_to(outside.parent, target_is_directory=True)
+    assert _error(linked_folder).endswith("is a link to a file outside the dataset directory")
+    inside = tmp_path / "inside"  # a link that stays inside is fine
+    (inside / "data").mkdir(parents=True)
+    pq.write_table(_chartqa_table([("red", "Mine?", "red")]), inside / "real.parquet.bak")
+    (inside / "data" / "train-00000-of-00001.parquet").symlink_to(inside / "real.parquet.bak")
+    assert load_dataset(inside)[0].question == "Mine?"
+
+
+def test_a_save_to_disk_file_or_split_linked_out_of_the_dataset_is_refused(tmp_path: Path) -> None:
+    import datasets
+
+    saved = tmp_path / "other" / "saved"
+    datasets.Dataset.from_dict({"image": [Image.new("RGB", (28, 28), "red")], "question": ["Secret?"],
+                                "answer": ["red"]},
+                               features=datasets.Features({"image": datasets.Image(), "question": datasets.Value(
+                                   "string"), "answer": datasets.Value("string")})).save_to_disk(saved)
+    arrow = next(saved.glob("data-*.arrow"))
+    linked = tmp_path / "mine"
+    linked.mkdir()
+    (linked / "state.json").write_text((saved / "state.json").read_text())
+    (linked / "dataset_info.json").write_text((saved / "dataset_info.json").read_text())
+    (linked / arrow.name).symlink_to(arrow)
+    assert "names a data file" in _error(linked)
+    split_linked = tmp_path / "dict"
+    split_linked.mkdir()
+    _write_json(split_linked / "dataset_dict.json", {"splits": ["train"]})
+    (split_linked / "train").symlink_to(saved, target_is_directory=True)
+    assert "names a data file" in _error(split_linked)
+
+
+def test_a_llamafactory_folder_whose_file_links_out_is_refused(llamafactory_data: Path, tmp_path: Path) -> None:
+    outside = _write_json(tmp_path / "other" / "secret.json", MLLM_DEMO)
+    (llamafactory_data / "folder").mkdir()
+    (llamafactory_data / "folder" / "part-0.json").symlink_to(outside)
+    info = json.loads((llamafactory_data / "dataset_info.json").read_text())
+    info["linked"] = {**MLLM_DEMO_INFO["mllm_demo"], "file_name": "folder"}
+    _write_json(llamafactory_data / "dataset_info.json", info)
+    message = _error(llamafactory_data / "dataset_info.json", dataset_name="linked")
+    assert "a file in 'folder' is a link that leaves the dataset directory" in message

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .confine import resolved_inside
 from .errors import DatasetFormatError
 from .readers import RecordFile, record_file
 
@@ -74,11 +75,11 @@ def _saved_dataset_dict(path: Path, split: str | None) -> Source:
     except (ValueError, KeyError, TypeError):
         raise DatasetFormatError(path / "dataset_dict.json", "is not a datasets DatasetDict description") from None
     chosen = _choose_split(path, present, split)
-    return Source(_saved_dataset_files(path / chosen), path / chosen,
+    return Source(_saved_dataset_files(path / chosen, root=path), path / chosen,
                   f"split {chosen} of a DatasetDict saved with save_to_disk (splits: {', '.join(present)})")
 
 
-def _saved_dataset_files(path: Path) -> tuple[RecordFile, ...]:
+def _saved_dataset_files(path: Path, root: Path | None = None) -> tuple[RecordFile, ...]:
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         names = [entry["filename"] for entry in state["_data_files"]]
@@ -89,7 +90,8 @@ def _saved_dataset_files(path: Path) -> tuple[RecordFile, ...]:
     files = []
     for name in names:
         shard = path / name
-        if Path(name).is_absolute() or ".." in Path(name).parts or not shard.is_file():
+        inside = resolved_inside(root or path, shard)
+        if Path(name).is_absolute() or ".." in Path(name).parts or inside is None or not shard.is_file():
             raise DatasetFormatError(path / "state.json", f"names a data file {name!r} that is not in the directory")
         files.append(record_file(shard))
     return tuple(files)
@@ -102,7 +104,11 @@ def _find_shards(path: Path) -> list[Path]:
     for child in path.iterdir():
         if child.is_dir() and (child.name in ("data", "default") or canonical_split(child.name) in _SPLIT_KEYWORDS):
             found.update(child.rglob("*.parquet"))
-    return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(path).parts))
+    shards = sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(path).parts))
+    for shard in shards:
+        if resolved_inside(path, shard) is None:
+            raise DatasetFormatError(shard, "is a link to a file outside the dataset directory")
+    return shards
 
 
 def _shard_split(root: Path, shard: Path) -> str:

@@ -10,11 +10,11 @@ conversations). `tags` likewise replace all tags at once. What this trainer cann
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .alpaca import AlpacaLayout
+from .confine import resolved_inside
 from .errors import DatasetFormatError
 from .readers import JSON_SUFFIXES, TABLE_SUFFIXES
 from .sharegpt import ShareGptLayout
@@ -133,15 +133,16 @@ def _sharegpt(columns: dict | None, tags: dict | None, origin: str, fail) -> Sha
 def _files(dataset_dir: Path, file_name: object, fail) -> tuple[Path, ...]:
     if not isinstance(file_name, str) or not file_name:
         raise fail("file_name must be a non-empty string")
-    root = os.path.realpath(dataset_dir)
-    target = Path(os.path.realpath(dataset_dir / file_name))
-    if str(target) != root and not str(target).startswith(root.rstrip(os.sep) + os.sep):
+    target = resolved_inside(dataset_dir, dataset_dir / file_name)
+    if target is None:
         raise fail(f"file_name {file_name!r} leaves the dataset directory")
     if target.is_file():
         return (target,)
     if not target.is_dir():
         raise fail(f"file_name {file_name!r} does not exist in {dataset_dir}")
     files = sorted(p for p in target.iterdir() if p.is_file() and not p.name.startswith("."))
+    if any(resolved_inside(dataset_dir, p) is None for p in files):
+        raise fail(f"a file in {file_name!r} is a link that leaves the dataset directory")
     suffixes = {p.suffix.lower() for p in files}
     if not files:
         raise fail(f"file_name {file_name!r} is an empty folder")
