@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import kubernetes_validate
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from trainer_service import cli, healthcheck
 from trainer_service.auth.keys import KeyStore, mint_key, write_key_file
@@ -170,6 +171,12 @@ def test_files_that_cannot_be_used_are_named_at_start_up(pki, tmp_path: Path) ->
     not_pem = pki.write("garbage.crt", b"hello")
     with pytest.raises(TlsFilesError, match="--tls-client-ca"):
         ServerTls(pki.cert_file, pki.key_file, not_pem).credentials()
+    # An encrypted key would make OpenSSL ask for its passphrase on the terminal: refused with a line instead.
+    encrypted = pki.write("encrypted.key", serialization.load_pem_private_key(pki.key_file.read_bytes(), None)
+                          .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(b"passphrase")))
+    with pytest.raises(TlsFilesError, match="the key is encrypted"):
+        ServerTls(pki.cert_file, encrypted).credentials()
 
 
 def test_the_api_key_goes_out_on_every_call_and_on_the_reconnected_stream(pki, store, monkeypatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -55,7 +56,7 @@ def test_the_store_accepts_the_key_and_refuses_wrong_unknown_and_revoked_keys(tm
     assert store.key_count == 1
 
 
-def test_a_changed_file_is_picked_up_and_a_broken_one_keeps_the_last_good_keys(tmp_path: Path) -> None:
+def test_a_changed_file_is_picked_up_and_a_broken_one_keeps_the_last_good_keys(tmp_path: Path, caplog) -> None:
     path = tmp_path / "keys.json"
     first, second = "vlmf_0123456789ab_first", "vlmf_ba9876543210_second"
     _write(path, [_entry(first, "0123456789ab")])
@@ -64,9 +65,13 @@ def test_a_changed_file_is_picked_up_and_a_broken_one_keeps_the_last_good_keys(t
     _write(path, [_entry(second, "ba9876543210")])  # rewritten in place: the size and mtime change
     assert store.authenticate(second) and not store.authenticate(first)
     path.write_text('{"keys": [')  # half-written
-    assert store.authenticate(second)
+    with caplog.at_level(logging.ERROR, logger="trainer_service.auth.keys"):
+        assert store.authenticate(second) and store.authenticate(second)
+    assert len([r for r in caplog.records if "not reloaded" in r.getMessage()]) == 1  # once per version
+    _write(path, [_entry(first, "0123456789ab")])  # fixed: read again
+    assert store.authenticate(first) and not store.authenticate(second)
     os.replace(tmp_path / "keys.json", tmp_path / "gone.json")
-    assert store.authenticate(second)  # a missing file changes nothing either
+    assert store.authenticate(first)  # a missing file changes nothing either
 
 
 @pytest.mark.parametrize(("document", "words"), [

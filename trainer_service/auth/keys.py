@@ -161,6 +161,7 @@ class KeyStore:
         self.reload_interval_s = reload_interval_s
         self._lock = threading.Lock()
         self._signature = self._stat()
+        self._failed_signature: tuple[int, int, int] | None = (-1, -1, -1)  # no version has failed yet
         self._keys = read_key_file(path)  # at start-up a bad file is fatal: KeyFileError
         self._checked_at = time.monotonic()
 
@@ -194,13 +195,15 @@ class KeyStore:
                 return
             self._checked_at = now
             signature = self._stat()
-            if signature == self._signature:
+            if signature in (self._signature, self._failed_signature):
                 return
             try:
                 keys = read_key_file(self.path)
             except KeyFileError as err:
                 # A file being rewritten in place may be read half-written: keep the last good keys and look
-                # again next interval (write_key_file and Secret updates replace the file atomically).
+                # again when it changes (write_key_file and Secret updates replace the file atomically). A
+                # missing file also keeps them: deleting it revokes nothing. Logged once per version of the file.
+                self._failed_signature = signature
                 logger.error("API key file not reloaded, still using the previous keys: %s", err)
                 return
             self._signature, self._keys = signature, keys

@@ -128,7 +128,8 @@ def _check(tls: ServerTls) -> None:
     """The key matches the certificate and every file parses: Python's ssl module reads the same PEM files."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(tls.cert_path, tls.key_path)
+        # An encrypted key would make OpenSSL prompt on the terminal; gRPC cannot use one anyway.
+        context.load_cert_chain(tls.cert_path, tls.key_path, password=lambda: _encrypted(tls))
     except ssl.SSLError as error:
         raise TlsFilesError(f"--tls-cert {tls.cert_path} / --tls-key {tls.key_path}: {_reason(error)}") from None
     except OSError as error:
@@ -138,6 +139,11 @@ def _check(tls: ServerTls) -> None:
             context.load_verify_locations(cafile=tls.client_ca_path)
         except (ssl.SSLError, OSError) as error:
             raise TlsFilesError(f"--tls-client-ca {tls.client_ca_path}: {_reason(error)}") from None
+
+
+def _encrypted(tls: ServerTls) -> bytes:
+    raise TlsFilesError(f"--tls-key {tls.key_path}: the key is encrypted; give an unencrypted PEM key (gRPC reads "
+                        "no passphrase)")
 
 
 def _reason(error: Exception) -> str:
