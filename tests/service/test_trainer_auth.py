@@ -339,6 +339,19 @@ def test_upload_quota_trips_at_the_limit_and_frees_when_a_file_is_deleted(traine
     trainer.files.DeleteFile(fpb.DeleteFileRequest(id=again.id), metadata=b)
 
 
+def test_deleting_a_file_an_admin_job_uses_does_not_name_that_job(trainer) -> None:
+    line = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+    stored = _upload(trainer, trainer.keys.a, line * 8, "admin-uses.jsonl")
+    job = _create(trainer, trainer.keys.admin, training_file=stored.id)
+    try:
+        code, details = _refused(lambda: trainer.files.DeleteFile(fpb.DeleteFileRequest(id=stored.id),
+                                                                   metadata=_bearer(trainer.keys.a)))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "1 job(s)" in details and job.id not in details
+    finally:
+        trainer.jobs.CancelFineTuningJob(pb.CancelFineTuningJobRequest(id=job.id), metadata=_bearer(trainer.keys.admin))
+    trainer.files.DeleteFile(fpb.DeleteFileRequest(id=stored.id), metadata=_bearer(trainer.keys.a))
+
+
 def test_paths_outside_the_roots_are_refused_without_saying_what_exists(trainer, tiny_model_dir: Path) -> None:
     keys = trainer.keys
     root_a = trainer.data_root / "team-a"

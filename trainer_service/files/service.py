@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..domain import OPEN_CALLER, Caller, JobStatus
+from ..domain import OPEN_CALLER, Caller, Job, JobStatus
 from ..errors import FailedPreconditionError, JobNotFoundError, QuotaExceededError, StoredFileNotFoundError
 from .archive import ArchiveLimits, archive_kind, extract_archive
 from .artifacts import TarStream, artifact_dirs
@@ -218,18 +218,20 @@ class FileService:
         project's quota."""
         stored = self.get(file_id, caller)
         if users := self._active_jobs_using(file_id):
-            raise FailedPreconditionError(f"file {file_id} is used by {', '.join(users)} "
+            # Only the caller's own jobs by id: an admin's job on the file is none of the project's business.
+            named = [job.id for job in users if caller.can_see(job.project)] or [f"{len(users)} job(s)"]
+            raise FailedPreconditionError(f"file {file_id} is used by {', '.join(named)} "
                                           "(validating files, queued or running); cancel it or wait for it to end")
         with self._commit_lock:
             deleted = self._records.delete(file_id)
             shutil.rmtree(self._blob_dir(stored.project, stored.sha256), ignore_errors=True)
         return deleted
 
-    def _active_jobs_using(self, file_id: str) -> list[str]:
+    def _active_jobs_using(self, file_id: str) -> list[Job]:
         users, token = [], ""
         while True:
             jobs, token = self._jobs.list_jobs(_ACTIVE_JOB_STATUSES, page_size=200, page_token=token)
-            users += [job.id for job in jobs if file_id in (job.spec.get(key) for key in _JOB_FILE_FIELDS)]
+            users += [job for job in jobs if file_id in (job.spec.get(key) for key in _JOB_FILE_FIELDS)]
             if not token:
                 return users
 
