@@ -40,6 +40,8 @@ def rope_index_of(model):
 
 def pack_batch(batch: dict[str, torch.Tensor], rope_index) -> dict[str, torch.Tensor]:
     """One row of the batch's real tokens, with per-sample position ids and no attention mask (CPU tensors)."""
+    if "pixel_values_videos" in batch:  # their M-RoPE needs video_grid_thw and the frame timing, not passed here
+        raise ValueError("a packed batch holds a video: packing takes image samples only")
     mask = batch["attention_mask"].bool()
     lengths = mask.sum(dim=1)
     mrope, _ = rope_index(input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
