@@ -89,7 +89,10 @@ def test_each_family_labels_its_answers_trains_and_answers_in_transformers(famil
     for row, sample in enumerate(samples):
         labelled = [t for t in batch["labels"][row].tolist() if t != -100]
         # LLaVA's and Idefics3's headers are followed by a space that the answer's first token carries
-        assert processor.decode(labelled).lstrip() == sample.reference_answer + model_family.turn_end
+        decoded = processor.decode(labelled).lstrip()
+        if model_family.name == "qwen3_5":  # its template opens the answer with an empty think block, labelled too
+            decoded = decoded.removeprefix("<think>\n\n</think>\n\n")
+        assert decoded == sample.reference_answer + model_family.turn_end
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)
     assert [a.question for a in answers] == [s.question for s in samples]
