@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from .domain import ALLOWED_TRANSITIONS, Job, JobError, JobEvent, JobStatus
 from .errors import InvalidTransitionError, JobNotFoundError, QuotaExceededError
 from .paging import newest_first, page_and_token
+from .sqlite_rebuild import rebuild_with_column
 
 # A job belongs to a project (its API key's; "" without keys); client_request_id is unique within a project.
 _JOBS_TABLE = """
@@ -375,21 +376,9 @@ def _add_report_ids(db: sqlite3.Connection) -> None:
 
 def _add_projects(db: sqlite3.Connection) -> None:
     """Job stores written before projects existed get the column, every job in project "", and lose the global
-    UNIQUE on client_request_id for one per project. SQLite cannot drop a constraint in place: the table is
-    rebuilt (its documented create-copy-drop-rename procedure), in one transaction."""
-    if "project" not in {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if "project" not in {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}:
-                db.execute(_JOBS_TABLE.replace("{name}", "jobs_with_projects"))
-                db.execute(f"INSERT INTO jobs_with_projects ({_JOB_COLUMNS}) SELECT {_JOB_COLUMNS} FROM jobs")
-                db.execute("DROP TABLE jobs")
-                db.execute("ALTER TABLE jobs_with_projects RENAME TO jobs")
-                db.execute("CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at)")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    UNIQUE on client_request_id for one per project."""
+    rebuild_with_column(db, "jobs", "project", _JOBS_TABLE, _JOB_COLUMNS,
+                        ("CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at)",))
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_request ON jobs (project, client_request_id)"
                " WHERE client_request_id IS NOT NULL")
     db.execute("CREATE INDEX IF NOT EXISTS jobs_by_project ON jobs (project, status)")

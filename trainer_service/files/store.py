@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import StoredFileNotFoundError
 from ..paging import newest_first, page_and_token
+from ..sqlite_rebuild import rebuild_with_column
 from .models import FILE_ID_PREFIX, FilePurpose, FileStatus, StoredFile
 
 # One row per (project, content): the same bytes uploaded by two projects are two files, neither visible to the
@@ -128,20 +129,9 @@ class FileRecords:
 
 def _add_projects(db: sqlite3.Connection) -> None:
     """File tables written before projects existed: every file goes to project "", and sha256 becomes unique per
-    project. SQLite cannot drop the old UNIQUE in place, so the table is rebuilt in one transaction."""
-    if "project" in {row["name"] for row in db.execute("PRAGMA table_info(files)")}:
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        db.execute(_FILES_TABLE.format(name="files_with_projects"))
-        db.execute(f"INSERT INTO files_with_projects ({_FILE_COLUMNS}) SELECT {_FILE_COLUMNS} FROM files")
-        db.execute("DROP TABLE files")
-        db.execute("ALTER TABLE files_with_projects RENAME TO files")
-        db.execute("CREATE INDEX IF NOT EXISTS files_by_created ON files (created_at DESC, id DESC)")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+    project."""
+    rebuild_with_column(db, "files", "project", _FILES_TABLE, _FILE_COLUMNS,
+                        ("CREATE INDEX IF NOT EXISTS files_by_created ON files (created_at DESC, id DESC)",))
 
 
 def _stored(row: sqlite3.Row) -> StoredFile:
