@@ -1,11 +1,16 @@
 """Training checkpoints a killed worker resumes from: LoRA weights, optimizer and scheduler state, RNG state
 and the step. Tensors go to safetensors and the rest to JSON; nothing is pickled. Each checkpoint is written
-aside and renamed into place, so a kill mid-write leaves the previous one intact."""
+aside and renamed into place, so a kill mid-write leaves the previous one intact.
+
+A sharded (FSDP) job writes its LoRA weights and optimizer state with torch.distributed.checkpoint instead, each
+rank its own shards (`sharded/`), and rank 0 the rest; the whole adapter is still written once by rank 0
+(`adapter/`), so a checkpoint's adapter loads the same way whichever strategy trained it."""
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +19,10 @@ from safetensors.torch import load_file, save_file
 
 from vlmforge.build_cache import built_atomically
 
+from .distributed import Ranks
+
 STEP_PREFIX = "step-"
+SHARDED_DIR = "sharded"  # torch.distributed.checkpoint's files: LoRA weights and optimizer state, by shard
 
 
 @dataclass(frozen=True)
@@ -29,8 +37,14 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
     return Checkpoint(*steps[-1]) if steps else None
 
 
-def save_checkpoint(root: Path, step: int, peft_model, optimizer, scheduler, losses: list[float]) -> Checkpoint:
+def save_checkpoint(root: Path, step: int, peft_model, optimizer, scheduler, losses: list[float],
+                    ranks: Ranks = Ranks()) -> Checkpoint:
+    """Called by every rank; rank 0 writes (with a sharded model every rank writes its shards)."""
     target = Path(root) / f"{STEP_PREFIX}{step:08d}"
+    if ranks.shards_model:
+        return _save_sharded(target, step, peft_model, optimizer, scheduler, losses, ranks)
+    if not ranks.is_main:
+        return Checkpoint(step, target)
     with built_atomically(target) as staging:
         peft_model.save_pretrained(staging / "adapter")
         tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
@@ -44,21 +58,82 @@ def save_checkpoint(root: Path, step: int, peft_model, optimizer, scheduler, los
     return Checkpoint(step, target)
 
 
-def restore_checkpoint(checkpoint: Checkpoint, peft_model, optimizer, scheduler) -> list[float]:
+def restore_checkpoint(checkpoint: Checkpoint, peft_model, optimizer, scheduler, ranks: Ranks = Ranks()) -> list[float]:
     """Loads everything back; returns the loss history up to the checkpoint."""
     from peft import set_peft_model_state_dict
 
-    set_peft_model_state_dict(peft_model, load_file(checkpoint.path / "adapter" / "adapter_model.safetensors"))
     state = json.loads((checkpoint.path / "state.json").read_text())
     tensors = load_file(checkpoint.path / "optimizer_and_rng.safetensors")
+    written_sharded = (checkpoint.path / SHARDED_DIR).is_dir()
+    if written_sharded != ranks.shards_model:
+        raise ValueError(f"{checkpoint.path} was written {'with' if written_sharded else 'without'} FSDP and this "
+                         f"run {'shards' if ranks.shards_model else 'does not shard'} the model: resume with the "
+                         "placement (strategy, GPU count) the job started with")
+    if ranks.shards_model:
+        _load_sharded(checkpoint.path / SHARDED_DIR, peft_model, optimizer)
+    else:
+        set_peft_model_state_dict(peft_model, load_file(checkpoint.path / "adapter" / "adapter_model.safetensors"))
     torch.set_rng_state(tensors.pop("rng.torch"))
     cuda_states = [tensors.pop(f"rng.cuda.{index}") for index in range(_count_prefixed(tensors, "rng.cuda."))]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+    if not ranks.shards_model:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     random.setstate(_as_tuples(state["python_random"]))
     return state["losses"]
+
+
+def _save_sharded(target: Path, step: int, peft_model, optimizer, scheduler, losses: list[float],
+                  ranks: Ranks) -> Checkpoint:
+    """Every rank writes its shards into one staging directory beside `target` (the same path on every rank:
+    the state directory is shared by the job's processes), then rank 0 adds the rest and renames it in."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from .fsdp import full_adapter_state
+
+    staging = target.parent / f".{target.name}-sharded"
+    if ranks.is_main:
+        shutil.rmtree(staging, ignore_errors=True)  # a killed run's leftovers
+        staging.mkdir(parents=True)
+    ranks.barrier()
+    model_state, optimizer_state = get_state_dict(peft_model, optimizer, options=_sharded_options())
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=staging / SHARDED_DIR)
+    adapter = full_adapter_state(peft_model)
+    if ranks.is_main:
+        peft_model.save_pretrained(staging / "adapter", state_dict=adapter)
+        tensors = {"rng.torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            tensors.update({f"rng.cuda.{index}": state for index, state in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(tensors, staging / "optimizer_and_rng.safetensors")
+        state = {"step": step, "optimizer": {"param_groups": [], "scalars": {}},
+                 "scheduler": _json_safe(scheduler.state_dict()), "python_random": _json_safe(random.getstate()),
+                 "losses": losses}
+        (staging / "state.json").write_text(json.dumps(state))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    ranks.barrier()
+    return Checkpoint(step, target)
+
+
+def _load_sharded(directory: Path, peft_model, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(peft_model, optimizer, options=_sharded_options())
+    loaded = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(loaded, checkpoint_id=directory)
+    set_state_dict(peft_model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"],
+                   options=_sharded_options())
+
+
+def _sharded_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Only the adapters: the frozen base is the model directory's, loaded again on resume.
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
 def _count_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> int:
