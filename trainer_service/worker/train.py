@@ -116,7 +116,7 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
     start_step = 0
     resumed = latest_checkpoint(checkpoint_dir)
     if resumed is not None:
-        losses = restore_checkpoint(resumed, peft_model, optimizer, scheduler)
+        losses = restore_checkpoint(resumed, peft_model, optimizer, scheduler, ranks)
         start_step = resumed.step
 
     backend.for_training(peft_model)
@@ -162,20 +162,20 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
         done = step + 1
         elapsed = time.perf_counter() - started
         rate = (done - start_step) / elapsed if elapsed > 0 else 0.0
-        if not ranks.is_main:
-            continue
-        samples_done = plan.samples_before(done)
-        on_progress(Progress(
-            step=done, total_steps=steps, loss=step_loss, learning_rate=scheduler.get_last_lr()[0],
-            samples_per_second=(samples_done - plan.samples_before(start_step)) / elapsed if elapsed > 0 else 0.0,
-            eta_seconds=(steps - done) / rate if rate else 0.0,
-            epoch=samples_done / len(train_set),
-            tokens_per_second=tokens_seen / elapsed if elapsed > 0 else 0.0,
-            step_seconds=time.perf_counter() - step_started,
-        ))
-        if done % hyper.checkpoint_every_steps == 0 and done < steps:
-            saved = save_checkpoint(checkpoint_dir, done, peft_model, optimizer, scheduler, losses)
-            on_checkpoint(done, saved.path)
+        if ranks.is_main:
+            samples_done = plan.samples_before(done)
+            on_progress(Progress(
+                step=done, total_steps=steps, loss=step_loss, learning_rate=scheduler.get_last_lr()[0],
+                samples_per_second=(samples_done - plan.samples_before(start_step)) / elapsed if elapsed else 0.0,
+                eta_seconds=(steps - done) / rate if rate else 0.0,
+                epoch=samples_done / len(train_set),
+                tokens_per_second=tokens_seen / elapsed if elapsed > 0 else 0.0,
+                step_seconds=time.perf_counter() - step_started,
+            ))
+        if done % hyper.checkpoint_every_steps == 0 and done < steps:  # a collective when the model is sharded
+            saved = save_checkpoint(checkpoint_dir, done, peft_model, optimizer, scheduler, losses, ranks)
+            if ranks.is_main:
+                on_checkpoint(done, saved.path)
     return losses
 
 
