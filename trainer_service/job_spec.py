@@ -24,6 +24,7 @@ SCHEDULERS = ("cosine", "linear", "constant")
 METHODS = ("lora", "qlora")
 MAX_METADATA_PAIRS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS = 16, 64, 512  # OpenAI's limits
 MAX_GPUS_PER_JOB = 64
+MAX_NODES_PER_JOB = 64
 # Kubernetes label syntax: an optional DNS-subdomain prefix and a name of at most 63 characters.
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 LABEL_KEY_PATTERN = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$")
@@ -122,13 +123,20 @@ class Placement:
     gpu_count: int = 0
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
+    nodes: int = 0  # 0 or 1: one node; above 1: torchrun on each node, c10d rendezvous (gpu_count GPUs per node)
 
     @property
     def selects_nodes(self) -> bool:
         return bool(self.node_selector or self.tolerations)
 
+    @property
+    def node_count(self) -> int:
+        return max(1, self.nodes)
+
     def validated(self) -> Placement:
         _check(0 <= self.gpu_count <= MAX_GPUS_PER_JOB, "gpu_count", f"must be between 0 and {MAX_GPUS_PER_JOB}",
+               prefix="placement.")
+        _check(0 <= self.nodes <= MAX_NODES_PER_JOB, "nodes", f"must be between 0 and {MAX_NODES_PER_JOB}",
                prefix="placement.")
         for key, value in self.node_selector.items():
             _check(bool(LABEL_KEY_PATTERN.match(key)), f"node_selector[{key}]", "is not a Kubernetes label key",

@@ -7,6 +7,8 @@ jobs, and the before/after evaluation scores of finished ones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
@@ -18,8 +20,9 @@ RECENT_JOBS = 1000
 
 
 class JobStoreCollector:
-    def __init__(self, store: JobStore):
+    def __init__(self, store: JobStore, *, gpus: Sequence[str] = ()):
         self.store = store
+        self.gpus = tuple(gpus)  # the local launcher's GPU list (empty: none to hand out)
 
     def collect(self):
         by_status = GaugeMetricFamily("vlmforge_trainer_jobs", "Fine-tuning jobs by status", labels=["status"])
@@ -58,6 +61,7 @@ class JobStoreCollector:
                 if "eta_seconds" in progress.payload:  # no estimate beats a made-up 0 ("done")
                     eta.add_metric([job.id], progress.payload["eta_seconds"])
         yield from (loss, throughput, tokens, step_time, steps, eta)
+        yield from self._gpu_assignment([job for job in jobs if job.status is JobStatus.RUNNING])
 
         scores = GaugeMetricFamily("vlmforge_trainer_evaluation_score",
                                    "Evaluation scores on the test split before and after fine-tuning",
@@ -70,6 +74,24 @@ class JobStoreCollector:
         yield scores
 
 
+    def _gpu_assignment(self, running):
+        """Which GPU each running job holds (its latest gpu_assignment event: the launch of this attempt)."""
+        assigned = GaugeMetricFamily("vlmforge_trainer_job_gpu", "1 for each GPU a running job holds (its "
+                                     "CUDA_VISIBLE_DEVICES)", labels=["job_id", "gpu"])
+        in_use = set()
+        for job in running:
+            event = self.store.latest_event(job.id, "gpu_assignment")
+            for gpu in event.payload["gpus"] if event is not None else ():
+                assigned.add_metric([job.id, gpu], 1)
+                in_use.add(gpu)
+        yield assigned
+        if self.gpus:
+            yield GaugeMetricFamily("vlmforge_trainer_gpus", "GPUs the local launcher hands out",
+                                    value=len(self.gpus))
+            yield GaugeMetricFamily("vlmforge_trainer_gpus_in_use", "GPUs held by running jobs",
+                                    value=len(in_use & set(self.gpus)))
+
+
 def _duration_histogram(finished) -> HistogramMetricFamily:
     durations = [job.finished_at - job.started_at for job in finished]
     buckets = [(str(bound), sum(d <= bound for d in durations)) for bound in DURATION_BUCKETS_S]
@@ -79,9 +101,9 @@ def _duration_histogram(finished) -> HistogramMetricFamily:
                                  buckets=buckets, sum_value=sum(durations))
 
 
-def serve_metrics(store: JobStore, host: str, port: int) -> int:
+def serve_metrics(store: JobStore, host: str, port: int, *, gpus: Sequence[str] = ()) -> int:
     """Starts the /metrics HTTP server in a thread; returns the bound port."""
     registry = CollectorRegistry()
-    registry.register(JobStoreCollector(store))
+    registry.register(JobStoreCollector(store, gpus=gpus))
     server, _ = start_http_server(port, addr=host, registry=registry)
     return server.server_port

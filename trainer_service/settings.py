@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .gpu_scheduling import parse_gpu_list
 
 
 class TrainerSettings(BaseSettings):
@@ -33,8 +35,17 @@ class TrainerSettings(BaseSettings):
                               "overrides it); above 1 the worker runs under torchrun with one process per GPU "
                               "(DDP); 0 = CPU (worker Jobs then request no GPU)")
     launcher: Literal["local", "kubernetes"] = Field(
-        "local", description="where jobs run: local = worker processes on this machine, one job at a time; "
-        "kubernetes = one batch/v1 Job per fine-tune, reporting through the worker API")
+        "local", description="where jobs run: local = worker processes on this machine (one job at a time, or "
+        "side by side on --gpus); kubernetes = one batch/v1 Job per fine-tune, reporting through the worker API")
+    gpus: str | None = Field(None, description="local launcher: the GPUs it hands out, e.g. 0,1,2,3 (indices or "
+                             "UUIDs, as CUDA_VISIBLE_DEVICES takes them): each job gets the GPUs its placement asks "
+                             "for as its CUDA_VISIBLE_DEVICES and jobs run side by side while GPUs are free, FIFO "
+                             "otherwise. Unset: every GPU this process sees (none: one job at a time on the CPU); "
+                             "empty: no GPU list, one job at a time on the default devices")
+    multi_node_workload: Literal["auto", "indexed-job", "jobset"] = Field(
+        "auto", description="kubernetes launcher, jobs with placement.nodes > 1: indexed-job = an Indexed "
+        "batch/v1 Job and a headless Service for the rendezvous (any cluster); jobset = a JobSet (needs the "
+        "JobSet CRD, jobset.x-k8s.io/v1alpha2); auto = jobset when the API server serves that CRD")
     worker_api_port: int | None = Field(None, ge=0, le=65535, description="port of the worker API (workers in "
                                         "Kubernetes Jobs report there); required with --launcher kubernetes")
     worker_api_address: str | None = Field(None, description="host:port at which worker pods reach the worker "
@@ -124,6 +135,16 @@ class TrainerSettings(BaseSettings):
     tls_secret_name: str = Field("vlmforge-trainer-tls", description="kubernetes launcher with --tls-cert: the "
                                  "Secret holding the trainer's certificate; worker pods mount its ca.crt (that key "
                                  "only) and verify the worker API with it")
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_are_a_list(cls, value: str | None) -> str | None:
+        return None if value is None else ",".join(parse_gpu_list(value))
+
+    @property
+    def gpu_list(self) -> tuple[str, ...] | None:
+        """--gpus as a tuple; None when unset (the launcher then uses what this process sees)."""
+        return parse_gpu_list(self.gpus)
 
     @model_validator(mode="after")
     def _tls_files_come_together(self) -> TrainerSettings:

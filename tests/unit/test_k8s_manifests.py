@@ -544,7 +544,10 @@ def test_the_trainer_may_only_manage_jobs(rendered, target: str) -> None:
     assert not _all(docs, "ClusterRole") and not _all(docs, "ClusterRoleBinding")
     (role,) = _all(docs, "Role")
     assert [(r["apiGroups"], r["resources"], sorted(r["verbs"])) for r in role["rules"]] == [
-        (["batch"], ["jobs"], sorted(["create", "get", "list", "watch", "delete"]))]
+        (["batch"], ["jobs"], sorted(["create", "get", "list", "watch", "delete"])),
+        # multi-node jobs: an Indexed Job's headless Service (owned by the Job, deleted with it), or a JobSet
+        ([""], ["services"], sorted(["create", "get"])),
+        (["jobset.x-k8s.io"], ["jobsets"], sorted(["create", "get", "list", "watch", "delete"]))]
     (binding,) = _all(docs, "RoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}

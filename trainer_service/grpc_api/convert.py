@@ -72,12 +72,14 @@ def spec_from_pb(request: pb.CreateFineTuningJobRequest) -> tuple[JobSpec, str |
 
 def placement_from_pb(message: pb.Placement) -> Placement:
     return Placement(message.gpu_count, dict(message.node_selector), tuple(
-        Toleration(t.key, t.operator or "Equal", t.value, t.effect) for t in message.tolerations))
+        Toleration(t.key, t.operator or "Equal", t.value, t.effect) for t in message.tolerations),
+        nodes=message.nodes)
 
 
 def _placement_to_pb(placement: dict) -> pb.Placement:
     return pb.Placement(gpu_count=placement.get("gpu_count", 0), node_selector=placement.get("node_selector", {}),
-                        tolerations=[pb.Toleration(**t) for t in placement.get("tolerations", ())])
+                        tolerations=[pb.Toleration(**t) for t in placement.get("tolerations", ())],
+                        nodes=placement.get("nodes", 0))
 
 
 def hyperparameters_from_pb(message: pb.Hyperparameters) -> Hyperparameters:
@@ -140,6 +142,9 @@ def event_to_pb(event: JobEvent) -> pb.FineTuningJobEvent:
                                                         scores=pb.EvaluationScores(**payload["scores"])))
     elif event.kind == "checkpoint":
         message.checkpoint.CopyFrom(pb.CheckpointSaved(step=payload["step"], path=payload["path"]))
+    elif event.kind == "gpu_assignment":
+        message.gpu_assignment.CopyFrom(pb.GpuAssignment(gpus=payload["gpus"],
+                                                         visible_devices=payload["visible_devices"]))
     return message
 
 

@@ -13,7 +13,8 @@ from ..errors import JobNotFoundError
 from ..job_spec import JobSpec
 from ..store import JobStore
 from .api import WorkerJobExistsError, WorkerJobRejectedError, WorkerJobsApi
-from .manifest import WorkerJobTemplate, job_name, worker_job_manifest
+from .manifest import (WorkerJobTemplate, job_name, rendezvous_service_manifest, worker_job_manifest,
+                       worker_jobset_manifest)
 from .reconcile import WorkerJobStatus, decide
 
 logger = logging.getLogger(__name__)
@@ -21,10 +22,12 @@ logger = logging.getLogger(__name__)
 
 class KubernetesLauncher:
     def __init__(self, store: JobStore, api: WorkerJobsApi, template: WorkerJobTemplate, *,
-                 max_concurrent_jobs: int = 4, poll_interval_s: float = 5.0):
+                 max_concurrent_jobs: int = 4, poll_interval_s: float = 5.0, jobsets: bool = False):
         self.store = store
         self.api = api
         self.template = template
+        self.jobsets = jobsets  # multi-node jobs as JobSets; else Indexed Jobs with a headless Service
+        self._services_checked: set[str] = set()  # multi-node jobs whose Service this process made or checked
         self.max_concurrent_jobs = max_concurrent_jobs
         self.poll_interval_s = poll_interval_s
         self._failed_pods_seen: dict[str, int] = {}
@@ -56,6 +59,8 @@ class KubernetesLauncher:
                                  if job is not None and job.status is JobStatus.CANCELLED]
         for job in running + cancelled_with_worker:
             worker = WorkerJobStatus.from_api(statuses[job.id]) if job.id in statuses else None
+            if worker is not None and job.status is JobStatus.RUNNING:
+                self._adopt(job)
             self._apply(job, worker)
         self._failed_pods_seen = {k: v for k, v in self._failed_pods_seen.items() if k in statuses}
         active = len(self.store.list_jobs([JobStatus.RUNNING], page_size=1000)[0])
@@ -64,6 +69,20 @@ class KubernetesLauncher:
                 active += 1
             else:
                 break
+
+    def _adopt(self, job) -> None:
+        """A multi-node Indexed Job's pods meet through its headless Service: a trainer that stopped between
+        creating the Job and the Service makes the Service when it finds the Job running (once per process)."""
+        if self.jobsets or job.id in self._services_checked:
+            return
+        if JobSpec.from_json(job.spec).placement.node_count > 1:
+            self._ensure_service(job.id)
+        self._services_checked.add(job.id)
+
+    def _ensure_service(self, job_id: str) -> None:
+        self.api.ensure_rendezvous_service(job_id, lambda uid: rendezvous_service_manifest(
+            job_id, self.template, owner_uid=uid))
+        self._services_checked.add(job_id)
 
     def _stored(self, job_id: str) -> Job | None:
         try:
@@ -91,9 +110,16 @@ class KubernetesLauncher:
             self.api.delete(job.id)
             return False
         placement = JobSpec.from_json(job.spec).placement
-        self.store.transition(job.id, JobStatus.RUNNING, f"running as Kubernetes Job {job_name(job.id)}")
+        multi_node = placement.node_count > 1
+        as_jobset = multi_node and self.jobsets
+        kind = "JobSet" if as_jobset else "Indexed Job" if multi_node else "Job"
+        nodes = f" on {placement.node_count} nodes" if multi_node else ""
+        self.store.transition(job.id, JobStatus.RUNNING, f"running as Kubernetes {kind} {job_name(job.id)}{nodes}")
         try:
-            self.api.create(worker_job_manifest(job.id, placement, self.template))
+            if as_jobset:
+                self.api.create(worker_jobset_manifest(job.id, placement, self.template))
+            else:
+                self.api.create(worker_job_manifest(job.id, placement, self.template))
         except WorkerJobRejectedError as error:
             self.store.transition(job.id, JobStatus.FAILED, "failed: Kubernetes refused the worker Job",
                                   error=JobError("worker_job_rejected", str(error)))
@@ -105,4 +131,9 @@ class KubernetesLauncher:
         except Exception as error:
             self.store.transition(job.id, JobStatus.QUEUED, f"could not create the worker Job: {error}; retrying")
             raise
+        if multi_node and not as_jobset:
+            try:
+                self._ensure_service(job.id)
+            except Exception:  # noqa: BLE001 - the Job stands; the next poll's _adopt makes the Service
+                logger.exception("job %s: creating the rendezvous Service failed; retrying on the next poll", job.id)
         return True

@@ -1,4 +1,5 @@
-"""The batch/v1 Job that runs one fine-tune: the trainer's image running the worker (torchrun for several GPUs),
+"""The batch/v1 Job that runs one fine-tune: the trainer's image running the worker (torchrun for several GPUs;
+for several nodes an Indexed Job with a headless Service, or a JobSet, whose pods meet in a c10d rendezvous),
 the shared volume at the same path as in the trainer (datasets, models, checkpoints, artifacts), GPUs and node
 placement from the job, and the security context every vlmforge pod has."""
 
@@ -10,8 +11,9 @@ from typing import Any
 
 from ..deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV
 from ..job_spec import Placement
-from ..launcher import worker_command
+from ..launcher import RENDEZVOUS_PORT, Rendezvous, worker_command
 from ..worker.backends import BACKEND_ENV
+from ..worker.node_agent import POD_IP_ENV
 from ..worker.remote_store import WORKER_API_CA_BUNDLE_ENV, WORKER_API_TOKEN_ENV
 
 JOB_ID_LABEL = "vlmforge.dev/job-id"
@@ -59,30 +61,89 @@ def job_name(job_id: str) -> str:
 
 
 def worker_job_manifest(job_id: str, placement: Placement, template: WorkerJobTemplate) -> dict[str, Any]:
-    gpus = placement.gpu_count or template.default_gpus
+    """One node: a plain Job of one pod. Several (placement.nodes > 1): an Indexed Job of one pod per node, whose
+    pods find pod 0 through the headless Service `rendezvous_service_manifest` makes (pod DNS names need it)."""
     labels = {**WORKER_LABELS, JOB_ID_LABEL: job_id}
+    rendezvous = None
+    if placement.node_count > 1:
+        rendezvous = f"{job_name(job_id)}-0.{job_name(job_id)}:{RENDEZVOUS_PORT}"  # <pod hostname>.<subdomain>
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": job_name(job_id), "namespace": template.namespace, "labels": labels},
+        "spec": {**_job_spec(job_id, placement, template, labels, rendezvous,
+                           subdomain=job_name(job_id) if rendezvous else None),
+                 "ttlSecondsAfterFinished": template.ttl_after_finished_s},
+    }
+
+
+def rendezvous_service_manifest(job_id: str, template: WorkerJobTemplate, *, owner_uid: str) -> dict[str, Any]:
+    """The headless Service of a multi-node Indexed Job: a DNS name per pod (`<job>-<index>.<job>`), published
+    before the pods are ready so the rendezvous can start. Owned by the Job: it goes when the Job goes."""
+    labels = {**WORKER_LABELS, JOB_ID_LABEL: job_id}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": job_name(job_id), "namespace": template.namespace, "labels": labels,
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name(job_id),
+                                          "uid": owner_uid}]},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": {JOB_ID_LABEL: job_id},
+                 "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
+                            "protocol": "TCP"}]},
+    }
+
+
+JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
+JOBSET_REPLICATED_JOB = "node"
+
+
+def worker_jobset_manifest(job_id: str, placement: Placement, template: WorkerJobTemplate) -> dict[str, Any]:
+    """A multi-node job as a JobSet (where the CRD is installed): one replicated Job, Indexed, one pod per node.
+    The JobSet controller makes the headless Service and the pod DNS names (`<set>-node-0-<index>.<set>`) itself
+    and deletes the whole set, pods included, when the JobSet is deleted."""
+    labels = {**WORKER_LABELS, JOB_ID_LABEL: job_id}
+    name = job_name(job_id)
+    rendezvous = f"{name}-{JOBSET_REPLICATED_JOB}-0-0.{name}:{RENDEZVOUS_PORT}"
+    return {
+        "apiVersion": JOBSET_API_VERSION,
+        "kind": "JobSet",
+        "metadata": {"name": name, "namespace": template.namespace, "labels": labels},
         "spec": {
-            "backoffLimit": template.max_pod_failures,
+            "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
             "ttlSecondsAfterFinished": template.ttl_after_finished_s,
-            # A worker that failed for good already said why; a drained or preempted node is not the job's fault.
-            "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In",
-                                                      "values": [EXIT_FAILED_FOR_GOOD]}},
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": _pod_spec(job_id, gpus, placement, template),
-            },
+            # The Job's own backoffLimit and podFailurePolicy decide retries; a failed Job fails the set.
+            "failurePolicy": {"maxRestarts": 0},
+            "replicatedJobs": [{"name": JOBSET_REPLICATED_JOB, "replicas": 1, "template": {
+                "spec": _job_spec(job_id, placement, template, labels, rendezvous)}}],
         },
     }
 
 
-def _pod_spec(job_id: str, gpus: int, placement: Placement, template: WorkerJobTemplate) -> dict[str, Any]:
+def _job_spec(job_id: str, placement: Placement, template: WorkerJobTemplate, labels: dict[str, str],
+              rendezvous: str | None, *, subdomain: str | None = None) -> dict[str, Any]:
+    gpus = placement.gpu_count or template.default_gpus
+    nodes = placement.node_count
+    spec: dict[str, Any] = {
+        "backoffLimit": template.max_pod_failures,  # pods of every node together
+        # A worker that failed for good already said why; a drained or preempted node is not the job's fault.
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In",
+                                                  "values": [EXIT_FAILED_FOR_GOOD]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
+        "template": {"metadata": {"labels": labels},
+                     "spec": _pod_spec(job_id, gpus, placement, template, rendezvous, subdomain)},
+    }
+    if nodes > 1:
+        # One pod per node, each with a stable index (its DNS name and its torchrun agent's place); a failed pod
+        # is replaced only once it is gone, so two pods never hold one index's name.
+        spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes,
+                     "podReplacementPolicy": "Failed"})
+    return spec
+
+
+def _pod_spec(job_id: str, gpus: int, placement: Placement, template: WorkerJobTemplate,
+              rendezvous: str | None = None, subdomain: str | None = None) -> dict[str, Any]:
     tolerations = [_toleration(t) for t in placement.tolerations]
     if gpus and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
@@ -93,7 +154,7 @@ def _pod_spec(job_id: str, gpus: int, placement: Placement, template: WorkerJobT
         "enableServiceLinks": False,  # else Service variables like VLMFORGE_INFERENCE_PORT=tcp://... leak in
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [_container(job_id, gpus, template)],
+        "containers": [_container(job_id, gpus, template, placement.node_count, rendezvous)],
         "volumes": [
             {"name": "shared", "persistentVolumeClaim": {"claimName": template.shared_pvc}},
             {"name": "tmp", "emptyDir": {}},
@@ -104,6 +165,8 @@ def _pod_spec(job_id: str, gpus: int, placement: Placement, template: WorkerJobT
     if template.worker_api_ca_secret:
         spec["volumes"].append({"name": "worker-api-ca", "secret": {
             "secretName": template.worker_api_ca_secret, "items": [{"key": "ca.crt", "path": "ca.crt"}]}})
+    if subdomain:
+        spec["subdomain"] = subdomain  # the headless Service: pods get <job>-<index>.<job> DNS names
     if placement.node_selector:
         spec["nodeSelector"] = dict(placement.node_selector)
     if tolerations:
@@ -111,7 +174,8 @@ def _pod_spec(job_id: str, gpus: int, placement: Placement, template: WorkerJobT
     return spec
 
 
-def _container(job_id: str, gpus: int, template: WorkerJobTemplate) -> dict[str, Any]:
+def _container(job_id: str, gpus: int, template: WorkerJobTemplate, nodes: int = 1,
+               rendezvous: str | None = None) -> dict[str, Any]:
     resources: dict[str, Any] = {"requests": {"cpu": template.cpu_request, "memory": template.memory_request},
                                  "limits": {"memory": template.memory_request}}
     if gpus:
@@ -128,9 +192,17 @@ def _container(job_id: str, gpus: int, template: WorkerJobTemplate) -> dict[str,
     if template.worker_api_ca_secret:
         env.append({"name": WORKER_API_CA_BUNDLE_ENV, "value": str(WORKER_API_CA_DIR / "ca.crt")})
         mounts.append({"name": "worker-api-ca", "mountPath": str(WORKER_API_CA_DIR), "readOnly": True})
+    ports = []
+    agent = None
+    if rendezvous is not None:
+        # Other pods reach this one's torchrun agent at its pod IP; pod 0 serves the rendezvous store.
+        env.append({"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+        ports = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}]
+        agent = Rendezvous(rendezvous, max_restarts=template.max_pod_failures)
     command = worker_command(job_id, template.work_dir, template.artifacts_dir, gpus or 1,
-                             trainer_address=template.worker_api_address, python="python")
-    return {
+                             trainer_address=template.worker_api_address, python="python", nodes=nodes,
+                             rendezvous=agent)
+    container = {
         "name": CONTAINER_NAME,
         "image": template.image,
         "imagePullPolicy": template.image_pull_policy,
@@ -142,6 +214,9 @@ def _container(job_id: str, gpus: int, template: WorkerJobTemplate) -> dict[str,
                             "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": mounts,
     }
+    if ports:
+        container["ports"] = ports
+    return container
 
 
 def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
