@@ -73,7 +73,7 @@ def placement_to_pb(value: types.Placement | Mapping[str, Any] | None) -> pb.Pla
         value = types.Placement(**{**value, "tolerations": tuple(
             t if isinstance(t, types.Toleration) else types.Toleration(**t) for t in value.get("tolerations", ()))})
     return pb.Placement(gpu_count=value.gpu_count, node_selector=value.node_selector,
-                        tolerations=[pb.Toleration(**asdict(t)) for t in value.tolerations])
+                        tolerations=[pb.Toleration(**asdict(t)) for t in value.tolerations], nodes=value.nodes)
 
 
 def create_request(*, model: str, training_file: str, validation_file: str, test_file: str, dataset_name: str,
@@ -120,7 +120,8 @@ def _job_status(value: int) -> str:
 
 def job_from_pb(message: pb.FineTuningJob) -> types.FineTuningJob:
     placement = types.Placement(message.placement.gpu_count, dict(message.placement.node_selector), tuple(
-        types.Toleration(t.key, t.operator, t.value, t.effect) for t in message.placement.tolerations))
+        types.Toleration(t.key, t.operator, t.value, t.effect) for t in message.placement.tolerations),
+        nodes=message.placement.nodes)
     return types.FineTuningJob(
         id=message.id, model=message.model, status=_job_status(message.status),
         method=_METHOD.get(message.method, "lora"), hyperparameters=hyperparameters_from_pb(message.hyperparameters),

@@ -63,9 +63,10 @@ class Toleration:
 
 @dataclass(frozen=True)
 class Placement:
-    gpu_count: int = 0  # 0: the trainer's default
+    gpu_count: int = 0  # 0: the trainer's default; with nodes > 1, GPUs on each node
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
+    nodes: int = 0  # 0 or 1: one node; above 1: torchrun on each node with a c10d rendezvous
 
 
 @dataclass(frozen=True)
