@@ -14,7 +14,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import PurePosixPath
@@ -105,6 +109,23 @@ def test_each_pod_adds_its_own_rendezvous_role_and_address() -> None:
     assert agent_arguments(shared, {"JOB_COMPLETION_INDEX": "1"})[0] == "--rdzv-conf=is_host=false"
     with pytest.raises(SystemExit, match="JOB_COMPLETION_INDEX"):
         agent_arguments(shared, {})
+
+
+def test_a_worker_that_failed_for_good_makes_its_pod_exit_3() -> None:
+    """torchrun itself exits 1 for any failed worker; the pod must exit 3 for podFailurePolicy's FailJob rule.
+    Real torchrun agents (one node each, c10d on loopback), whose worker is a process exiting 3 or 1."""
+    env = {**os.environ, "JOB_COMPLETION_INDEX": "0", "VLMFORGE_POD_IP": "127.0.0.1"}
+    agents = {}
+    for code in (3, 1):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        agents[code] = subprocess.Popen(
+            [sys.executable, "-m", "trainer_service.worker.node_agent", "--nnodes=1", "--nproc-per-node=1",
+             "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=exit-{code}",
+             "--max-restarts=0", "--no-python", "sh", "-c", f"exit {code}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert {code: agent.wait(timeout=120) for code, agent in agents.items()} == {3: 3, 1: 1}
 
 
 # The JobSet CRD's openAPIV3Schema (jobset.x-k8s.io v1alpha2), JobSet-level fields: what each object may hold,

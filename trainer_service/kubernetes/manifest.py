@@ -13,7 +13,7 @@ from ..deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV
 from ..job_spec import Placement
 from ..launcher import RENDEZVOUS_PORT, Rendezvous, worker_command
 from ..worker.backends import BACKEND_ENV
-from ..worker.node_agent import POD_IP_ENV
+from ..worker.node_agent import EXIT_FAILED_FOR_GOOD, POD_IP_ENV
 from ..worker.remote_store import WORKER_API_CA_BUNDLE_ENV, WORKER_API_TOKEN_ENV
 
 JOB_ID_LABEL = "vlmforge.dev/job-id"
@@ -22,7 +22,6 @@ WORKER_LABELS = {"app.kubernetes.io/name": "vlmforge", "app.kubernetes.io/part-o
                  "app.kubernetes.io/component": "training-worker", **MANAGED_BY}
 GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER_NAME = "worker"
-EXIT_FAILED_FOR_GOOD = 3  # worker.run.main_for: the job is already FAILED; another pod would fail the same way
 WORKER_API_CA_DIR = PurePosixPath("/etc/vlmforge/worker-api-ca")
 
 

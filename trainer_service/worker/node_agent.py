@@ -14,6 +14,7 @@ import sys
 
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by the Job controller in every pod of an Indexed Job
 POD_IP_ENV = "VLMFORGE_POD_IP"
+EXIT_FAILED_FOR_GOOD = 3  # worker.run.main_for: the job is already FAILED; another attempt would fail the same way
 
 
 def agent_arguments(argv: list[str], environ: dict[str, str]) -> list[str]:
@@ -28,9 +29,17 @@ def agent_arguments(argv: list[str], environ: dict[str, str]) -> list[str]:
 
 
 def main() -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    torchrun(agent_arguments(sys.argv[1:], dict(os.environ)))
+    try:
+        torchrun(agent_arguments(sys.argv[1:], dict(os.environ)))
+    except ChildFailedError as error:
+        # torchrun exits 1 whatever its workers' codes were; a worker's "failed for good, already reported"
+        # must reach the pod's exit code, where the Job's podFailurePolicy fails the job instead of retrying.
+        if any(failure.exitcode == EXIT_FAILED_FOR_GOOD for failure in error.failures.values()):
+            sys.exit(EXIT_FAILED_FOR_GOOD)
+        raise
 
 
 if __name__ == "__main__":
