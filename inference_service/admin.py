@@ -1,4 +1,5 @@
-"""/admin/v1/adapters: load (the trainer pushes each fine-tune here), list and unload adapters. Guarded by an
+"""/admin/v1/adapters: load (the trainer pushes each fine-tune here), list and unload adapters; /admin/v1/aliases:
+set, show (with history) and roll back model aliases (aliases.py). Guarded by an
 admin token that is not the user API key; with no token configured these endpoints answer 403."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from .adapters import AdapterManager
+from .aliases import AliasResolver, alias_router
 from .errors import AdminDisabled, Unauthorized
 
 
@@ -27,7 +29,8 @@ class AdapterList(BaseModel):
     adapters: list[str]
 
 
-def admin_router(adapters: AdapterManager, admin_token: str | None) -> APIRouter:
+def admin_router(adapters: AdapterManager, admin_token: str | None,
+                 aliases: AliasResolver | None = None) -> APIRouter:
     token_digest = hashlib.sha256(admin_token.encode()).digest() if admin_token else None
 
     def require_admin(request: Request) -> None:
@@ -56,4 +59,6 @@ def admin_router(adapters: AdapterManager, admin_token: str | None) -> APIRouter
         await adapters.unload(name)
         return AdapterState(name=name, loaded=False)
 
+    if aliases is not None:
+        router.include_router(alias_router(aliases, adapters))
     return router

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vlmforge.artifacts import is_valid_model_name
 
 from .adapters import AdapterManager
+from .aliases import AliasResolver, models_with_aliases, sync_alias_metrics
 from .chat_checks import ChatLimits, check_chat_body, materialise_images
 from .errors import EndpointNotFound, InvalidRequest, PayloadTooLarge, RequestRejected, Unauthorized, error_response
 from .media import ImageLimits, MediaUrlPolicy
@@ -44,6 +45,7 @@ class GuardContext:
     config: GuardConfig
     adapters: AdapterManager
     metrics: InferenceMetrics
+    aliases: AliasResolver | None = None  # None: no artifact store, so no aliases
 
 
 class RequestGuard:
@@ -57,6 +59,7 @@ class RequestGuard:
     def _bind(self, context: GuardContext) -> None:
         self._context = context
         self.config, self.adapters, self.metrics = context.config, context.adapters, context.metrics
+        self.aliases = context.aliases
         api_key = context.config.api_key
         self._api_key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
 
@@ -75,6 +78,11 @@ class RequestGuard:
                 raise EndpointNotFound(f"{method} {path[:100]} is not served here", reason="unsupported_endpoint")
             if path.startswith("/v1/"):
                 self._authenticate(scope)
+            if self.aliases is not None and path == "/v1/models":
+                await models_with_aliases(self.app, scope, receive, send, self.aliases)
+                return
+            if self.aliases is not None and path == "/metrics":
+                sync_alias_metrics(self.aliases, self.metrics)  # the files' state, whichever frontend is scraped
             if path != CHAT_PATH:
                 await self.app(scope, receive, send)
                 return
@@ -89,6 +97,7 @@ class RequestGuard:
         try:
             body = _parse_json(raw_body)
             image_parts = check_chat_body(body, self.config.chat_limits)
+            self._resolve_alias(body)
             model_label = await self._resolve_model(body.get("model"))
             await materialise_images(image_parts, self.config.media_policy, self.config.image_limits,
                                      self.config.media_fetch_timeout_s)
@@ -106,6 +115,16 @@ class RequestGuard:
                 time.perf_counter() - started)
             if body.get("stream") and timing.first_chunk_s is not None:
                 self.metrics.time_to_first_token.labels(model_label).observe(timing.first_chunk_s)
+
+    def _resolve_alias(self, body: dict) -> None:
+        """An alias becomes its target here, once, in the body vLLM reads: the request keeps that target even if
+        the alias moves while it runs."""
+        model = body.get("model")
+        if (self.aliases is None or not isinstance(model, str) or model == self.config.base_model_name
+                or self.adapters.is_loaded(model)):
+            return
+        if (entry := self.aliases.current(model)) is not None:
+            body["model"] = self.aliases.served_name(entry)
 
     async def _resolve_model(self, model: object) -> str:
         """The metrics label for `model`, loading it from the artifact store on first use. Names that are

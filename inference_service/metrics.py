@@ -34,6 +34,10 @@ class InferenceMetrics:
             "(phase before = its base model zero-shot, after = fine-tuned)", ["adapter", "phase", "metric"],
             registry=registry)
         self._score_labels: dict[str, list[tuple[str, str, str]]] = {}
+        self.alias_info = Gauge("vlmforge_inference_alias_info", "1 for the model (an adapter, or the base model) "
+                                "each alias serves", ["alias", "adapter"], registry=registry,
+                                multiprocess_mode="mostrecent")
+        self._alias_targets: dict[str, str] = {}
 
     def adapter_loaded(self, name: str, evaluation: dict[str, dict[str, float]], *, loaded_count: int) -> None:
         self.loaded_adapters.set(loaded_count)
@@ -44,6 +48,17 @@ class InferenceMetrics:
                     self.adapter_scores.labels(name, phase, metric).set(value)
                     labels.append((name, phase, metric))
         self._score_labels[name] = labels
+
+    def alias_targets(self, targets: dict[str, str]) -> None:
+        """alias -> served model name, as the alias files say now. A target left behind is set to 0 before its
+        series is dropped: with several frontends (multiprocess mode) the 0 is what the others' /metrics read."""
+        for alias, target in self._alias_targets.items():
+            if targets.get(alias) != target:
+                self.alias_info.labels(alias, target).set(0)
+                self.alias_info.remove(alias, target)
+        for alias, target in targets.items():
+            self.alias_info.labels(alias, target).set(1)
+        self._alias_targets = dict(targets)
 
     def adapter_unloaded(self, name: str, *, loaded_count: int) -> None:
         self.loaded_adapters.set(loaded_count)

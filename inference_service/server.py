@@ -14,11 +14,13 @@ import socket
 import uvicorn
 from fastapi import FastAPI, Request
 
+from vlmforge.aliases import AliasStore
 from vlmforge.artifacts import model_config_digest
 from vlmforge.families import ModelFamily
 
 from .adapters import AdapterManager, BaseModelIdentity
 from .admin import admin_router
+from .aliases import AliasResolver
 from .base_model import base_model_dir, check_base_model
 from .chat_checks import ChatLimits
 from .engine import VllmAdapterEngine
@@ -95,14 +97,17 @@ def install(app: FastAPI, settings: InferenceSettings, engine_client: EngineClie
         admin_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
         admin_app.state = app.state  # vLLM's error handlers read its args, server and engine client there
         init_exception_handler(admin_app)  # so errors are answered as on the main port
-    admin_app.include_router(admin_router(adapters, _secret(settings.admin_token)))
+    # Aliases live in the artifact store beside the adapters they name; every frontend reads them itself.
+    aliases = (AliasResolver(AliasStore(settings.artifacts_dir), settings.model_name) if settings.artifacts_dir
+               else None)
+    admin_app.include_router(admin_router(adapters, _secret(settings.admin_token), aliases))
 
     async def rejected(_: Request, error: RequestRejected):
         metrics.rejected.labels(error.reason).inc()
         return error_response(error)
 
     admin_app.add_exception_handler(RequestRejected, rejected)
-    app.state.request_guard = GuardContext(adapters=adapters, metrics=metrics, config=GuardConfig(
+    app.state.request_guard = GuardContext(adapters=adapters, metrics=metrics, aliases=aliases, config=GuardConfig(
         base_model_name=settings.model_name, api_key=_secret(settings.api_key),
         max_request_body_bytes=settings.max_request_body_bytes,
         chat_limits=ChatLimits(settings.max_images_per_request, settings.max_choices_per_request,

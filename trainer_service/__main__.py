@@ -34,6 +34,7 @@ from .metrics import serve_metrics
 from .path_roots import PathRoots
 from .settings import TrainerSettings
 from .store import JobStore
+from .tracking import TrackingDestinations
 from .validation import DatasetValidator
 from .worker.backends import BACKEND_ENV, Placement, backend_unavailable
 
@@ -60,7 +61,8 @@ def main() -> None:
                       watch_poll_interval_s=settings.watch_poll_interval_s, files=files,
                       inline_validation_max_bytes=settings.inline_validation_max_bytes,
                       roots=PathRoots(settings.data_root, settings.models_dir, required=auth is not None),
-                      max_active_jobs_per_project=settings.max_active_jobs_per_project)
+                      max_active_jobs_per_project=settings.max_active_jobs_per_project,
+                      tracking=TrackingDestinations.from_settings(settings))
     validator = DatasetValidator(store, files=files)  # big dataset files are read after Create answers
     validator.start()
     tls = ServerTls.from_settings(settings)

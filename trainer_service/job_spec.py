@@ -31,6 +31,9 @@ LABEL_KEY_PATTERN = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_L
 LABEL_VALUE_PATTERN = re.compile(rf"^({_LABEL_NAME})?$")
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+# Experiment trackers a job may report to (Hugging Face TrainingArguments.report_to names); where each one
+# writes is the trainer's setting, never the request's (trainer_service/tracking.py).
+TRACKERS = ("tensorboard", "mlflow", "trackio")
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ class JobSpec:
     metadata: dict[str, str] = field(default_factory=dict)
     placement: Placement = field(default_factory=Placement)
     dataset_name: str = ""  # an entry of the LLaMA-Factory dataset_info.json that training_file names
+    report_to: tuple[str, ...] = ()  # experiment trackers (TRACKERS); empty: none
 
     def validated(self) -> JobSpec:
         _check(bool(self.model.strip()), "model", "is required", prefix="")
@@ -185,6 +189,10 @@ class JobSpec:
                    f"keys must be 1-{MAX_METADATA_KEY_CHARS} characters", prefix="")
             _check(len(value) <= MAX_METADATA_VALUE_CHARS, f"metadata[{key}]",
                    f"at most {MAX_METADATA_VALUE_CHARS} characters", prefix="")
+        for tracker in self.report_to:
+            _check(tracker in TRACKERS, "report_to", f"unknown tracker {tracker!r}: use {', '.join(TRACKERS)}",
+                   prefix="")
+        _check(len(set(self.report_to)) == len(self.report_to), "report_to", "names a tracker twice", prefix="")
         self.hyperparameters.validated()
         self.placement.validated()
         return self
@@ -200,6 +208,7 @@ class JobSpec:
         placement = dict(data.get("placement") or {})  # absent in jobs stored before placement existed
         placement["tolerations"] = tuple(Toleration(**t) for t in placement.get("tolerations", ()))
         fields["placement"] = Placement(**placement)
+        fields["report_to"] = tuple(data.get("report_to") or ())
         return cls(**fields)
 
     def to_json(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from .job_spec import (NODE_PLACEMENT_NEEDS_KUBERNETES, QLORA_NEEDS_CUDA, Datase
                        dataset_sources, inspect_job_dataset, is_file_id, load_job_dataset)
 from .path_roots import PathRoots
 from .store import JobStore
+from .tracking import TrackingDestinations
 from .validated_files import RecentlyValidated
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ class JobService:
                  node_placement_unavailable: str | None = NODE_PLACEMENT_NEEDS_KUBERNETES,
                  worker_visible_root: Path | None = None, watch_poll_interval_s: float = 0.2,
                  files: FileService | None = None, inline_validation_max_bytes: int = INLINE_VALIDATION_MAX_BYTES,
-                 roots: PathRoots | None = None, max_active_jobs_per_project: int | None = None):
+                 roots: PathRoots | None = None, max_active_jobs_per_project: int | None = None,
+                 tracking: TrackingDestinations | None = None):
         self.store = store
         self.models_dir = models_dir
         self.qlora_unavailable = qlora_unavailable
@@ -80,6 +82,7 @@ class JobService:
         # Where path datasets and models may be: by default as configured by models_dir alone (today's behaviour).
         self.roots = roots or PathRoots(models_dir=models_dir)
         self.max_active_jobs_per_project = max_active_jobs_per_project  # validating, queued or running
+        self.tracking = tracking or TrackingDestinations()  # where report_to trackers write; none by default
 
     def create(self, spec: JobSpec, client_request_id: str | None = None, *, caller: Caller = OPEN_CALLER) -> Job:
         """Checks values, the model and what is cheap about each dataset, so a job that is created will at least
@@ -92,6 +95,7 @@ class JobService:
             if existing is not None:
                 return existing
         spec.validated()
+        tracking = self.tracking.for_job(spec.report_to)  # before the files: a cheap refusal first
         model_dir = self.roots.model(spec, caller, lambda confined: check_model(
             confined, models_dir=self.models_dir, qlora_unavailable=self.qlora_unavailable,
             node_placement_unavailable=self.node_placement_unavailable))
@@ -99,7 +103,8 @@ class JobService:
         if self.worker_visible_root is not None:
             self._check_visible_to_workers(model_dir, checked.sources)
         stored = {**spec.to_json(), "model_dir": str(model_dir.resolve()), "resolved_files": checked.resolved,
-                  "dataset_formats": checked.formats}  # said in the creation event, and again by the worker
+                  "dataset_formats": checked.formats,  # said in the creation event, and again by the worker
+                  "tracking": tracking}
         status = JobStatus.VALIDATING_FILES if checked.deferred else JobStatus.QUEUED
         formats = "; ".join(f"{field_name} read as {chosen}" for field_name, chosen in checked.formats.items())
         job, created = self.store.create_job(stored, client_request_id=client_request_id, status=status,

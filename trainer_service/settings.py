@@ -135,6 +135,19 @@ class TrainerSettings(BaseSettings):
     tls_secret_name: str = Field("vlmforge-trainer-tls", description="kubernetes launcher with --tls-cert: the "
                                  "Secret holding the trainer's certificate; worker pods mount its ca.crt (that key "
                                  "only) and verify the worker API with it")
+    # Experiment tracking (trainer_service/worker/tracking.py): where a job's `report_to` trackers write. Only
+    # these settings say where: a request never names a URI or a directory.
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server (http://host:5000) or store "
+                                            "URI of jobs with report_to mlflow; credentials, where the server "
+                                            "needs them, in MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN of the "
+                                            "trainer's environment. Unset: report_to mlflow is refused")
+    mlflow_experiment: str = Field("vlmforge", description="MLflow experiment that jobs' runs are logged under")
+    tensorboard_dir: Path | None = Field(None, description="TensorBoard logs of jobs with report_to tensorboard, "
+                                         "one subdirectory per job (point `tensorboard --logdir` here). Unset: "
+                                         "report_to tensorboard is refused")
+    trackio_dir: Path | None = Field(None, description="local trackio database directory (TRACKIO_DIR) of jobs "
+                                     "with report_to trackio; nothing is sent anywhere. Unset: report_to trackio "
+                                     "is refused")
 
     @field_validator("gpus")
     @classmethod
@@ -161,7 +174,7 @@ class TrainerSettings(BaseSettings):
                                                                    "worker_image") if getattr(self, name) is None]
             if missing:
                 raise ValueError(f"--launcher kubernetes needs {', '.join(missing)}")
-            for name in ("artifact_store", "models_dir", "data_root"):
+            for name in ("artifact_store", "models_dir", "data_root", "tensorboard_dir", "trackio_dir"):
                 path = getattr(self, name)
                 if path is not None and not path.is_relative_to(self.shared_mount_path):
                     raise ValueError(f"{name} {path} must be under --shared-mount-path {self.shared_mount_path}: "

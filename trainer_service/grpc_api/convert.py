@@ -66,6 +66,7 @@ def spec_from_pb(request: pb.CreateFineTuningJobRequest) -> tuple[JobSpec, str |
         metadata=dict(request.metadata),
         placement=placement_from_pb(request.placement),
         dataset_name=request.dataset_name,
+        report_to=tuple(request.report_to),
     )
     return spec, request.client_request_id or None
 
@@ -106,6 +107,7 @@ def job_to_pb(job: Job) -> pb.FineTuningJob:
         created_at=_timestamp(job.created_at), fine_tuned_model=result.get("fine_tuned_model", ""),
         adapter_path=result.get("adapter_path", ""), merged_model_path=result.get("merged_model_path", ""),
         trained_steps=job.trained_steps, total_steps=job.total_steps, dataset_name=spec.get("dataset_name", ""),
+        report_to=spec.get("report_to") or (),
     )
     hyper = spec.get("hyperparameters") or {}
     for name in _SCALAR_HYPERPARAMETERS:

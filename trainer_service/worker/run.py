@@ -28,6 +28,7 @@ from ..store import JobRecords
 from .backends import TrainingBackend, select_backend
 from .distributed import Ranks
 from .splits import split_training_set
+from .tracking import JobTracking, TrackedRecords
 from .train import Cancelled, Progress, seed_everything, train
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,42 @@ def fine_tuned_model_name(model_dir: Path, suffix: str, job_id: str) -> str:
 def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: TrainingBackend | None = None,
             artifacts_dir: Path | None = None, notifier: InferenceNotifier | None = None,
             ranks: Ranks = Ranks()) -> None:
-    """Rank 0 does everything; other ranks (torchrun) only train their slice of each batch."""
+    """Rank 0 does everything; other ranks (torchrun) only train their slice of each batch. Rank 0 also reports
+    to the job's experiment trackers (worker/tracking.py): its progress and evaluations as they are recorded."""
+    tracking = _open_tracking(store, job_id) if ranks.is_main else JobTracking.off()
+    try:
+        _run_job(TrackedRecords(store, tracking), job_id, state_dir, tracking, backend=backend,
+                 artifacts_dir=artifacts_dir, notifier=notifier, ranks=ranks)
+    except Cancelled:
+        tracking.finish("cancelled")
+        raise
+    except BaseException:
+        tracking.finish("failed")
+        raise
+
+
+def _open_tracking(store: JobRecords, job_id: str) -> JobTracking:
+    """The trackers the job's stored spec names (Create filled in where each writes); a failing one is said on
+    the job and dropped."""
+    def warn(message: str) -> None:
+        store.append_event(job_id, "log", message)
+
+    return JobTracking.open(store.get_job(job_id).spec.get("tracking") or {}, warn)
+
+
+def _tracked_parameters(spec: JobSpec, hyper: Hyperparameters, model_dir: Path, backend: TrainingBackend,
+                        samples: dict[str, int]) -> dict:
+    """What the trackers record of a job: its model, datasets (and their sizes) and hyperparameters as used."""
+    return {"model": spec.model, "model_dir": str(model_dir), "method": spec.method, "suffix": spec.suffix,
+            "training_backend": backend.name, "training_file": spec.training_file,
+            "validation_file": spec.validation_file, "test_file": spec.test_file, "dataset_name": spec.dataset_name,
+            **{f"{split}_samples": count for split, count in samples.items()},
+            **{f"hyperparameters.{name}": value for name, value in dataclasses.asdict(hyper).items()}}
+
+
+def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTracking, *,
+             backend: TrainingBackend | None, artifacts_dir: Path | None, notifier: InferenceNotifier | None,
+             ranks: Ranks) -> None:
     from transformers import AutoProcessor
 
     backend = backend or select_backend("auto")
@@ -73,6 +109,12 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
     train_set, held_out = split_training_set(train_set, hyper, validation_file_given=bool(spec.validation_file))
     validation_set = validation_set or (held_out if hyper.eval_every_steps else [])
     gc.freeze()  # the rows live as long as the job: full collections during training need not walk them again
+    if ranks.is_main and tracking.trackers:
+        samples = {"training": len(train_set), "validation": len(validation_set), "test": len(test_set)}
+        resume = job.result.get("tracking", {})  # an earlier attempt's runs: logged into again
+        state = tracking.start(job_id, _tracked_parameters(spec, hyper, model_dir, backend, samples), resume)
+        if state != resume:
+            store.merge_result(job_id, {"tracking": state})
 
     if ranks.is_main and test_set and "evaluation_before" not in job.result:
         _evaluate(store, job_id, "before", backend, model, processor, test_set)
@@ -114,6 +156,8 @@ def run_job(store: JobRecords, job_id: str, state_dir: Path, *, backend: Trainin
         rename_weights_for_vllm(staging / MERGED_DIR, family)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         _plot_losses(losses, staging / LOSS_PLOT_FILE)
+    tracking.log_artifacts(artifact_dir / ADAPTER_DIR, artifact_dir / LOSS_PLOT_FILE)
+    tracking.finish("succeeded")  # before SUCCEEDED: a client that sees it finds the runs complete
     if notifier is not None and family.vllm_serves:  # else the job said when created why nothing serves it
         notifier.notify(job_id, name)
     store.transition(job_id, JobStatus.SUCCEEDED, f"succeeded: {name}", result={
