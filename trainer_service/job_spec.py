@@ -17,6 +17,8 @@ from vlmforge.data import (ColumnMapping, Conversation, DatasetFormat, DatasetFo
                            inspect_dataset, load_dataset)
 from vlmforge.families import UnsupportedModelError, family_for_model_dir
 
+from vlmforge.aliases import ALIAS_NAME_RULE, is_valid_alias_name
+
 from .errors import FailedPreconditionError, InvalidArgumentError
 
 SUFFIX_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -161,6 +163,25 @@ class Placement:
         return self
 
 
+# The test-set scores a promotion may be judged by (trainer_service.evaluation.EvaluationScores, less `examples`).
+PROMOTION_METRICS = ("exact_match", "relaxed_accuracy", "bertscore_precision", "bertscore_recall", "bertscore_f1")
+
+
+@dataclass(frozen=True)
+class AliasPromotion:
+    """Move a model alias to the job's adapter when it succeeds, if it scores at least the alias's current target
+    on the job's test set (trainer_service/promotion.py)."""
+
+    alias: str
+    metric: str = "exact_match"
+
+    def validated(self) -> AliasPromotion:
+        _check(is_valid_alias_name(self.alias), "alias", f"must be {ALIAS_NAME_RULE}", prefix="promote_to_alias.")
+        _check(self.metric in PROMOTION_METRICS, "metric", f"unknown metric {self.metric!r}: use one of "
+               f"{', '.join(PROMOTION_METRICS)}", prefix="promote_to_alias.")
+        return self
+
+
 @dataclass(frozen=True)
 class JobSpec:
     model: str
@@ -175,6 +196,7 @@ class JobSpec:
     metadata: dict[str, str] = field(default_factory=dict)
     placement: Placement = field(default_factory=Placement)
     dataset_name: str = ""  # an entry of the LLaMA-Factory dataset_info.json that training_file names
+    promote_to_alias: AliasPromotion | None = None  # None: the job moves no alias
     report_to: tuple[str, ...] = ()  # experiment trackers (TRACKERS); empty: none
 
     def validated(self) -> JobSpec:
@@ -193,6 +215,10 @@ class JobSpec:
             _check(tracker in TRACKERS, "report_to", f"unknown tracker {tracker!r}: use {', '.join(TRACKERS)}",
                    prefix="")
         _check(len(set(self.report_to)) == len(self.report_to), "report_to", "names a tracker twice", prefix="")
+        if self.promote_to_alias is not None:
+            self.promote_to_alias.validated()
+            _check(bool(self.test_file.strip()), "test_file", "is required with promote_to_alias: the alias moves only "
+                   "if the new adapter scores at least its current target on a test set", prefix="")
         self.hyperparameters.validated()
         self.placement.validated()
         return self
@@ -208,6 +234,8 @@ class JobSpec:
         placement = dict(data.get("placement") or {})  # absent in jobs stored before placement existed
         placement["tolerations"] = tuple(Toleration(**t) for t in placement.get("tolerations", ()))
         fields["placement"] = Placement(**placement)
+        promotion = data.get("promote_to_alias")
+        fields["promote_to_alias"] = AliasPromotion(**promotion) if promotion else None
         fields["report_to"] = tuple(data.get("report_to") or ())
         return cls(**fields)
 

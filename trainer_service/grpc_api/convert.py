@@ -12,7 +12,7 @@ from vlmforge.trainer.v1 import trainer_pb2 as pb
 
 from ..domain import Job, JobEvent, JobStatus
 from ..errors import InvalidArgumentError
-from ..job_spec import Hyperparameters, JobSpec, Placement, Toleration
+from ..job_spec import AliasPromotion, Hyperparameters, JobSpec, Placement, Toleration
 
 _STATUS_TO_PB = {
     JobStatus.VALIDATING_FILES: pb.JOB_STATUS_VALIDATING_FILES,
@@ -66,9 +66,16 @@ def spec_from_pb(request: pb.CreateFineTuningJobRequest) -> tuple[JobSpec, str |
         metadata=dict(request.metadata),
         placement=placement_from_pb(request.placement),
         dataset_name=request.dataset_name,
+        promote_to_alias=promotion_from_pb(request),
         report_to=tuple(request.report_to),
     )
     return spec, request.client_request_id or None
+
+
+def promotion_from_pb(request: pb.CreateFineTuningJobRequest) -> AliasPromotion | None:
+    if not request.HasField("promote_to_alias"):
+        return None
+    return AliasPromotion(request.promote_to_alias.alias, request.promote_to_alias.metric or AliasPromotion.metric)
 
 
 def placement_from_pb(message: pb.Placement) -> Placement:
@@ -116,6 +123,8 @@ def job_to_pb(job: Job) -> pb.FineTuningJob:
     message.hyperparameters.scheduler = _SCHEDULER_TO_PB.get(hyper.get("scheduler", "cosine"), 0)
     message.hyperparameters.lora_target_modules.extend(hyper.get("lora_target_modules", ()))
     message.placement.CopyFrom(_placement_to_pb(spec.get("placement") or {}))
+    if promotion := spec.get("promote_to_alias"):
+        message.promote_to_alias.CopyFrom(pb.AliasPromotion(alias=promotion["alias"], metric=promotion["metric"]))
     if job.started_at:
         message.started_at.CopyFrom(_timestamp(job.started_at))
     if job.finished_at:
@@ -144,10 +153,24 @@ def event_to_pb(event: JobEvent) -> pb.FineTuningJobEvent:
                                                         scores=pb.EvaluationScores(**payload["scores"])))
     elif event.kind == "checkpoint":
         message.checkpoint.CopyFrom(pb.CheckpointSaved(step=payload["step"], path=payload["path"]))
+    elif event.kind == "alias_decision":
+        message.alias_decision.CopyFrom(_alias_decision_to_pb(payload))
     elif event.kind == "gpu_assignment":
         message.gpu_assignment.CopyFrom(pb.GpuAssignment(gpus=payload["gpus"],
                                                          visible_devices=payload["visible_devices"]))
     return message
+
+
+def _alias_decision_to_pb(payload: dict) -> pb.AliasDecision:
+    decision = pb.AliasDecision(alias=payload["alias"], metric=payload["metric"], promoted=payload["promoted"],
+                                reason=payload["reason"], candidate=payload["candidate"],
+                                current_target=payload.get("current_target") or "",
+                                test_set_sha256=payload.get("test_set_sha256", ""),
+                                alias_version=payload.get("version", 0))
+    for name in ("candidate_score", "current_score"):
+        if payload.get(name) is not None:
+            setattr(decision, name, payload[name])
+    return decision
 
 
 def status_to_pb(status: JobStatus) -> int:

@@ -24,6 +24,7 @@ from ..launcher import SERVICE_PID_ENV
 from ..domain import JobError, JobStatus
 from ..evaluation import answer_questions, score_answers
 from ..job_spec import Hyperparameters, JobSpec, dataset_sources, load_job_dataset
+from ..promotion import promote_job_adapter, dataset_sha256
 from ..store import JobRecords
 from .backends import TrainingBackend, select_backend
 from .distributed import Ranks
@@ -135,12 +136,13 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
         return
     after = _evaluate(store, job_id, "after", backend, peft_model, processor, test_set) if test_set else None
     name = fine_tuned_model_name(model_dir, spec.suffix, job_id)
+    test_set_sha256 = dataset_sha256(test_set) if test_set else None  # what an alias's quality gate compares on
     artifact_dir = (artifacts_dir or state_dir / "artifacts") / name
     manifest = {
         "fine_tuned_model": name, "base_model": str(model_dir), "base_model_config_sha256":
         model_config_digest(model_dir), "job_id": job_id, "created_at": time.time(), "method": spec.method,
         "training_backend": backend.name, "hyperparameters": dataclasses.asdict(hyper),
-        "training_file": spec.training_file,
+        "training_file": spec.training_file, "test_set_sha256": test_set_sha256,
         "evaluation_before": store.get_job(job_id).result.get("evaluation_before"), "evaluation_after": after,
     }
     family = family_for_model_dir(model_dir)
@@ -160,6 +162,9 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
     tracking.finish("succeeded")  # before SUCCEEDED: a client that sees it finds the runs complete
     if notifier is not None and family.vllm_serves:  # else the job said when created why nothing serves it
         notifier.notify(job_id, name)
+    if spec.promote_to_alias is not None:  # after the push: the alias then moves to an adapter already loaded
+        promote_job_adapter(store, job_id, spec.promote_to_alias, name, after, test_set_sha256, artifact_dir.parent,
+                            servable=family.vllm_serves)
     store.transition(job_id, JobStatus.SUCCEEDED, f"succeeded: {name}", result={
         "fine_tuned_model": name, "adapter_path": str(artifact_dir / ADAPTER_DIR),
         "merged_model_path": str(artifact_dir / MERGED_DIR),
