@@ -121,7 +121,7 @@ class LocalLauncher:
         """The first agent of the oldest running job (with one job at a time: the worker)."""
         with self._lock:
             run = next(iter(self._runs.values()), None)
-        return run.agents[0].pid if run else None
+        return run.agents[0].pid if run and run.agents else None
 
     def worker_pids(self, job_id: str) -> list[int]:
         """The pids of a running job's torchrun agents (one per node) or its single worker."""
@@ -161,6 +161,7 @@ class LocalLauncher:
 
     def _check(self, run: _Run) -> None:
         codes = [agent.poll() for agent in run.agents]
+        codes += [1] * (len(run.launch.visible_devices) - len(run.agents))  # agents that failed to start
         status = self.store.get_job(run.job_id).status
         if status is JobStatus.CANCELLED:
             self._end(run)
@@ -184,16 +185,13 @@ class LocalLauncher:
                                                      "last checkpoint")
 
     def _start_queued(self) -> None:
-        queued = list(reversed(self.store.list_jobs([JobStatus.QUEUED], page_size=1000)[0]))  # oldest first
-        if not queued:
-            return
         if not self.gpus:  # one job at a time, however many GPUs it asks for (the machine's default devices)
-            if not self._runs:
-                job = queued[0]
+            if not self._runs and (job := self.store.next_queued()) is not None:
                 placement = JobSpec.from_json(job.spec).placement
                 gpus = placement.gpu_count or self.gpus_per_job
                 self._launch(Launch(job.id, ((),) * placement.node_count), gpus_per_node=gpus)
             return
+        queued = list(reversed(self.store.list_jobs([JobStatus.QUEUED], page_size=1000)[0]))  # oldest first
         demands = [self._demand(job.id, job.spec) for job in queued]
         with self._lock:
             busy = {gpu for run in self._runs.values() for gpu in run.launch.gpus}
@@ -236,8 +234,8 @@ class LocalLauncher:
                 run.agents.append(self._spawn(command, log, env))
         finally:
             log.close()
-        with self._lock:
-            self._runs[job_id] = run
+            with self._lock:  # also when a later agent failed to start: the next poll ends the ones that did
+                self._runs[job_id] = run
         logger.info("job %s: worker pid(s) %s%s", job_id, ",".join(str(a.pid) for a in run.agents),
                     f" on GPUs {','.join(launch.gpus)}" if launch.gpus else "")
 

@@ -71,3 +71,26 @@ def test_the_gpu_assignment_is_a_typed_event() -> None:
     message = event_to_pb(event)
     assert list(message.gpu_assignment.gpus) == ["1", "2"]
     assert list(message.gpu_assignment.visible_devices) == ["1", "2"]
+
+
+def test_the_launcher_fails_a_job_that_asks_for_more_gpus_than_it_has(tmp_path) -> None:
+    import time
+
+    from trainer_service.domain import JobStatus
+    from trainer_service.launcher import LocalLauncher
+    from trainer_service.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    spec = JobSpec("/models/m", "/data/train.jsonl", placement=Placement(gpu_count=2, nodes=2))
+    job, _ = store.create_job({**spec.to_json(), "model_dir": "/models/m"}, status=JobStatus.QUEUED)
+    launcher = LocalLauncher(store, tmp_path, poll_interval_s=0.02, gpus=("0", "1"))
+    launcher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while store.get_job(job.id).status is JobStatus.QUEUED and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        launcher.stop()
+    failed = store.get_job(job.id)
+    assert failed.status is JobStatus.FAILED and failed.error.code == "not_enough_gpus"
+    assert failed.error.message == "placement asks for 4 GPUs (2 x 2 nodes); this trainer has 2 (--gpus)"
