@@ -33,6 +33,7 @@ LABEL_KEY_PATTERN = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_L
 LABEL_VALUE_PATTERN = re.compile(rf"^({_LABEL_NAME})?$")
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+STRATEGIES = ("auto", "ddp", "fsdp")  # how a job on several GPUs spreads the model (worker/distributed.py)
 # Experiment trackers a job may report to (Hugging Face TrainingArguments.report_to names); where each one
 # writes is the trainer's setting, never the request's (trainer_service/tracking.py).
 TRACKERS = ("tensorboard", "mlflow", "trackio")
@@ -129,6 +130,7 @@ class Placement:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
     nodes: int = 0  # 0 or 1: one node; above 1: torchrun on each node, c10d rendezvous (gpu_count GPUs per node)
+    strategy: str = "auto"  # STRATEGIES; auto: FSDP when the bf16 model does not fit one GPU (worker/distributed.py)
 
     @property
     def selects_nodes(self) -> bool:
@@ -143,6 +145,7 @@ class Placement:
                prefix="placement.")
         _check(0 <= self.nodes <= MAX_NODES_PER_JOB, "nodes", f"must be between 0 and {MAX_NODES_PER_JOB}",
                prefix="placement.")
+        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}", prefix="placement.")
         for key, value in self.node_selector.items():
             _check(bool(LABEL_KEY_PATTERN.match(key)), f"node_selector[{key}]", "is not a Kubernetes label key",
                    prefix="placement.")
@@ -221,6 +224,8 @@ class JobSpec:
                    "if the new adapter scores at least its current target on a test set", prefix="")
         self.hyperparameters.validated()
         self.placement.validated()
+        _check(not (self.method == "qlora" and self.placement.strategy == "fsdp"), "strategy",
+               "fsdp shards LoRA jobs; a QLoRA job's 4-bit base trains with ddp (or auto)", prefix="placement.")
         return self
 
     @classmethod

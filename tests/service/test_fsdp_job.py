@@ -1,7 +1,7 @@
 """A job with `placement.strategy` fsdp on two processes (torchrun through the real local launcher; gloo on this
 CPU): the base and adapters are sharded, its losses are a single process's, and after a SIGKILL it resumes from
 its sharded checkpoint to the same losses (the optimizer state came back too), then writes the adapter and the
-merged model once."""
+merged model once. No test file: scoring one in lockstep on both ranks would add ~10 s of CI time."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_an_fsdp_job_trains_like_one_process_and_resumes_exactly_after_a_kill(ti
                                                                                 tmp_path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
     job = JobService(store).create(JobSpec(str(tiny_model_dir), str(small_dataset_dir / "train.jsonl"),
-                                           test_file=str(small_dataset_dir / "test.jsonl"), hyperparameters=HYPER,
+                                           hyperparameters=HYPER,
                                            placement=Placement(strategy="fsdp")))
     launcher = LocalLauncher(store, tmp_path, poll_interval_s=0.1, gpus_per_job=2)
     launcher.start()
@@ -80,8 +80,6 @@ def test_an_fsdp_job_trains_like_one_process_and_resumes_exactly_after_a_kill(ti
     reference = _single_process_losses(tiny_model_dir, small_dataset_dir, tmp_path / "reference")
     assert [losses[step] for step in (1, 2, 3, 4)] == pytest.approx(reference, rel=1e-5)
     assert reference[-1] != reference[0]
-    phases = [e.payload["phase"] for e in events if e.kind == "evaluation"]
-    assert phases.count("before") == 1 and phases.count("after") == 1, "scored in lockstep, recorded once"
 
     from safetensors.torch import load_file
 

@@ -39,6 +39,9 @@ _METHOD_TO_PB = {"lora": pb.FINE_TUNING_METHOD_LORA, "qlora": pb.FINE_TUNING_MET
 _SCHEDULER_FROM_PB = {pb.LEARNING_RATE_SCHEDULER_UNSPECIFIED: "cosine", pb.LEARNING_RATE_SCHEDULER_COSINE: "cosine",
                       pb.LEARNING_RATE_SCHEDULER_LINEAR: "linear", pb.LEARNING_RATE_SCHEDULER_CONSTANT: "constant"}
 _SCHEDULER_TO_PB = {name: number for number, name in _SCHEDULER_FROM_PB.items() if number}
+_STRATEGY_FROM_PB = {pb.DISTRIBUTED_STRATEGY_UNSPECIFIED: "auto", pb.DISTRIBUTED_STRATEGY_AUTO: "auto",
+                     pb.DISTRIBUTED_STRATEGY_DDP: "ddp", pb.DISTRIBUTED_STRATEGY_FSDP: "fsdp"}
+_STRATEGY_TO_PB = {name: number for number, name in _STRATEGY_FROM_PB.items() if number}
 # Optional scalar fields copied as they are when the client set them.
 _SCALAR_HYPERPARAMETERS = (
     "epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "warmup_steps",
@@ -81,13 +84,14 @@ def promotion_from_pb(request: pb.CreateFineTuningJobRequest) -> AliasPromotion 
 def placement_from_pb(message: pb.Placement) -> Placement:
     return Placement(message.gpu_count, dict(message.node_selector), tuple(
         Toleration(t.key, t.operator or "Equal", t.value, t.effect) for t in message.tolerations),
-        nodes=message.nodes)
+        nodes=message.nodes, strategy=_enum(_STRATEGY_FROM_PB, message.strategy, "placement.strategy"))
 
 
 def _placement_to_pb(placement: dict) -> pb.Placement:
     return pb.Placement(gpu_count=placement.get("gpu_count", 0), node_selector=placement.get("node_selector", {}),
                         tolerations=[pb.Toleration(**t) for t in placement.get("tolerations", ())],
-                        nodes=placement.get("nodes", 0))
+                        nodes=placement.get("nodes", 0),
+                        strategy=_STRATEGY_TO_PB.get(placement.get("strategy", "auto"), 0))
 
 
 def hyperparameters_from_pb(message: pb.Hyperparameters) -> Hyperparameters:

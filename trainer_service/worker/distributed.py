@@ -40,10 +40,9 @@ def choose_strategy(requested: str, *, parameter_bytes: int, gpu_memory_bytes: i
 
 def bf16_parameter_bytes(model_dir) -> int:
     """The model's weights in bf16, counted from its config on the meta device (nothing is read or allocated)."""
-    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    with init_empty_weights():
+    with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir))
     return 2 * sum(parameter.numel() for parameter in model.parameters())
 

@@ -22,12 +22,13 @@ from vlmforge.families.checkpoints import rename_weights_for_vllm
 from ..deploy import InferenceNotifier
 from ..launcher import SERVICE_PID_ENV
 from ..domain import JobError, JobStatus
+from ..errors import FailedPreconditionError
 from ..evaluation import answer_questions, score_answers
 from ..job_spec import Hyperparameters, JobSpec, dataset_sources, load_job_dataset
 from ..promotion import promote_job_adapter, dataset_sha256
 from ..store import JobRecords
 from .backends import TrainingBackend, select_backend
-from .distributed import Ranks
+from .distributed import Ranks, bf16_parameter_bytes, choose_strategy, gpu_memory_bytes
 from .splits import split_training_set
 from .tracking import JobTracking, TrackedRecords
 from .train import Cancelled, Progress, seed_everything, train
@@ -86,8 +87,9 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
     spec = JobSpec.from_json(job.spec)
     hyper = spec.hyperparameters
     model_dir = Path(job.spec["model_dir"])
+    ranks = _with_strategy(ranks, spec, model_dir, backend, store, job_id)
     if ranks.is_main:
-        gpus = f" x {ranks.world_size} processes" if ranks.distributed else ""
+        gpus = f" x {ranks.world_size} processes ({ranks.strategy})" if ranks.distributed else ""
         store.append_event(job_id, "log", f"training with {backend.name} on {backend.placement.device}{gpus} "
                            f"({str(backend.placement.dtype).removeprefix('torch.')}"
                            f"{', 4-bit NF4 base' if spec.method == 'qlora' else ''})")
@@ -101,7 +103,8 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
     if ranks.is_main:
         store.append_event(job_id, "log", training_levers(hyper), {"levers": _lever_values(hyper)})
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = backend.load(model_dir, quantize_4bit=spec.method == "qlora", hyper=hyper)
+    # A sharded model is built with its adapters, shard by shard, below (fsdp.py): no rank loads it whole here.
+    model = None if ranks.shards_model else backend.load(model_dir, quantize_4bit=spec.method == "qlora", hyper=hyper)
     sources = dataset_sources(job.spec)  # a file id's stored dataset, or the path the job names
     train_set = load_job_dataset(spec, "training_file", sources["training_file"])
     test_set = load_job_dataset(spec, "test_file", sources["test_file"]) if spec.test_file else []
@@ -117,11 +120,25 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
         if state != resume:
             store.merge_result(job_id, {"tracking": state})
 
-    if ranks.is_main and test_set and "evaluation_before" not in job.result:
+    evaluate_before = test_set and "evaluation_before" not in job.result
+    if ranks.is_main and evaluate_before and not ranks.shards_model:
         _evaluate(store, job_id, "before", backend, model, processor, test_set)
 
     seed_everything(hyper.seed)
-    peft_model = backend.add_lora(model, hyper)
+    if ranks.shards_model:
+        from .fsdp import build_sharded_peft_model
+
+        peft_model = build_sharded_peft_model(model_dir, backend, hyper, ranks, seed=hyper.seed)
+        if evaluate_before:
+            with peft_model.disable_adapter():  # the base, as the other strategies score it
+                _evaluate_on_every_rank(store, job_id, "before", backend, peft_model, processor, test_set, ranks)
+        if validation_set:  # rank 0 alone validates from inside the loop, which a sharded model cannot do
+            validation_set = []
+            if ranks.is_main:
+                store.append_event(job_id, "log", "validation during training is off with fsdp: the test file "
+                                   "is scored before and after")
+    else:
+        peft_model = backend.add_lora(model, hyper)
 
     def validate(step: int) -> None:
         if validation_set:
@@ -132,9 +149,17 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
     losses = train(peft_model, processor, train_set, hyper, state_dir / "checkpoints" / job_id, backend,
                    reporter.on_progress, reporter.on_checkpoint,
                    reporter.should_stop if ranks.is_main else lambda: False, ranks)
+    adapter_weights, after = None, None  # None: peft reads a whole model's own weights
+    if ranks.shards_model:
+        from .fsdp import full_adapter_state
+
+        adapter_weights = full_adapter_state(peft_model)  # every rank sends its shards to rank 0
+        if test_set:
+            after = _evaluate_on_every_rank(store, job_id, "after", backend, peft_model, processor, test_set, ranks)
     if not ranks.is_main:
         return
-    after = _evaluate(store, job_id, "after", backend, peft_model, processor, test_set) if test_set else None
+    if test_set and not ranks.shards_model:
+        after = _evaluate(store, job_id, "after", backend, peft_model, processor, test_set)
     name = fine_tuned_model_name(model_dir, spec.suffix, job_id)
     test_set_sha256 = dataset_sha256(test_set) if test_set else None  # what an alias's quality gate compares on
     artifact_dir = (artifacts_dir or state_dir / "artifacts") / name
@@ -147,11 +172,14 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
     }
     family = family_for_model_dir(model_dir)
     with built_atomically(artifact_dir) as staging:
-        peft_model.save_pretrained(staging / ADAPTER_DIR)  # adapter_config.json + adapter_model.safetensors
-        del model, peft_model  # the merge reloads the base in full precision: free the training copy first
+        # adapter_config.json + adapter_model.safetensors
+        peft_model.save_pretrained(staging / ADAPTER_DIR, state_dict=adapter_weights)
+        del model, peft_model, adapter_weights  # the merge reloads the base in full precision: free the training copy
         if backend.placement.device.type == "cuda":
             torch.cuda.empty_cache()
-        merge_to_16bit(model_dir, staging / ADAPTER_DIR, staging / MERGED_DIR, backend.placement.device)
+        # A model sharded for not fitting one GPU is merged in host RAM.
+        merge_to_16bit(model_dir, staging / ADAPTER_DIR, staging / MERGED_DIR,
+                       torch.device("cpu") if ranks.shards_model else backend.placement.device)
         processor.save_pretrained(staging / MERGED_DIR)
         # What transformers writes is not always what vLLM reads (the adapter keeps peft's names: transformers
         # and peft load it, and vLLM serves it where the family allows).
@@ -171,10 +199,47 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
     })
 
 
+def _with_strategy(ranks: Ranks, spec: JobSpec, model_dir: Path, backend: TrainingBackend, store: JobRecords,
+                   job_id: str) -> Ranks:
+    """The job's `placement.strategy` on this machine (`auto` decided here, where the GPUs are known); rank 0
+    says which and why."""
+    if not ranks.distributed:
+        return ranks
+    weights = bf16_parameter_bytes(model_dir)
+    memory = gpu_memory_bytes()
+    requested = "ddp" if spec.method == "qlora" else spec.placement.strategy  # a 4-bit base is not sharded
+    strategy = choose_strategy(requested, parameter_bytes=weights, gpu_memory_bytes=memory,
+                               gpu_count=ranks.world_size)
+    if strategy == "fsdp" and backend.name != "transformers":
+        raise FailedPreconditionError(f"placement.strategy fsdp trains with the transformers backend, not "
+                                      f"{backend.name}")
+    if ranks.is_main:
+        fits = f"{weights / 1e9:.1f} GB of bf16 weights" + (f", {memory / 1e9:.0f} GB per GPU" if memory else "")
+        store.append_event(job_id, "log", f"strategy: {strategy} ({spec.placement.strategy} asked; {fits})",
+                           {"strategy": strategy, "parameter_bytes": weights, "gpu_memory_bytes": memory})
+    return dataclasses.replace(ranks, strategy=strategy)
+
+
+def _evaluate_on_every_rank(store: JobRecords, job_id: str, phase: str, backend: TrainingBackend, model, processor,
+                            samples, ranks: Ranks) -> dict | None:
+    """A sharded model's forward is a collective: every rank generates the same answers in lockstep (same inputs,
+    same gathered weights, greedy), and rank 0 alone scores and records them."""
+    from .fsdp import reshard
+
+    scores = None
+    if ranks.is_main:
+        scores = _evaluate(store, job_id, phase, backend, model, processor, samples)
+    else:
+        backend.for_inference(model)
+        answer_questions(model, processor, samples)
+    reshard(model)
+    return scores
+
+
 def _lever_values(hyper: Hyperparameters) -> dict:
     return {"packing": hyper.packing, "max_tokens_per_batch": hyper.max_tokens_per_batch if hyper.packing else None,
             "batch_size": hyper.batch_size, "group_by_length": hyper.group_by_length,
-            "gradient_checkpointing": hyper.gradient_checkpointing}
+            "gradient_checkpointing": hyper.gradient_checkpointing, "compile_blocks": hyper.compile_blocks}
 
 
 def training_levers(hyper: Hyperparameters) -> str:
@@ -182,7 +247,8 @@ def training_levers(hyper: Hyperparameters) -> str:
     batches = (f"packing on (rows of at most {hyper.max_tokens_per_batch} tokens and {hyper.batch_size} samples)"
                if hyper.packing else
                f"packing off (batches of {hyper.batch_size}{', grouped by length' if hyper.group_by_length else ''})")
-    return f"training levers: {batches}, gradient checkpointing {'on' if hyper.gradient_checkpointing else 'off'}"
+    return (f"training levers: {batches}, gradient checkpointing {'on' if hyper.gradient_checkpointing else 'off'}"
+            + (", blocks compiled" if hyper.compile_blocks else ""))
 
 
 class _JobReporter:
