@@ -22,11 +22,21 @@ samples and, unless `--max-tokens-per-batch` says less, room for any `--batch-si
     python bench/train_throughput.py --model-dir DIR --workload realistic --batch-size 4
     python bench/train_throughput.py --model-dir DIR --configs plain:lora:nogc,packed:lora:nogc --cpu-smoke
     python -m vlmforge.model_shapes DIR --shape 2b --tokenizer-from TINY_MODEL_DIR   # a 2B-shaped DIR
+
+FSDP (`--strategy fsdp`, with `--gpus 2`): the trainer's sharded path (trainer_service/worker/fsdp.py). A shape too
+large to write to disk (Qwen2-VL-72B in bf16 is ~144 GB) is built sharded in memory instead: `--meta-shape 72b
+--tokenizer-from TINY_MODEL_DIR` writes only its config and processor to --model-dir, and a model directory
+without weights is built on the meta device and given random weights shard by shard on each GPU. Untested on a
+GPU so far (it ran on CPU processes with gloo only):
+
+    python bench/train_throughput.py --model-dir /tmp/72b --meta-shape 72b --tokenizer-from TINY_MODEL_DIR \
+        --strategy fsdp --gpus 2 --configs transformers:lora:gc --batch-size 1
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import math
@@ -62,10 +72,16 @@ def main() -> None:
                         "configs run, measures nothing)")
     parser.add_argument("--time-budget-s", type=float, default=None, help="start no configuration after this long")
     parser.add_argument("--gpus", default="1", help="GPU counts to run each configuration on, e.g. 1,2 (DDP)")
+    parser.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp", help="with more than one GPU")
+    parser.add_argument("--meta-shape", choices=tuple(META_SHAPES), help="write only this shape's config and "
+                        "processor to --model-dir; its weights are random, made shard by shard (with --tokenizer-from)")
+    parser.add_argument("--tokenizer-from", type=Path, help="--meta-shape: the tiny model whose tokenizer it takes")
     parser.add_argument("--profile", action="store_true", help="also print each configuration's top CUDA "
                         "operations over 3 steps after the warm-up (torch.profiler)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.meta_shape and not args.child:
+        _write_meta_shape(args.model_dir, args.meta_shape, args.tokenizer_from)
     if args.child:
         print("RESULT " + json.dumps(_measure(args, args.child)))
         return
@@ -106,7 +122,7 @@ def _measure(args, config: str) -> dict:
     if backend_name == "unsloth_eager":  # Unsloth without its regional compilation of the decoder blocks
         os.environ["UNSLOTH_BLOCK_COMPILE"] = "0"
         backend_name = "unsloth"
-    ranks = Ranks.from_environment()
+    ranks = dataclasses.replace(Ranks.from_environment(), strategy=args.strategy)
     ranks.start()
     backend = select_backend("transformers" if backend_name in TRANSFORMERS_LOOPS
                              else backend_name)  # Unsloth must be imported first
@@ -122,9 +138,12 @@ def _measure(args, config: str) -> dict:
     if args.workload == "realistic":  # the shaped model's processor resizes every image to one size
         processor.image_processor.size = {"shortest_edge": QWEN2_VL_PIXELS[0], "longest_edge": QWEN2_VL_PIXELS[1]}
     loaded_at = time.perf_counter()
-    model = backend.load(args.model_dir, quantize_4bit=method == "qlora", hyper=hyper)
-    seed_everything(hyper.seed)
-    peft_model = backend.add_lora(model, hyper)
+    if ranks.shards_model:
+        peft_model = _sharded_model(args.model_dir, backend, hyper, ranks)
+    else:
+        model = backend.load(args.model_dir, quantize_4bit=method == "qlora", hyper=hyper)
+        seed_everything(hyper.seed)
+        peft_model = backend.add_lora(model, hyper)
     if backend_name in ("compiled", "packed_compiled"):
         _compile_blocks(peft_model)
     load_s = time.perf_counter() - loaded_at
@@ -170,6 +189,41 @@ def _measure(args, config: str) -> dict:
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0, "load_s": load_s,
             "losses": losses, "max_tokens_per_batch": hyper.max_tokens_per_batch if hyper.packing else None,
             "trainable_parameters": sum(p.numel() for p in peft_model.parameters() if p.requires_grad)}
+
+
+# Qwen/Qwen2-VL-72B-Instruct's config.json (its vocabulary is 152064; the 2B/7B shapes' 151936 is used here).
+META_SHAPES = {"72b": ("qwen2_vl", {"hidden_size": 8192, "intermediate_size": 29568, "num_hidden_layers": 80,
+                                    "num_attention_heads": 64, "num_key_value_heads": 8, "tie_word_embeddings": False})}
+
+
+def _write_meta_shape(model_dir: Path, shape: str, tokenizer_from: Path) -> None:
+    """A model directory with a config and a processor but no weights (nothing the size of the model is written)."""
+    from transformers import AutoTokenizer
+
+    from vlmforge.model_shapes import _BUILDERS
+
+    if (model_dir / "config.json").is_file():
+        return
+    family, sizes = META_SHAPES[shape]
+    config, _, processor = _BUILDERS[family](sizes, AutoTokenizer.from_pretrained(tokenizer_from), 448)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+
+
+def _sharded_model(model_dir: Path, backend, hyper, ranks):
+    """The worker's FSDP model; from a directory without weights, random weights made on each GPU for its shards."""
+    import torch
+    from transformers import AutoConfig
+
+    from trainer_service.worker.fsdp import build_sharded_peft_model, materialise, meta_peft_model, shard
+
+    if any(model_dir.glob("*.safetensors")):
+        return build_sharded_peft_model(model_dir, backend, hyper, ranks, seed=hyper.seed)
+    peft_model = meta_peft_model(AutoConfig.from_pretrained(model_dir), backend, hyper)
+    shard(peft_model, ranks, mixed_precision=backend.placement.dtype == torch.bfloat16)
+    materialise(peft_model, ranks)
+    return peft_model
 
 
 def _with_levers(hyper, backend_name: str, processor, samples, args):
