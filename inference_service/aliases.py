@@ -12,6 +12,7 @@ on the adapter it started with (the old adapter stays loaded).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -24,13 +25,15 @@ from vlmforge.aliases import (ALIAS_NAME_RULE, AliasError, AliasNotFound, AliasS
                               rollback_change)
 
 from .adapters import AdapterManager
-from .errors import InvalidRequest, ModelNotFound
+from .errors import AdminDisabled, InvalidRequest, ModelNotFound
 from .metrics import InferenceMetrics
 
 # Directory mtimes tick coarsely (a jiffy on many kernels): a directory changed this recently may change again
 # within the same tick, so it is read again rather than trusted (git's "racily clean" rule).
 RACY_WINDOW_NS = 1_000_000_000
 ADMIN_ACTOR = "admin"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,10 @@ class AliasResolver:
 def sync_alias_metrics(resolver: AliasResolver, metrics: InferenceMetrics) -> None:
     """Brings `vlmforge_inference_alias_info` to the files' state; called on each scrape, in whichever frontend
     serves it."""
-    metrics.alias_targets({entry.alias: resolver.served_name(entry) for entry in resolver.all_current()})
+    try:
+        metrics.alias_targets({entry.alias: resolver.served_name(entry) for entry in resolver.all_current()})
+    except (OSError, ValueError):  # the scrape still answers; the alias files' problem is logged
+        logger.warning("could not read the alias files for vlmforge_inference_alias_info", exc_info=True)
 
 
 async def models_with_aliases(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
@@ -205,6 +211,10 @@ def _write(change):
         raise ModelNotFound(f"no such alias: {error}", reason="alias_not_found", param="alias") from None
     except AliasError as error:
         raise InvalidRequest(str(error), reason="alias_change", param="alias") from None
+    except OSError as error:  # a read-only mount of the shared volume (EROFS), or no write permission
+        raise AdminDisabled(f"this server cannot write the artifact store's .aliases directory ({error.strerror}); "
+                            "aliases change here only where it is mounted read-write",
+                            reason="aliases_read_only") from None
 
 
 def _version_view(entry: AliasVersion, resolver: AliasResolver) -> AliasVersionView:

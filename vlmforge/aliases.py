@@ -133,7 +133,8 @@ class AliasStore:
     def current(self, alias: str) -> AliasVersion | None:
         directory = self.alias_dir(alias)
         try:
-            numbers = [int(m.group(1)) for p in os.scandir(directory) if (m := _VERSION_FILE.fullmatch(p.name))]
+            with os.scandir(directory) as entries:
+                numbers = [int(m.group(1)) for p in entries if (m := _VERSION_FILE.fullmatch(p.name))]
         except FileNotFoundError:
             return None
         return self._read(directory, alias, max(numbers)) if numbers else None
