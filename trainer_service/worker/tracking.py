@@ -118,7 +118,8 @@ class TensorBoardTracker:
 
 
 class TrackioTracker:
-    """A trackio run per job in the local database under TRACKIO_DIR (nothing leaves the machine: no Space)."""
+    """A trackio run per job in its local database under TRACKIO_DIR (no Space: nothing leaves the machine). An
+    optional extra (README, "Track experiments"): every trackio release caps pillow below the 13 we pin."""
 
     name = "trackio"
 
@@ -126,9 +127,10 @@ class TrackioTracker:
         os.environ["TRACKIO_DIR"] = directory  # read when trackio is imported
         import trackio
 
-        self.trackio, self.run = trackio, None
+        self.trackio, self.run, self.job_id = trackio, None, ""
 
     def start(self, job_id: str, params: dict[str, str], resume: dict[str, str]) -> dict[str, str]:
+        self.job_id = job_id
         self.run = self.trackio.init(project=TRACKIO_PROJECT, name=job_id, config=params, resume="allow")
         return {}
 
@@ -136,7 +138,8 @@ class TrackioTracker:
         self.run.log(metrics, step=step)
 
     def log_artifacts(self, adapter_dir: Path, loss_plot: Path) -> None:
-        pass  # trackio's local store keeps metrics and media, not model files
+        self.run.log_artifact(adapter_dir, name=f"{self.job_id}-adapter", type="model")
+        self.run.log_artifact(loss_plot, name=f"{self.job_id}-loss-plot", type="plot")
 
     def finish(self, outcome: str) -> None:
         self.run.finish()
