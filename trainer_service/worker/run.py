@@ -239,7 +239,7 @@ def _evaluate_on_every_rank(store: JobRecords, job_id: str, phase: str, backend:
 def _lever_values(hyper: Hyperparameters) -> dict:
     return {"packing": hyper.packing, "max_tokens_per_batch": hyper.max_tokens_per_batch if hyper.packing else None,
             "batch_size": hyper.batch_size, "group_by_length": hyper.group_by_length,
-            "gradient_checkpointing": hyper.gradient_checkpointing, "compile_blocks": hyper.compile_blocks}
+            "gradient_checkpointing": hyper.gradient_checkpointing}
 
 
 def training_levers(hyper: Hyperparameters) -> str:
@@ -247,8 +247,7 @@ def training_levers(hyper: Hyperparameters) -> str:
     batches = (f"packing on (rows of at most {hyper.max_tokens_per_batch} tokens and {hyper.batch_size} samples)"
                if hyper.packing else
                f"packing off (batches of {hyper.batch_size}{', grouped by length' if hyper.group_by_length else ''})")
-    return (f"training levers: {batches}, gradient checkpointing {'on' if hyper.gradient_checkpointing else 'off'}"
-            + (", blocks compiled" if hyper.compile_blocks else ""))
+    return f"training levers: {batches}, gradient checkpointing {'on' if hyper.gradient_checkpointing else 'off'}"
 
 
 class _JobReporter:
