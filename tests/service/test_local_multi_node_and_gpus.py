@@ -37,7 +37,7 @@ def test_a_two_node_job_trains_through_two_torchrun_agents_on_loopback(service, 
         placement=pb.Placement(nodes=2)))
     agents = []
     events = []
-    for event in client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=240):
+    for event in client.WatchFineTuningJob(pb.WatchFineTuningJobRequest(id=job.id), timeout=600):
         events.append(event)
         if event.HasField("progress") and not agents:
             agents = [psutil.Process(pid) for pid in launcher.worker_pids(job.id)]
@@ -74,7 +74,7 @@ def test_jobs_get_their_own_gpus_side_by_side_and_wait_fifo_for_a_free_one(tiny_
     side_by_side, scrape = set(), ""
     launcher.start()
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while not all(store.get_job(i).status.is_terminal for i in ids) and time.monotonic() < deadline:
             in_use = launcher.gpus_in_use()
             for job_id in in_use:
