@@ -87,12 +87,14 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
     spec = JobSpec.from_json(job.spec)
     hyper = spec.hyperparameters
     model_dir = Path(job.spec["model_dir"])
-    ranks = _with_strategy(ranks, spec, model_dir, backend, store, job_id)
+    ranks, strategy_event = _with_strategy(ranks, spec, model_dir, backend)
     if ranks.is_main:
-        gpus = f" x {ranks.world_size} processes ({ranks.strategy})" if ranks.distributed else ""
+        gpus = f" x {ranks.world_size} processes with {ranks.strategy.upper()}" if ranks.distributed else ""
         store.append_event(job_id, "log", f"training with {backend.name} on {backend.placement.device}{gpus} "
                            f"({str(backend.placement.dtype).removeprefix('torch.')}"
                            f"{', 4-bit NF4 base' if spec.method == 'qlora' else ''})")
+        if strategy_event:
+            store.append_event(job_id, "log", *strategy_event)
         for field_name, chosen in job.spec.get("dataset_formats", {}).items():  # as Create detected them
             store.append_event(job_id, "log", f"dataset format: {chosen} for {field_name}")
     if hyper.packing and backend.fused_loss:  # same decision on every rank
@@ -132,23 +134,24 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
         if evaluate_before:
             with peft_model.disable_adapter():  # the base, as the other strategies score it
                 _evaluate_on_every_rank(store, job_id, "before", backend, peft_model, processor, test_set, ranks)
-        if validation_set:  # rank 0 alone validates from inside the loop, which a sharded model cannot do
-            validation_set = []
-            if ranks.is_main:
-                store.append_event(job_id, "log", "validation during training is off with fsdp: the test file "
-                                   "is scored before and after")
     else:
         peft_model = backend.add_lora(model, hyper)
 
-    def validate(step: int) -> None:
-        if validation_set:
+    def validate(step: int) -> None:  # rank 0, as it reports the step
+        if validation_set and not ranks.shards_model:
             _evaluate(store, job_id, "validation", backend, peft_model, processor, validation_set, step=step)
+            backend.for_training(peft_model)
+
+    def validate_sharded(step: int) -> None:  # every rank after the step: a sharded model's forward is a collective
+        if validation_set and ranks.shards_model and hyper.eval_every_steps and step % hyper.eval_every_steps == 0:
+            _evaluate_on_every_rank(store, job_id, "validation", backend, peft_model, processor, validation_set,
+                                    ranks, step=step)
             backend.for_training(peft_model)
 
     reporter = _JobReporter(store, job_id, hyper, validate)
     losses = train(peft_model, processor, train_set, hyper, state_dir / "checkpoints" / job_id, backend,
                    reporter.on_progress, reporter.on_checkpoint,
-                   reporter.should_stop if ranks.is_main else lambda: False, ranks)
+                   reporter.should_stop if ranks.is_main else lambda: False, ranks, after_step=validate_sharded)
     adapter_weights, after = None, None  # None: peft reads a whole model's own weights
     if ranks.shards_model:
         from .fsdp import full_adapter_state
@@ -199,12 +202,12 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
     })
 
 
-def _with_strategy(ranks: Ranks, spec: JobSpec, model_dir: Path, backend: TrainingBackend, store: JobRecords,
-                   job_id: str) -> Ranks:
-    """The job's `placement.strategy` on this machine (`auto` decided here, where the GPUs are known); rank 0
-    says which and why."""
+def _with_strategy(ranks: Ranks, spec: JobSpec, model_dir: Path,
+                   backend: TrainingBackend) -> tuple[Ranks, tuple[str, dict] | None]:
+    """The job's `placement.strategy` on this machine (`auto` decided here, where the GPUs are known), and the
+    log event saying which and why (None in one process: there is nothing to spread over)."""
     if not ranks.distributed:
-        return ranks
+        return ranks, None
     weights = bf16_parameter_bytes(model_dir)
     memory = gpu_memory_bytes()
     requested = "ddp" if spec.method == "qlora" else spec.placement.strategy  # a 4-bit base is not sharded
@@ -213,22 +216,21 @@ def _with_strategy(ranks: Ranks, spec: JobSpec, model_dir: Path, backend: Traini
     if strategy == "fsdp" and backend.name != "transformers":
         raise FailedPreconditionError(f"placement.strategy fsdp trains with the transformers backend, not "
                                       f"{backend.name}")
-    if ranks.is_main:
-        fits = f"{weights / 1e9:.1f} GB of bf16 weights" + (f", {memory / 1e9:.0f} GB per GPU" if memory else "")
-        store.append_event(job_id, "log", f"strategy: {strategy} ({spec.placement.strategy} asked; {fits})",
-                           {"strategy": strategy, "parameter_bytes": weights, "gpu_memory_bytes": memory})
-    return dataclasses.replace(ranks, strategy=strategy)
+    fits = f"{weights / 1e9:.1f} GB of bf16 weights" + (f", {memory / 1e9:.0f} GB per GPU" if memory else "")
+    return dataclasses.replace(ranks, strategy=strategy), (
+        f"strategy: {strategy} ({spec.placement.strategy} asked; {fits})",
+        {"strategy": strategy, "parameter_bytes": weights, "gpu_memory_bytes": memory})
 
 
 def _evaluate_on_every_rank(store: JobRecords, job_id: str, phase: str, backend: TrainingBackend, model, processor,
-                            samples, ranks: Ranks) -> dict | None:
+                            samples, ranks: Ranks, *, step: int = 0) -> dict | None:
     """A sharded model's forward is a collective: every rank generates the same answers in lockstep (same inputs,
     same gathered weights, greedy), and rank 0 alone scores and records them."""
     from .fsdp import reshard
 
     scores = None
     if ranks.is_main:
-        scores = _evaluate(store, job_id, phase, backend, model, processor, samples)
+        scores = _evaluate(store, job_id, phase, backend, model, processor, samples, step=step)
     else:
         backend.for_inference(model)
         answer_questions(model, processor, samples)

@@ -102,7 +102,7 @@ def seed_everything(seed: int) -> None:
 def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperparameters, checkpoint_dir: Path,
           backend: TrainingBackend, on_progress: Callable[[Progress], None],
           on_checkpoint: Callable[[int, Path], None], should_stop: Callable[[], bool],
-          ranks: Ranks = Ranks()) -> list[float]:
+          ranks: Ranks = Ranks(), after_step: Callable[[int], None] = lambda step: None) -> list[float]:
     """Trains `peft_model` in place; returns the loss of every step (averaged over ranks). Resumes from the
     newest checkpoint in `checkpoint_dir` if there is one. Only rank 0 reports and saves checkpoints."""
     placement = backend.placement
@@ -172,6 +172,7 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
                 tokens_per_second=tokens_seen / elapsed if elapsed > 0 else 0.0,
                 step_seconds=time.perf_counter() - step_started,
             ))
+        after_step(done)  # on every rank (a sharded model's validation is a collective)
         if done % hyper.checkpoint_every_steps == 0 and done < steps:  # a collective when the model is sharded
             saved = save_checkpoint(checkpoint_dir, done, peft_model, optimizer, scheduler, losses, ranks)
             if ranks.is_main:
