@@ -39,7 +39,7 @@ from PIL import Image
 
 from inference_overhead import _free_port, _pct  # noqa: E402 - bench/ is on sys.path when run as a script
 from inference_service.server import vllm_argv
-from inference_service.settings import InferenceSettings
+from inference_service.settings import InferenceSettings, default_api_server_count
 from vlmforge.processes import start_and_wait, stop
 
 ADAPTER_MIXES = (1, 4, 16)
@@ -69,6 +69,9 @@ def main() -> None:
     # server. Named here, both engines run the server's value.
     parser.add_argument("--vllm-args", default="--max-num-batched-tokens 8192",
                         help="engine flags given to all three engines")
+    parser.add_argument("--api-server-count", type=int, default=default_api_server_count(),
+                        help="our service's API frontends (default: the service's own for this machine); plain "
+                        "`vllm serve` keeps its single API process, the only one that loads adapters at run time")
     parser.add_argument("--phase", choices=("all", *PHASES, "offline-child"), default="all",
                         help="one part only (each fits a 10-minute GPU call), its figures kept in --work-dir; the "
                         "report shows every part measured there")
@@ -228,7 +231,8 @@ def measure_offline(args, work: Path) -> dict:
 
 async def measure_server(server: str, args, model_dir: Path, work: Path) -> dict:
     """`ours`: the inference service; `plain`: `vllm serve` with the engine flags the service gives vLLM."""
-    settings = bench_settings(model_dir, work / "artifacts", args.vllm_args)
+    settings = bench_settings(model_dir, work / "artifacts", args.vllm_args).model_copy(
+        update={"api_server_count": args.api_server_count})
     process, base_url, load_adapter = _start(server, settings, work)
     try:
         async with (openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0,
@@ -246,7 +250,8 @@ async def measure_server(server: str, args, model_dir: Path, work: Path) -> dict
             hot = [await _hot_load(http, load_adapter, level, name) for name in adapter_names(HOT_LOADS, "hot")]
     finally:
         stop(process)
-    return {"levels": levels, "mixes": mixes, "hot_loads": hot}
+    return {"levels": levels, "mixes": mixes, "hot_loads": hot,
+            "api_server_count": settings.api_server_count if server == "ours" else 1}
 
 
 def _start(server: str, settings: InferenceSettings, work: Path):
@@ -256,7 +261,8 @@ def _start(server: str, settings: InferenceSettings, work: Path):
             ["-m", "inference_service", "--base-model", settings.base_model, "--served-model-name", "base",
              "--port", "0", "--artifacts-dir", str(settings.artifacts_dir), "--admin-token", ADMIN_TOKEN,
              "--max-lora-rank", str(settings.max_lora_rank), "--max-loras-per-batch",
-             str(settings.max_loras_per_batch), "--vllm-args", settings.vllm_args],
+             str(settings.max_loras_per_batch), "--api-server-count", str(settings.api_server_count),
+             "--vllm-args", settings.vllm_args],
             work / "ours.log", READY, timeout_s=540)
         return process, f"http://127.0.0.1:{int(ready.group(1))}", _load_on_ours
     port = _free_port()
@@ -347,6 +353,9 @@ def _print(results: dict[str, dict], args, model_dir: Path) -> None:
     print(f"device: {device}; vLLM {vllm.__version__}; model {model_dir.name}; {args.output_tokens} output tokens; "
           f"one fresh {args.image_size_px}x{args.image_size_px} image per request; adapters r=16 on "
           f"{args.adapter_layers} layers; {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    for key, name in SERVER_NAMES.items():
+        if key in results:
+            print(f"{name}: {results[key].get('api_server_count', 1)} API process(es)")
     offline = {int(k): v for k, v in results["offline"]["requests_per_s"].items()} if "offline" in results else {}
     servers = {name: results[key] for key, name in SERVER_NAMES.items() if key in results}
     print("\n| server | clients | requests | requests/s | output tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms "

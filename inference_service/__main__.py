@@ -5,11 +5,10 @@ Run with `--help` for every setting (each also an environment variable, see sett
 
 from __future__ import annotations
 
-import logging
-
 from pydantic_settings import CliApp
 
 from .base_model import BaseModelError, base_model_dir, check_base_model
+from .logs import own_logging
 from .settings import InferenceSettings
 
 
@@ -19,25 +18,21 @@ def main() -> None:
         check_base_model(base_model_dir(settings.base_model))
     except BaseModelError as error:
         raise SystemExit(f"inference_service: {error}") from None
-    _own_logging()
-    import uvloop
-
-    from .server import serve
+    own_logging()
     from .vllm_api import cli_env_setup
 
     cli_env_setup()
+    if settings.api_server_count > 1:
+        from .frontends import serve_frontends
+
+        serve_frontends(settings)
+        return
+    import uvloop
+
+    from .server import serve
+
     uvloop.run(serve(settings))
 
 
-def _own_logging() -> None:
-    """A handler of our own: importing vLLM's SageMaker helpers reconfigures the root logger mid-start."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("inference_service")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-
-if __name__ == "__main__":  # vLLM starts its engine in a spawned child, which re-imports this module
+if __name__ == "__main__":  # vLLM starts its engine (and frontends) in spawned children, which re-import this
     main()

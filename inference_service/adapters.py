@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -147,6 +148,8 @@ class AdapterEngine(Protocol):
     async def load(self, name: str, path: Path) -> None: ...
     async def unload(self, name: str) -> None: ...
     def loaded(self) -> set[str]: ...
+    # Held around checking and loading or unloading one name: one at a time across API frontends too.
+    def exclusive(self, name: str) -> contextlib.AbstractAsyncContextManager[None]: ...
 
 
 class AdapterManager:
@@ -174,7 +177,7 @@ class AdapterManager:
         if self.artifacts_dir is None:
             raise ModelNotFound(f"the model `{name}` does not exist", reason="model_not_found", param="model")
         lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with lock, self.engine.exclusive(name):
             if self.is_loaded(name):
                 return False
             started = time.perf_counter()
@@ -194,7 +197,7 @@ class AdapterManager:
 
     async def unload(self, name: str) -> None:
         lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with lock, self.engine.exclusive(name):
             if not self.is_loaded(name):
                 raise ModelNotFound(f"the adapter `{name}` is not loaded", reason="model_not_found", param="name")
             await self.engine.unload(name)

@@ -1,6 +1,15 @@
-"""Our Prometheus metrics, registered beside vLLM's own (`vllm:*`) so one /metrics serves both."""
+"""Our Prometheus metrics, registered beside vLLM's own (`vllm:*`) so one /metrics serves both.
+
+With several API frontends prometheus-client runs in multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set before the
+frontends start, as `vllm serve` does): every process writes its values to files there, and /metrics in any
+frontend sums counters and histograms over all of them. A gauge says how to combine instead (`mostrecent`:
+the value last set, by whichever frontend loaded or unloaded an adapter).
+"""
 
 from __future__ import annotations
+
+import math
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -11,8 +20,13 @@ ADAPTER_LOAD_SOURCES = ("push", "lazy")
 ADAPTER_LOAD_OUTCOMES = ("loaded", "refused")
 
 
+def multiprocess_mode() -> bool:
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
+
 class InferenceMetrics:
-    def __init__(self, registry: CollectorRegistry):
+    def __init__(self, registry: CollectorRegistry | None):
+        """`registry` None in multiprocess mode: /metrics then reads the files, not any registry's metrics."""
         self.request_duration = Histogram(
             "vlmforge_inference_request_duration_seconds", "chat request time, arrival to last byte",
             ["model", "status"], buckets=LATENCY_BUCKETS_S, registry=registry)
@@ -26,13 +40,13 @@ class InferenceMetrics:
             for outcome in ADAPTER_LOAD_OUTCOMES:
                 self.adapter_loads.labels(source=source, outcome=outcome)
         self.loaded_adapters = Gauge("vlmforge_inference_loaded_adapters", "adapters loaded in the engine",
-                                     registry=registry)
+                                     registry=registry, multiprocess_mode="mostrecent")
         self.rejected = Counter("vlmforge_inference_requests_rejected_total", "requests refused before the engine",
                                 ["reason"], registry=registry)
         self.adapter_scores = Gauge(
             "vlmforge_inference_adapter_evaluation_score", "the trainer's evaluation of a loaded adapter "
             "(phase before = its base model zero-shot, after = fine-tuned)", ["adapter", "phase", "metric"],
-            registry=registry)
+            registry=registry, multiprocess_mode="mostrecent")
         self._score_labels: dict[str, list[tuple[str, str, str]]] = {}
         self.alias_info = Gauge("vlmforge_inference_alias_info", "1 for the model (an adapter, or the base model) "
                                 "each alias serves", ["alias", "adapter"], registry=registry,
@@ -63,4 +77,7 @@ class InferenceMetrics:
     def adapter_unloaded(self, name: str, *, loaded_count: int) -> None:
         self.loaded_adapters.set(loaded_count)
         for labels in self._score_labels.pop(name, []):
-            self.adapter_scores.remove(*labels)
+            if multiprocess_mode():  # prometheus-client cannot remove a series there: NaN says "no score now"
+                self.adapter_scores.labels(*labels).set(math.nan)
+            else:
+                self.adapter_scores.remove(*labels)

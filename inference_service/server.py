@@ -1,6 +1,7 @@
 """Builds vLLM's own OpenAI server (engine, FastAPI app, uvicorn) and puts this service's layer in front:
 the request guard, the admin router (on vLLM's port, or on `--admin-port` alone) and our metrics.
-`serve(settings)` runs until SIGTERM / Ctrl-C."""
+`serve(settings)` runs until SIGTERM / Ctrl-C; with `--api-server-count` > 1 it runs in each API frontend
+process that frontends.py starts, over the engine that process started."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import logging
 import shlex
 import socket
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -18,6 +20,7 @@ from vlmforge.aliases import AliasStore
 from vlmforge.artifacts import model_config_digest
 from vlmforge.families import ModelFamily
 
+from .adapter_registry import SharedAdapterRegistry
 from .adapters import AdapterManager, BaseModelIdentity
 from .admin import admin_router
 from .aliases import AliasResolver
@@ -27,7 +30,7 @@ from .engine import VllmAdapterEngine
 from .errors import RequestRejected, error_response
 from .guard import GuardConfig, GuardContext, RequestGuard
 from .media import ImageLimits, MediaUrlPolicy
-from .metrics import InferenceMetrics
+from .metrics import InferenceMetrics, multiprocess_mode
 from .settings import InferenceSettings
 from .vllm_api import (
     EngineClient,
@@ -45,6 +48,9 @@ from .vllm_api import (
     validate_parsed_serve_args,
 )
 
+if TYPE_CHECKING:
+    from .frontends import Frontend
+
 logger = logging.getLogger("inference_service")
 
 # vLLM would fetch http(s) image URLs itself. It never gets one: the guard turns each into a checked data:
@@ -53,10 +59,16 @@ NO_MEDIA_DOMAIN = "media-is-fetched-by-vlmforge.invalid"
 CPU_MEMORY_SHARE = 0.15  # on CPU, vLLM's gpu_memory_utilization is the share of RAM it reserves
 
 
+# With several frontends, the outermost middleware (vLLM adds --middleware in order, each around the ones before).
+FRONTEND_LAYER = "inference_service.frontends.FrontendLayer"
+
+
 def vllm_args(settings: InferenceSettings) -> argparse.Namespace:
     argv = vllm_argv(settings) + ["--middleware", f"{RequestGuard.__module__}.{RequestGuard.__qualname__}"]
     parser = make_arg_parser(FlexibleArgumentParser(prog="vllm (via inference_service)"))
     args = parser.parse_args(argv)
+    if settings.api_server_count > 1:
+        args.middleware.append(FRONTEND_LAYER)  # after parsing: a second --middleware would log a warning
     validate_parsed_serve_args(args)
     return args
 
@@ -85,18 +97,22 @@ def _default_memory_share() -> float:
     return 0.9 if torch.cuda.is_available() else CPU_MEMORY_SHARE
 
 
-def install(app: FastAPI, settings: InferenceSettings, engine_client: EngineClient) -> FastAPI:
+def install(app: FastAPI, settings: InferenceSettings, engine_client: EngineClient,
+            frontend: Frontend | None = None) -> FastAPI:
     """Adds this service's layer to vLLM's app; returns the app serving the admin router: vLLM's own, or with
     `admin_port` set a separate one that `serve` runs on that port."""
-    metrics = InferenceMetrics(get_prometheus_registry())
-    adapters = AdapterManager(
-        settings.artifacts_dir, VllmAdapterEngine(app.state.openai_serving_models, settings.model_name), metrics,
-        max_rank=settings.max_lora_rank, base=_base_identity(settings))
+    metrics = InferenceMetrics(None if multiprocess_mode() else get_prometheus_registry())
+    engine = VllmAdapterEngine(app.state.openai_serving_models, engine_client, settings.model_name,
+                               SharedAdapterRegistry(frontend.state_dir) if frontend else None)
+    adapters = AdapterManager(settings.artifacts_dir, engine, metrics, max_rank=settings.max_lora_rank,
+                              base=_base_identity(settings))
     admin_app = app
     if settings.admin_port is not None:
         admin_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
         admin_app.state = app.state  # vLLM's error handlers read its args, server and engine client there
         init_exception_handler(admin_app)  # so errors are answered as on the main port
+    if frontend:
+        frontend.attach(app, admin_app, engine_client, engine, settings.drain_timeout_s)
     # Aliases live in the artifact store beside the adapters they name; every frontend reads them itself.
     aliases = (AliasResolver(AliasStore(settings.artifacts_dir), settings.model_name) if settings.artifacts_dir
                else None)
@@ -137,18 +153,24 @@ def _secret(value) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-async def serve(settings: InferenceSettings) -> None:
-    args = vllm_args(settings)
-    _, sock = setup_server(args, reuse_port=False)
-    # Bound before the engine starts, as vLLM binds its port: a port in use fails in seconds, not minutes.
-    admin_sock = (None if settings.admin_port is None
-                  else create_server_socket((settings.host, settings.admin_port), reuse_port=False))
+async def serve(settings: InferenceSettings, frontend: Frontend | None = None) -> None:
+    """Alone (frontend None): binds the ports, starts the engine and serves. As one of several frontends: on
+    the sockets and with the engine addresses the main process handed it (frontends.py)."""
+    if frontend is None:
+        args = vllm_args(settings)
+        _, sock = setup_server(args, reuse_port=False)
+        # Bound before the engine starts, as vLLM binds its port: a port in use fails in seconds, not minutes.
+        admin_sock = (None if settings.admin_port is None
+                      else create_server_socket((settings.host, settings.admin_port), reuse_port=False))
+    else:
+        args, sock, admin_sock = frontend.args, frontend.sock, frontend.admin_sock
     try:
-        async with build_async_engine_client(args) as engine_client:
+        async with build_async_engine_client(args, **frontend.engine_client_kwargs() if frontend else {}) as \
+                engine_client:
             supported_tasks = await engine_client.get_supported_tasks()
             app = build_app(args, supported_tasks, engine_client.model_config)
             await init_app_state(engine_client, app.state, args, supported_tasks)
-            admin_app = install(app, settings, engine_client)
+            admin_app = install(app, settings, engine_client, frontend)
             admin = admin_task = None
             if admin_sock is not None:
                 # No signal handlers of its own: uvicorn's would replace vLLM's, which drain the engine first.
@@ -156,9 +178,11 @@ async def serve(settings: InferenceSettings) -> None:
                 admin = NoSignalServer(uvicorn.Config(admin_app, log_level="warning", access_log=False,
                                                       lifespan="off"))
                 admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
-            announcement = asyncio.create_task(_announce_when_serving(app, sock, admin, admin_sock, settings))
+            announcement = asyncio.create_task(_announce_when_serving(app, sock, admin, admin_sock, settings,
+                                                                      frontend))
             shutdown_task = await serve_http(app, sock=sock, host=args.host, port=sock.getsockname()[1],
-                                             log_level="warning", access_log=False)
+                                             log_level="warning", access_log=False,
+                                             **frontend.serve_http_kwargs() if frontend else {})
             announcement.cancel()
             if admin is not None:
                 admin.should_exit = True
@@ -172,12 +196,17 @@ async def serve(settings: InferenceSettings) -> None:
 
 
 async def _announce_when_serving(app: FastAPI, sock: socket.socket, admin: uvicorn.Server | None,
-                                 admin_sock: socket.socket | None, settings: InferenceSettings) -> None:
-    """The line scripts wait for; uvicorn sets `started` once a socket accepts connections."""
+                                 admin_sock: socket.socket | None, settings: InferenceSettings,
+                                 frontend: Frontend | None) -> None:
+    """The line scripts wait for; uvicorn sets `started` once a socket accepts connections. With several
+    frontends the last one to start says it, once every frontend accepts."""
     while not (getattr(getattr(app.state, "server", None), "started", False) and (admin is None or admin.started)):
         await asyncio.sleep(0.05)
-    logger.info("inference service listening on %s (model %s, artifacts %s)%s", _url(sock), settings.model_name,
-                settings.artifacts_dir, f", admin endpoint on {_url(admin_sock)}" if admin_sock else "")
+    if frontend is not None and not frontend.announce_serving():
+        return
+    frontends = f", {frontend.count} API frontends" if frontend else ""
+    logger.info("inference service listening on %s (model %s, artifacts %s%s)%s", _url(sock), settings.model_name,
+                settings.artifacts_dir, frontends, f", admin endpoint on {_url(admin_sock)}" if admin_sock else "")
 
 
 def _url(sock: socket.socket) -> str:

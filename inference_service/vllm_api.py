@@ -8,20 +8,37 @@ so the rest of the service never depends on where a release keeps it.
 
 from __future__ import annotations
 
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import uvicorn
 from fastapi import FastAPI
+from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.engine.protocol import EngineClient
 from vllm.entrypoints.openai.models.serving import OpenAIServingModels
 from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+from vllm.lora.request import LoRARequest
+from vllm.usage.usage_lib import UsageContext
 from vllm.utils.argparse_utils import FlexibleArgumentParser
-from vllm.v1.metrics.prometheus import get_prometheus_registry
+from vllm.utils.system_utils import decorate_logs, set_process_title
+from vllm.v1.engine.utils import launch_core_engines
+from vllm.v1.executor import Executor
+from vllm.v1.metrics.prometheus import get_prometheus_registry, setup_multiprocess_prometheus
+from vllm.v1.utils import APIServerProcessManager, wait_for_completion_or_failure
 
 try:  # vLLM >= 0.32
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.app import build_app
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.entrypoints.launchers.cli_args import (
+        make_arg_parser,
+        propagate_flash_late_interaction,
+        validate_parsed_serve_args,
+    )
     from vllm.entrypoints.launchers.launcher import NoSignalServer, create_server_socket, serve_http, setup_server
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
     from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
@@ -57,7 +74,74 @@ except ImportError:  # vLLM 0.26
         app.exception_handler(RequestValidationError)(validation_exception_handler)
         app.exception_handler(Exception)(exception_handler)
 
-__all__ = ["EngineClient", "ErrorResponse", "FlexibleArgumentParser", "LoadLoRAAdapterRequest", "NoSignalServer",
-           "OpenAIServingModels", "UnloadLoRAAdapterRequest", "build_app", "build_async_engine_client",
-           "cli_env_setup", "create_server_socket", "get_prometheus_registry", "init_app_state",
-           "init_exception_handler", "make_arg_parser", "serve_http", "setup_server", "validate_parsed_serve_args"]
+    def propagate_flash_late_interaction(args, engine_args) -> None:
+        """A 0.32 flag's plumbing; 0.26 has no such flag."""
+
+
+@dataclass
+class EngineAndFrontends:
+    """What `vllm serve --api-server-count N` runs: the engine core (and a DP coordinator where one is needed)
+    and N API server processes, each with its own ZMQ input/output addresses on the engine."""
+
+    api_servers: APIServerProcessManager
+    engines: Any
+    coordinator: Any
+    shutdown_timeout_s: float
+
+    def wait(self) -> None:
+        """Until a process exits (an error, when not asked to) or a signal handler raises in this thread."""
+        wait_for_completion_or_failure(api_server_manager=self.api_servers, engine_manager=self.engines,
+                                       coordinator=self.coordinator)
+
+    def shutdown(self, *, draining: bool) -> None:
+        """vLLM's order: frontends first (each drains its own requests), then the engine, in one time budget."""
+        timeout_s = self.shutdown_timeout_s if draining else None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def left() -> float | None:
+            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+        self.api_servers.shutdown(timeout=timeout_s)
+        for part in (self.engines, self.coordinator):
+            if part:
+                part.shutdown(timeout=left())
+
+
+def start_engine_and_frontends(args, num_servers: int, listen_address: str, sock,
+                               target_server_fn: Callable) -> EngineAndFrontends:
+    """vllm/entrypoints/cli/serve.py `run_multi_api_server`, with our frontend function (called in each API
+    process as `target_server_fn(listen_address, sock, args, client_config)`); no Rust frontend, no headless."""
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    propagate_flash_late_interaction(args, engine_args)
+    engine_args._api_process_count = num_servers
+    engine_args._api_process_rank = -1
+    vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+    executor_class, log_stats = Executor.get_class(vllm_config), not engine_args.disable_log_stats
+    common = {"listen_address": listen_address, "sock": sock, "args": args, "num_servers": num_servers,
+              "target_server_fn": target_server_fn}
+    if "input_listeners" in inspect.signature(APIServerProcessManager).parameters:  # vLLM >= 0.32
+        from vllm.v1.engine.utils import bind_engine_zmq_listeners
+
+        listeners = bind_engine_zmq_listeners(vllm_config, num_servers)  # bound here, before the engine starts
+        with launch_core_engines(vllm_config, executor_class, log_stats, listeners.addresses) as launch:
+            coordinator = launch.coordinator
+            api_servers = APIServerProcessManager(
+                **common, input_listeners=listeners.inputs, output_listeners=listeners.outputs,
+                stats_update_address=coordinator.get_stats_publish_address() if coordinator else None,
+                tensor_queue=launch.tensor_queue)
+            launch.watched_frontend_processes = api_servers.processes  # one dying aborts the engine's start
+        return EngineAndFrontends(api_servers, launch.engine_manager, coordinator, vllm_config.shutdown_timeout)
+    # vLLM 0.26: the engine launcher allocates the frontends' addresses and yields them with its managers.
+    with launch_core_engines(vllm_config, executor_class, log_stats, num_servers) as (engines, coordinator,
+                                                                                     addresses):
+        api_servers = APIServerProcessManager(
+            **common, input_addresses=addresses.inputs, output_addresses=addresses.outputs,
+            stats_update_address=coordinator.get_stats_publish_address() if coordinator else None)
+    return EngineAndFrontends(api_servers, engines, coordinator, vllm_config.shutdown_timeout)
+
+__all__ = ["EngineAndFrontends", "EngineClient", "ErrorResponse", "FlexibleArgumentParser", "LoRARequest",
+           "LoadLoRAAdapterRequest", "NoSignalServer", "OpenAIServingModels", "UnloadLoRAAdapterRequest", "build_app",
+           "build_async_engine_client", "cli_env_setup", "create_server_socket", "decorate_logs",
+           "get_prometheus_registry", "init_app_state", "init_exception_handler", "make_arg_parser", "serve_http",
+           "set_process_title", "setup_multiprocess_prometheus", "setup_server", "start_engine_and_frontends",
+           "validate_parsed_serve_args"]

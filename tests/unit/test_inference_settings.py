@@ -1,6 +1,9 @@
-"""The inference service's `--admin-port` setting, from the command line and the environment."""
+"""The inference service's `--admin-port` and `--api-server-count` settings, from the command line and the
+environment."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 from pydantic import ValidationError
@@ -29,3 +32,18 @@ def test_admin_port_from_the_flag_or_the_environment(monkeypatch) -> None:
 def test_admin_port_out_of_range_is_refused(port: str) -> None:
     with pytest.raises(ValidationError):
         _settings("--admin-port", port)
+
+
+@pytest.mark.parametrize("cores, frontends", [(1, 1), (2, 1), (4, 1), (8, 2), (16, 4), (64, 4)])
+def test_api_frontends_default_to_a_quarter_of_the_cores_1_to_4(monkeypatch, cores: int, frontends: int) -> None:
+    monkeypatch.delenv("VLMFORGE_INFERENCE_API_SERVER_COUNT", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(cores)))
+    assert _settings().api_server_count == frontends
+
+
+def test_api_server_count_from_the_flag_or_the_environment(monkeypatch) -> None:
+    assert _settings("--api-server-count", "3").api_server_count == 3
+    monkeypatch.setenv("VLMFORGE_INFERENCE_API_SERVER_COUNT", "2")
+    assert _settings().api_server_count == 2
+    with pytest.raises(ValidationError):
+        _settings("--api-server-count", "0")
