@@ -3,11 +3,13 @@
 step) against the trainer's own loop on its two backends (`transformers`: batches prepared by DataLoader
 workers while the GPU trains, LM head only on answer tokens, LoRA matmuls in bf16 under autocast; `fp32lora`:
 the same with PEFT's fp32 LoRA matmuls; `compiled`: the same with each decoder / vision block under
-`torch.compile`; `packed`: the trainer's loop with padding-free packing, each micro-batch one row of whole
-samples with attention kept inside each (`packed_compiled`: and the blocks compiled); `grouped`: padded batches
-of samples of similar length; `unsloth`; `unsloth_eager`: Unsloth without its block compilation), LoRA and QLoRA,
-with and without
-gradient checkpointing. Each configuration runs in its own process (Unsloth patches transformers when
+`torch.compile`, eager's bf16 rounding kept (`compiled_loose`: Inductor's own rounding); `packed`: the trainer's
+loop with padding-free packing, each micro-batch one row of whole samples with attention kept inside each
+(`packed_compiled`: and the blocks compiled); `grouped`: padded batches of samples of similar length; `unsloth`;
+`unsloth_loose`: Unsloth with Inductor's own rounding, as the backend ran before; `unsloth_eager` /
+`unsloth_nocompile`: Unsloth without its block compilation / any of its compilation) and `plain_fp32` (the plain
+loop on an fp32 copy of the model, TF32 off: the exact computation bf16 approximates), LoRA and QLoRA, with and
+without gradient checkpointing. Each configuration runs in its own process (Unsloth patches transformers when
 imported) with the worker's loading and adapter code, on the same synthetic batches: one random RGB image and
 a fixed number of text tokens per sample (`--workload uniform`), or (`--workload realistic`) images and answers
 whose sizes vary as real VQA data's do: per sample a shortest side of 280-1344 px and an aspect of 0.5-2
@@ -48,7 +50,14 @@ import time
 from pathlib import Path
 
 PROFILE_MARK = "\n=== profile ===\n"
-TRANSFORMERS_LOOPS = ("plain", "fp32lora", "compiled", "packed", "packed_compiled", "grouped")
+TRANSFORMERS_LOOPS = ("plain", "plain_fp32", "fp32lora", "compiled", "compiled_loose", "packed", "packed_compiled",
+                      "grouped")
+PLAIN_LOOPS = ("plain", "plain_fp32")
+# Unsloth's variants: the environment each sets before Unsloth is imported (`unsloth_eager`: no compilation of its
+# decoder blocks; `unsloth_nocompile`: none of its compilation; `unsloth_loose`: as the backend ran before it kept
+# eager's rounding in Unsloth's compiled code).
+UNSLOTH_VARIANTS = {"unsloth_eager": {"UNSLOTH_BLOCK_COMPILE": "0"},
+                    "unsloth_nocompile": {"UNSLOTH_COMPILE_DISABLE": "1"}, "unsloth_loose": {}}
 H200_BF16_DENSE_PEAK_FLOPS = 989.4e12  # NVIDIA's H100/H200 SXM datasheet, dense (no sparsity)
 QWEN2_VL_PIXELS = (56 * 56, 28 * 28 * 16384)  # min_pixels / max_pixels of Qwen/Qwen2-VL-2B-Instruct's processor
 DEFAULT_CONFIGS = ("plain:lora:nogc,transformers:lora:nogc,unsloth:lora:nogc,plain:lora:gc,transformers:lora:gc,"
@@ -114,20 +123,31 @@ def _measure(args, config: str) -> dict:
 
     from trainer_service.job_spec import Hyperparameters
     from trainer_service.worker.backends import TransformersBackend, select_backend
+    from trainer_service.worker.compile_blocks import compile_blocks
     from trainer_service.worker.distributed import Ranks
     from trainer_service.worker.sampling import plan_micro_batches
     from trainer_service.worker.train import seed_everything, train
 
     backend_name, method, checkpointing, _ = config.split(":")
-    if backend_name == "unsloth_eager":  # Unsloth without its regional compilation of the decoder blocks
-        os.environ["UNSLOTH_BLOCK_COMPILE"] = "0"
+    variant = backend_name
+    if backend_name in UNSLOTH_VARIANTS:
+        os.environ.update(UNSLOTH_VARIANTS[backend_name])
         backend_name = "unsloth"
     ranks = dataclasses.replace(Ranks.from_environment(), strategy=args.strategy)
     ranks.start()
     backend = select_backend("transformers" if backend_name in TRANSFORMERS_LOOPS
                              else backend_name)  # Unsloth must be imported first
+    if variant == "unsloth_loose":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.emulate_precision_casts = False
     if backend_name == "fp32lora":  # the trainer's loop with PEFT's fp32 LoRA matmuls (no autocast)
         backend = TransformersBackend(backend.placement, mixed_precision=False)
+    if backend_name == "plain_fp32":  # the plain loop on an fp32 copy of the model, no TF32: the exact reference
+        from trainer_service.worker.backends import Placement
+
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        backend = TransformersBackend(Placement(backend.placement.device, torch.float32), mixed_precision=False)
     from transformers import AutoProcessor
 
     hyper = Hyperparameters(max_steps=args.warmup_steps + args.steps, batch_size=args.batch_size,
@@ -144,7 +164,9 @@ def _measure(args, config: str) -> dict:
         model = backend.load(args.model_dir, quantize_4bit=method == "qlora", hyper=hyper)
         seed_everything(hyper.seed)
         peft_model = backend.add_lora(model, hyper)
-    if backend_name in ("compiled", "packed_compiled"):
+    if backend_name in ("compiled", "packed_compiled"):  # eager's rounding kept: the same step as eager's
+        compile_blocks(peft_model)
+    if backend_name == "compiled_loose":  # Inductor's own rounding
         _compile_blocks(peft_model)
     load_s = time.perf_counter() - loaded_at
     count = args.batch_size * hyper.max_steps * ranks.world_size
@@ -163,7 +185,7 @@ def _measure(args, config: str) -> dict:
     on_gpu = backend.placement.device.type == "cuda"
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
-    if backend_name == "plain":
+    if backend_name in PLAIN_LOOPS:
         losses = _plain_loop(peft_model, processor, samples, hyper, backend, ranks, on_step=on_step)
     else:
         with tempfile.TemporaryDirectory() as checkpoints:
@@ -244,10 +266,9 @@ def _with_levers(hyper, backend_name: str, processor, samples, args):
 
 
 def _compile_blocks(peft_model) -> None:
-    """Regional compilation: each decoder and vision block (the classes transformers keeps whole when it splits
-    a model, `_no_split_modules`) under its own `torch.compile`, dynamic shapes, so one compile serves every
-    layer and sequence length. On the tiny model on a CPU the loss and LoRA gradients equal eager's (2e-7
-    relative) but compiling takes 150 s there, too slow for CI."""
+    """The `compiled` configuration as it first was: each decoder and vision block under its own
+    `torch.compile`, but with Inductor's default rounding (fused bf16 chains skip eager's rounding between
+    operations, which changes a LoRA step: trainer_service/worker/compile_blocks.py says why)."""
     blocks = set(getattr(peft_model.base_model.model, "_no_split_modules", None) or ())
     for module in peft_model.modules():
         if type(module).__name__ in blocks:

@@ -20,6 +20,7 @@ from vlmforge.families import family_for_model_type
 
 from ..errors import FailedPreconditionError
 from ..job_spec import Hyperparameters
+from .compile_blocks import round_like_eager
 from .lora_targets import target_modules
 
 BackendChoice = Literal["auto", "transformers", "unsloth"]
@@ -179,10 +180,10 @@ def backend_unavailable(choice: BackendChoice, placement: Placement) -> str | No
 
 
 def select_backend(choice: BackendChoice, placement: Placement | None = None) -> TrainingBackend:
-    """`auto` is plain transformers + peft everywhere; Unsloth only when asked for. With the same weights its
-    forward gives other losses than transformers' once the adapters are non-zero (same targets, initialisation,
-    scale and gradients; BENCHMARKS.md, "Training speed, round 2"): 13-15% apart within 20 steps on uniform
-    batches, so `auto` would train another model than the job spec's on machines that happen to have it."""
+    """`auto` is plain transformers + peft everywhere; Unsloth only when asked for. Its losses left plain's by
+    13-15% within 20 steps because its compiled kernels skip eager's bf16 rounding, which drops most of a young
+    adapter's output; kept here, they still differ by up to 1.02% (0.61% from step 3) over 12 steps on an H200
+    (BENCHMARKS.md, "Training speed, round 2"): not yet inside the 1% that would let `auto` take it."""
     placement = placement or Placement.detect()
     if reason := backend_unavailable(choice, placement):
         raise FailedPreconditionError(reason)
@@ -191,6 +192,9 @@ def select_backend(choice: BackendChoice, placement: Placement | None = None) ->
         os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
         import unsloth  # noqa: F401
 
+        # Unsloth compiles much of the model; with Inductor's default rounding its fused kernels keep the small
+        # LoRA deltas that eager bf16 rounds away, and its losses leave transformers' (compile_blocks.py says why).
+        round_like_eager()
         return UnslothBackend(placement)
     return TransformersBackend(placement)
 
