@@ -125,7 +125,7 @@ def test_a_worker_that_failed_for_good_makes_its_pod_exit_3() -> None:
              "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=exit-{code}",
              "--max-restarts=0", "--no-python", "sh", "-c", f"exit {code}"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert {code: agent.wait(timeout=120) for code, agent in agents.items()} == {3: 3, 1: 1}
+    assert {code: agent.wait(timeout=600) for code, agent in agents.items()} == {3: 3, 1: 1}
 
 
 # The JobSet CRD's openAPIV3Schema (jobset.x-k8s.io v1alpha2), JobSet-level fields: what each object may hold,
