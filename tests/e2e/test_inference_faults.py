@@ -1,11 +1,13 @@
 """Faults against the real inference service (vLLM CPU, the tiny model), a fresh server for each test since
-each one ends it: SIGTERM under load, the engine process dying, a client leaving in the middle of a stream."""
+each one ends it (the next one starting while a test runs): SIGTERM under load, the engine process dying, a
+client leaving in the middle of a stream."""
 
 from __future__ import annotations
 
 import base64
 import json
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -15,21 +17,55 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vlmforge.processes import start_and_wait, stop
+from vlmforge.processes import start, stop, wait_until_ready
 
 from .test_inference_service import READY
 
 pytestmark = pytest.mark.slow
 
 
+class _ServicePool:
+    """Services started ahead of the tests that end them: while one test runs, the next test's service is
+    already starting (an engine start is mostly single-threaded, so on CI's two cores it overlaps almost for
+    free). At most one is started ahead, and no more are started than the module's tests take."""
+
+    def __init__(self, tiny_model_dir: Path, root: Path, needed: int):
+        self.tiny_model_dir, self.root, self.needed = tiny_model_dir, root, needed
+        self.started: list[tuple[subprocess.Popen, Path]] = []
+        self.taken = 0
+
+    def take(self) -> tuple[subprocess.Popen, Path]:
+        while len(self.started) < min(self.taken + 2, self.needed):
+            self.started.append(self._start(len(self.started)))
+        self.taken += 1
+        return self.started[self.taken - 1]
+
+    def _start(self, number: int) -> tuple[subprocess.Popen, Path]:
+        directory = self.root / f"service-{number}"
+        (directory / "artifacts").mkdir(parents=True)
+        log = directory / "inference.log"
+        return start(["-m", "inference_service", "--base-model", str(self.tiny_model_dir),
+                      "--served-model-name", "tiny", "--artifacts-dir", str(directory / "artifacts"),
+                      "--port", "0", "--drain-timeout-s", "60", "--vllm-args", "--max-num-seqs 8"], log), log
+
+    def close(self) -> None:
+        for process, _ in self.started:
+            stop(process)
+
+
+@pytest.fixture(scope="module")
+def service_pool(request, tiny_model_dir: Path, tmp_path_factory):
+    needed = sum(1 for item in request.session.items
+                 if item.module is request.module and "service" in item.fixturenames)
+    pool = _ServicePool(tiny_model_dir, tmp_path_factory.mktemp("inference-faults"), needed)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture()
-def service(tiny_model_dir: Path, tmp_path: Path):
-    (tmp_path / "artifacts").mkdir()
-    log = tmp_path / "inference.log"
-    process, ready = start_and_wait(
-        ["-m", "inference_service", "--base-model", str(tiny_model_dir), "--served-model-name", "tiny",
-         "--artifacts-dir", str(tmp_path / "artifacts"), "--port", "0", "--drain-timeout-s", "60",
-         "--vllm-args", "--max-num-seqs 8"], log, READY)
+def service(service_pool: _ServicePool):
+    process, log = service_pool.take()
+    ready = wait_until_ready(process, log, READY)
     yield process, f"http://127.0.0.1:{int(ready.group(1))}", log
     stop(process)
 

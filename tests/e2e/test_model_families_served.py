@@ -1,6 +1,7 @@
 """Every model family behind the same OpenAI API: the trainer fine-tunes a tiny model of the family, and the
 inference service (a real subprocess on vLLM CPU) serves the base and the resulting adapter by name through
-the official openai client. Qwen2-VL goes through this path in test_inference_service.py and the demo; this
+the official openai client, and the job's merged 16-bit model loads in vLLM as a base model of its own.
+Qwen2-VL goes through this path in test_inference_service.py and the demo; this
 module runs the other families. Where vLLM serves no LoRA on a family's vision tower and projector (LLaVA), a
 job that trains them says so when it is created, and the service refuses its adapter with a 400 that names
 the merged model as the way out."""
@@ -8,7 +9,13 @@ the merged model as the way out."""
 from __future__ import annotations
 
 import base64
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import openai
@@ -27,6 +34,8 @@ from vlmforge.tiny_model.build import model_family_of
 pytestmark = pytest.mark.slow
 
 READY = re.compile(rb"inference service listening on (http://127\.0\.0\.1:\d+)")
+QUESTION = "What color is the shortest bar?"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _served_families() -> list:
@@ -43,21 +52,76 @@ def _served_families() -> list:
 
 @pytest.fixture(scope="module", params=_served_families())
 def served_family(request, tiny_model_of, family_fine_tune, small_dataset_dir: Path):
-    """(base URL, servable adapter, job store, id of a job with LoRA on every layer) of a running inference
-    service over fine-tunes of the family: the session's shared one (tests/conftest.py; tower and projector
-    LoRA where vLLM serves them) and, where vLLM does not, one more with LoRA on every layer."""
+    """A running inference service over fine-tunes of the family: the session's shared one (tests/conftest.py;
+    tower and projector LoRA where vLLM serves them) and, where vLLM does not, one more with LoRA on every
+    layer; and the shared fine-tune's merged model answering in vLLM's offline engine."""
     base_dir = tiny_model_of(request.param)
     shared = family_fine_tune(request.param)
     store, state, servable = shared.store, shared.state_dir, shared.job_id
-    towers = family_for_model_dir(base_dir).vllm_serves_tower_connector_lora
-    every_layer = servable if towers else _fine_tune(store, state, base_dir, small_dataset_dir)
-    log = state / "inference.log"
-    process, ready = start_and_wait(
-        ["-m", "inference_service", "--base-model", str(base_dir), "--served-model-name", "base",
-         "--artifacts-dir", str(state / "artifacts"), "--port", "0", "--max-model-len", "1024",
-         "--vllm-args", "--max-num-seqs 4"], log, READY)
-    yield ready.group(1).decode(), store.get_job(servable).result["fine_tuned_model"], store, every_layer
+    # The merged model's own engine starts beside the service's: both are mostly single-threaded start-up, so
+    # on CI's two cores the pair takes about as long as the service alone.
+    merged_answer = _start_offline_chat(Path(store.get_job(servable).result["merged_model_path"]),
+                                        small_dataset_dir, state / "merged-model-in-vllm.log")
+    try:
+        towers = family_for_model_dir(base_dir).vllm_serves_tower_connector_lora
+        every_layer = servable if towers else _fine_tune(store, state, base_dir, small_dataset_dir)
+        log = state / "inference.log"
+        process, ready = start_and_wait(
+            ["-m", "inference_service", "--base-model", str(base_dir), "--served-model-name", "base",
+             "--artifacts-dir", str(state / "artifacts"), "--port", "0", "--max-model-len", "1024",
+             "--vllm-args", "--max-num-seqs 4"], log, READY)
+        yield ServedFamily(ready.group(1).decode(), store.get_job(servable).result["fine_tuned_model"], store,
+                           every_layer, merged_answer)
+    finally:
+        merged_answer.close()
     assert stop(process) == 0, log.read_text()[-3000:]
+
+
+@dataclass
+class ServedFamily:
+    url: str
+    adapter_name: str
+    store: JobStore
+    every_layer_job_id: str
+    merged_answer: OfflineChat
+
+
+class OfflineChat:
+    """tests/vllm_offline_chat.py running in its own process: the merged model's answer from vLLM's engine."""
+
+    def __init__(self, process: subprocess.Popen, log: Path):
+        self.process, self.log = process, log
+        self._stdout: bytes | None = None
+
+    def finish(self, timeout_s: float = 300) -> dict:
+        if self._stdout is None:
+            try:
+                self._stdout, _ = self.process.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.close()
+        assert self.process.returncode == 0, self.log.read_text()[-3000:]
+        return json.loads(self._stdout.strip().splitlines()[-1])
+
+    def close(self) -> None:
+        """Ends it, and its engine process, if no test waited for it."""
+        if self._stdout is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._stdout, _ = self.process.communicate()
+
+
+def _start_offline_chat(model_dir: Path, small_dataset_dir: Path, log: Path) -> OfflineChat:
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.vllm_offline_chat", str(model_dir), str(_test_image(small_dataset_dir)),
+             QUESTION], stdout=subprocess.PIPE, stderr=stderr, cwd=REPO_ROOT, start_new_session=True)
+    return OfflineChat(process, log)
+
+
+def _test_image(small_dataset_dir: Path) -> Path:
+    return sorted((small_dataset_dir / "images" / "test").glob("*.png"))[0]
 
 
 def _fine_tune(store: JobStore, state: Path, base_dir: Path, data_dir: Path, **switches) -> str:
@@ -69,14 +133,21 @@ def _fine_tune(store: JobStore, state: Path, base_dir: Path, data_dir: Path, **s
 
 
 def _messages(small_dataset_dir: Path) -> list[dict]:
-    png = sorted((small_dataset_dir / "images" / "test").glob("*.png"))[0].read_bytes()
+    png = _test_image(small_dataset_dir).read_bytes()
     return [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
-        {"type": "text", "text": "What color is the shortest bar?"}]}]
+        {"type": "text", "text": QUESTION}]}]
+
+
+def test_the_merged_model_serves_as_a_base_model(served_family: ServedFamily) -> None:
+    """The job's merged 16-bit model, loaded by vLLM's offline engine as a base model of its own."""
+    answer = served_family.merged_answer.finish()
+    assert answer["prompt_tokens"] > 16, "the prompt holds the image's tokens"
+    assert 0 < answer["answer_tokens"] <= 6
 
 
 def test_the_base_and_the_fine_tuned_adapter_answer_by_name(served_family, small_dataset_dir: Path) -> None:
-    url, adapter_name, _, _ = served_family
+    url, adapter_name = served_family.url, served_family.adapter_name
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
     for model in ("base", adapter_name):  # the adapter is found in the artifact store on its first request
         reply = client.chat.completions.create(model=model, messages=_messages(small_dataset_dir), max_tokens=4,
@@ -86,7 +157,7 @@ def test_the_base_and_the_fine_tuned_adapter_answer_by_name(served_family, small
 
 
 def test_an_adapter_vllm_cannot_serve_is_announced_then_refused(served_family, small_dataset_dir: Path) -> None:
-    url, _, store, every_layer = served_family
+    url, store, every_layer = served_family.url, served_family.store, served_family.every_layer_job_id
     job = store.get_job(every_layer)
     notes = [e.message for e in store.events_after(every_layer) if e.kind == "deployment"]
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
