@@ -73,7 +73,20 @@ def placement_to_pb(value: types.Placement | Mapping[str, Any] | None) -> pb.Pla
         value = types.Placement(**{**value, "tolerations": tuple(
             t if isinstance(t, types.Toleration) else types.Toleration(**t) for t in value.get("tolerations", ()))})
     return pb.Placement(gpu_count=value.gpu_count, node_selector=value.node_selector,
-                        tolerations=[pb.Toleration(**asdict(t)) for t in value.tolerations], nodes=value.nodes)
+                        tolerations=[pb.Toleration(**asdict(t)) for t in value.tolerations], nodes=value.nodes,
+                        strategy=_strategy_to_pb(value.strategy))
+
+
+def _strategy_to_pb(strategy: str) -> int:
+    try:
+        return pb.DistributedStrategy.Value("DISTRIBUTED_STRATEGY_" + strategy.upper())
+    except ValueError:
+        raise ValueError(f"placement.strategy: {strategy!r} is not one of auto, ddp, fsdp") from None
+
+
+def _strategy_from_pb(value: int) -> str:
+    name = pb.DistributedStrategy.Name(value).removeprefix("DISTRIBUTED_STRATEGY_").lower()
+    return "auto" if name == "unspecified" else name
 
 
 def create_request(*, model: str, training_file: str, validation_file: str, test_file: str, dataset_name: str,
@@ -121,7 +134,7 @@ def _job_status(value: int) -> str:
 def job_from_pb(message: pb.FineTuningJob) -> types.FineTuningJob:
     placement = types.Placement(message.placement.gpu_count, dict(message.placement.node_selector), tuple(
         types.Toleration(t.key, t.operator, t.value, t.effect) for t in message.placement.tolerations),
-        nodes=message.placement.nodes)
+        nodes=message.placement.nodes, strategy=_strategy_from_pb(message.placement.strategy))
     return types.FineTuningJob(
         id=message.id, model=message.model, status=_job_status(message.status),
         method=_METHOD.get(message.method, "lora"), hyperparameters=hyperparameters_from_pb(message.hyperparameters),

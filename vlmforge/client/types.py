@@ -67,6 +67,7 @@ class Placement:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
     nodes: int = 0  # 0 or 1: one node; above 1: torchrun on each node with a c10d rendezvous
+    strategy: str = "auto"  # "ddp", "fsdp" (frozen base weights sharded over the GPUs) or "auto"
 
 
 @dataclass(frozen=True)
