@@ -11,13 +11,14 @@ result. Metrics are summed over the frontends by prometheus-client's multiproces
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import multiprocessing
 import signal
 import socket
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,6 @@ from .engine import VllmAdapterEngine
 from .logs import own_logging
 from .settings import InferenceSettings
 from .vllm_api import (
-    EngineClient,
     create_server_socket,
     decorate_logs,
     set_process_title,
@@ -37,6 +37,8 @@ from .vllm_api import (
     setup_server,
     start_engine_and_frontends,
 )
+
+logger = logging.getLogger("inference_service")
 
 # Which frontend answered: lets a client (the e2e tests, an operator with curl) reach each one on the shared port.
 FRONTEND_HEADER = b"vlmforge-frontend"
@@ -109,6 +111,7 @@ class Frontend:
     peer_loads: tuple | None  # shared open-connection counts, for least-loaded accept (vLLM >= 0.32)
     state_dir: Path  # the shared adapter registry
     serving: Any  # a shared counter of frontends accepting connections
+    state: FrontendState | None = field(default=None)
 
     def engine_client_kwargs(self) -> dict:
         return {"client_config": self.client_config}
@@ -122,40 +125,46 @@ class Frontend:
             self.serving.value += 1
             return self.serving.value == self.count
 
-    def attach(self, app: FastAPI, admin_app: FastAPI, engine_client: EngineClient, adapters: VllmAdapterEngine,
-               drain_timeout_s: float) -> None:
+    def attach(self, app: FastAPI, admin_app: FastAPI, adapters: VllmAdapterEngine, drain_timeout_s: float) -> None:
         """This frontend's part of server.install: the FrontendLayer's state (the layer itself is in vLLM's
-        middleware list, see server.vllm_args) and the drain on SIGTERM."""
-        state = FrontendState(str(self.index).encode(), adapters)
-        app.state.vlmforge_frontend = state
+        middleware list, see server.vllm_args)."""
+        self.state = FrontendState(str(self.index).encode(), adapters, drain_timeout_s=drain_timeout_s)
+        app.state.vlmforge_frontend = self.state
         if admin_app is not app:  # ours: middleware can still be added
             admin_app.add_middleware(FrontendLayer)
-        _drain_before_shutdown(engine_client, state, drain_timeout_s)
+
+    def drain_on_sigterm(self) -> None:
+        """Once serve_http has set its signal handlers. On SIGTERM vLLM's handler stops the engine client at once;
+        alone, that client owns the engine and its shutdown drains it, but a frontend's client owns no engine and
+        its open streams would be cut (vLLM 0.32). So SIGTERM is ours: refuse new requests, let this frontend's
+        requests finish (within --drain-timeout-s), then raise SIGINT, which serve_http handles as it would
+        SIGTERM. The main process stops the engine once every frontend has exited."""
+        loop, state = asyncio.get_running_loop(), self.state
+
+        async def drain() -> None:
+            logger.info("frontend %s: stopping; %d requests open, given up to %s s", self.index, state.in_flight,
+                        state.drain_timeout_s)
+            deadline = loop.time() + state.drain_timeout_s
+            while state.in_flight and loop.time() < deadline:
+                await asyncio.sleep(DRAIN_POLL_S)
+            signal.raise_signal(signal.SIGINT)
+
+        def on_sigterm() -> None:
+            if not state.draining:
+                state.draining = True
+                state.drain_task = loop.create_task(drain())
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
 
 @dataclass
 class FrontendState:
     index: bytes
     adapters: VllmAdapterEngine
+    drain_timeout_s: float
     in_flight: int = 0  # HTTP requests this frontend is answering
     draining: bool = False
-
-
-def _drain_before_shutdown(engine_client: EngineClient, state: FrontendState, drain_timeout_s: float) -> None:
-    """On SIGTERM vLLM's serve_http calls `engine_client.shutdown` (in a thread), then closes the HTTP server.
-    Alone, that client owns the engine and its shutdown drains it; a frontend's client owns no engine and stops
-    at once, cutting its open streams (vLLM 0.32). So here it first refuses new requests and waits until this
-    frontend's requests are answered (within --drain-timeout-s); the main process stops the engine after."""
-    shutdown = engine_client.shutdown
-
-    def drain_then_shutdown(timeout: float | None = None) -> None:
-        state.draining = True
-        deadline = time.monotonic() + drain_timeout_s
-        while state.in_flight and time.monotonic() < deadline:
-            time.sleep(DRAIN_POLL_S)
-        shutdown(timeout=timeout)
-
-    engine_client.shutdown = drain_then_shutdown
+    drain_task: asyncio.Task | None = None
 
 
 class FrontendLayer:

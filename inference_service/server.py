@@ -112,7 +112,7 @@ def install(app: FastAPI, settings: InferenceSettings, engine_client: EngineClie
         admin_app.state = app.state  # vLLM's error handlers read its args, server and engine client there
         init_exception_handler(admin_app)  # so errors are answered as on the main port
     if frontend:
-        frontend.attach(app, admin_app, engine_client, engine, settings.drain_timeout_s)
+        frontend.attach(app, admin_app, engine, settings.drain_timeout_s)
     # Aliases live in the artifact store beside the adapters they name; every frontend reads them itself.
     aliases = (AliasResolver(AliasStore(settings.artifacts_dir), settings.model_name) if settings.artifacts_dir
                else None)
@@ -202,8 +202,10 @@ async def _announce_when_serving(app: FastAPI, sock: socket.socket, admin: uvico
     frontends the last one to start says it, once every frontend accepts."""
     while not (getattr(getattr(app.state, "server", None), "started", False) and (admin is None or admin.started)):
         await asyncio.sleep(0.05)
-    if frontend is not None and not frontend.announce_serving():
-        return
+    if frontend is not None:
+        frontend.drain_on_sigterm()  # serve_http has set its signal handlers by now
+        if not frontend.announce_serving():
+            return
     frontends = f", {frontend.count} API frontends" if frontend else ""
     logger.info("inference service listening on %s (model %s, artifacts %s%s)%s", _url(sock), settings.model_name,
                 settings.artifacts_dir, frontends, f", admin endpoint on {_url(admin_sock)}" if admin_sock else "")
