@@ -1,7 +1,11 @@
 """The real inference service as a subprocess (vLLM CPU, the tiny model), driven with the official openai
 client: base model and adapters (pushed through the admin API, on a port of its own here, and lazily resolved),
 streaming, every refusal with its status code, and the server still answering after each. Images come as data:
-URLs or from a local server on 127.0.0.1; nothing leaves this machine."""
+URLs or from a local server on 127.0.0.1; nothing leaves this machine.
+
+The service runs two API frontends over its one engine (`--api-server-count 2`), so everything here goes through
+both; the last tests reach each frontend on purpose (see `_one_client_per_frontend`) and end the service with
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,12 +15,15 @@ import json
 import pickle
 import re
 import shutil
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -47,7 +54,7 @@ def artifacts(tiny_model_dir: Path, small_dataset_dir: Path, tmp_path_factory) -
     name = store.get_job(job.id).result["fine_tuned_model"]
     root = state / "artifacts"
     for copy in ("lazy-one", "push-one", "twice-at-once", "rank-too-high", "other-base", "bad-config", "pickled",
-                 "churn-0", "churn-1"):
+                 "churn-0", "churn-1", "fan-push", "fan-lazy", "fan-race"):
         shutil.copytree(root / name, root / copy)
     _edit_json(root / "rank-too-high" / "adapter" / "adapter_config.json", r=128)
     _edit_json(root / "other-base" / "manifest.json", base_model_config_sha256="0" * 64)
@@ -70,19 +77,24 @@ def _edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
+FRONTENDS = 2
+FRONTEND_HEADER = "vlmforge-frontend"
+
+
 @pytest.fixture(scope="module")
 def service(tiny_model_dir: Path, artifacts, tmp_path_factory):
-    """The service's URL and its admin endpoint's, on a port of its own."""
+    """The service's URL, its admin endpoint's (on a port of its own, shared by the frontends), its process and
+    log. The last test here stops it; otherwise this does."""
     root, _ = artifacts
     log = tmp_path_factory.mktemp("inference") / "inference.log"
     process, ready = start_and_wait(
         ["-m", "inference_service", "--base-model", str(tiny_model_dir), "--served-model-name", "tiny",
          "--artifacts-dir", str(root), "--port", "0", "--admin-port", "0", "--api-key", API_KEY,
-         "--admin-token", ADMIN_TOKEN,
+         "--admin-token", ADMIN_TOKEN, "--api-server-count", str(FRONTENDS),
          "--allowed-media-domains", '["localhost"]', "--allow-private-media-addresses", "true",
          "--max-images-per-request", "2", "--max-image-pixels", "250000", "--max-request-body-bytes", "2000000",
-         "--max-choices-per-request", "4", "--vllm-args", "--max-num-seqs 16"], log, ADMIN_READY)
-    yield ready.group(1).decode(), ready.group(2).decode()
+         "--max-choices-per-request", "4", "--vllm-args", "--max-num-seqs 16"], log, ADMIN_READY, timeout_s=400)
+    yield ready.group(1).decode(), ready.group(2).decode(), process, log
     assert stop(process) == 0, log.read_text()[-3000:]
 
 
@@ -359,11 +371,130 @@ def test_metrics_parse_and_show_our_histograms_moving(server: str, client, image
     assert any(name.startswith("vllm:") for name, _ in after)
 
 
-# Model aliases with the trainer service (model_alias_checks.py) run on this module's service: imported here, so
-# one vLLM engine serves both, and here in the file, so they run before any test that stops the service.
-from .model_alias_checks import (  # noqa: E402, F401 - collected from this module's namespace
-    alias_run,
-    test_a_better_fine_tune_moves_the_alias_under_32_callers_and_a_worse_one_does_not,
-    test_a_job_asking_for_an_alias_is_checked_naming_the_field,
-    test_rollback_restores_the_previous_adapter_and_every_frontend_lists_and_reports_it,
-)
+def _one_client_per_frontend(server: str) -> dict[str, httpx.Client]:
+    """A client holding a keep-alive connection to each frontend. vLLM's frontends accept on one shared socket,
+    each new connection going to the frontend with the fewest open connections (vLLM 0.32's least-loaded
+    accept), and our `vlmforge-frontend` response header names the one that answered. So: open connections one
+    by one, each kept open, until every frontend answered one; a repeat (a frontend busy for over vLLM's 5 ms
+    defer window takes it anyway) only costs another try. Every later request checks the header again."""
+    clients: dict[str, httpx.Client] = {}
+    spare: list[httpx.Client] = []
+    for _ in range(40):
+        client = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120)
+        frontend = client.get("/v1/models").headers[FRONTEND_HEADER]
+        if frontend in clients:
+            spare.append(client)  # kept open until the end, so its frontend stays the more loaded one
+        else:
+            clients[frontend] = client
+        if len(clients) == FRONTENDS:
+            break
+    for client in spare:
+        client.close()
+    assert len(clients) == FRONTENDS, f"only frontends {sorted(clients)} answered"
+    return clients
+
+
+def _chat_on(client: httpx.Client, frontend: str, model: str, image_url: str, **body) -> httpx.Response:
+    reply = client.post("/v1/chat/completions", json={"model": model, "messages": _messages(image_url),
+                                                      "max_tokens": 4, "temperature": 0, **body})
+    assert reply.headers[FRONTEND_HEADER] == frontend, "the kept connection moved to another frontend"
+    return reply
+
+
+def _models_on(client: httpx.Client, frontend: str) -> list[str]:
+    reply = client.get("/v1/models")
+    assert reply.status_code == 200 and reply.headers[FRONTEND_HEADER] == frontend, reply.text
+    return [model["id"] for model in reply.json()["data"]]
+
+
+def _samples(client: httpx.Client) -> dict:
+    text = client.get("/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+LAZY_LOADS = ("vlmforge_inference_adapter_load_duration_seconds_count", (("outcome", "loaded"), ("source", "lazy")))
+
+
+def test_an_adapter_pushed_through_the_admin_api_answers_on_every_frontend_until_unloaded(
+        server: str, admin_url: str, image_url: str) -> None:
+    clients = _one_client_per_frontend(server)
+    assert _admin(admin_url, "POST", "/adapters", json={"name": "fan-push"}).json()["newly_loaded"]
+    for frontend, client in clients.items():
+        reply = _chat_on(client, frontend, "fan-push", image_url)
+        assert reply.status_code == 200 and reply.json()["model"] == "fan-push", reply.text
+    listings = [_models_on(client, frontend) for frontend, client in clients.items()]
+    assert "fan-push" in listings[0] and all(listing == listings[0] for listing in listings), listings
+    assert _admin(admin_url, "DELETE", "/adapters/fan-push").status_code == 200
+    assert all("fan-push" not in _models_on(client, frontend) for frontend, client in clients.items())
+
+
+def test_a_lazy_load_on_one_frontend_is_served_by_the_other_and_racing_frontends_load_once(
+        server: str, image_url: str) -> None:
+    clients = _one_client_per_frontend(server)
+    (first, first_client), (second, second_client) = clients.items()
+    lazy_before = _samples(first_client).get(LAZY_LOADS, 0)
+    assert _chat_on(first_client, first, "fan-lazy", image_url).status_code == 200
+    assert "fan-lazy" in _models_on(second_client, second)
+    assert _chat_on(second_client, second, "fan-lazy", image_url).json()["model"] == "fan-lazy"
+    with ThreadPoolExecutor(FRONTENDS) as pool:  # the same never-loaded adapter asked of both at once
+        racing = list(pool.map(lambda item: _chat_on(item[1], item[0], "fan-race", image_url), clients.items()))
+    assert [reply.status_code for reply in racing] == [200] * FRONTENDS, [reply.text for reply in racing]
+    assert _samples(second_client)[LAZY_LOADS] == lazy_before + 2, "fan-lazy and fan-race, each loaded once"
+
+
+def test_metrics_on_any_frontend_total_the_requests_of_all(server: str, image_url: str) -> None:
+    clients = _one_client_per_frontend(server)
+    count = ("vlmforge_inference_request_duration_seconds_count", (("model", "tiny"), ("status", "200")))
+    before = _samples(next(iter(clients.values()))).get(count, 0)
+    for frontend, client in clients.items():
+        for stream in (False, True):
+            assert _chat_on(client, frontend, "tiny", image_url, stream=stream).status_code == 200
+    expected = before + 2 * FRONTENDS
+    # A frontend counts a request just after its last byte left, so the client may ask a moment before that.
+    deadline = time.monotonic() + 10
+    while _samples(next(iter(clients.values()))).get(count, 0) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [_samples(client)[count] for client in clients.values()] == [expected] * FRONTENDS
+
+
+def test_sigterm_drains_every_frontend_and_exits_0(service, image_url: str) -> None:
+    """Last here: it ends the module's service."""
+    server, _, process, log = service
+    family = psutil.Process(process.pid).children(recursive=True)
+    clients = _one_client_per_frontend(server)
+    # SIGTERM goes out as soon as every stream has its first chunk, long before 400 tokens are generated.
+    body = {"model": "tiny", "messages": _messages(image_url), "max_tokens": 400, "min_tokens": 400,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}, "temperature": 0}
+    started = threading.Barrier(FRONTENDS + 1, timeout=60)
+
+    def stream(frontend: str, client: httpx.Client) -> list[str]:
+        with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+            assert reply.headers[FRONTEND_HEADER] == frontend
+            lines = reply.iter_lines()
+            data = [next(line for line in lines if line.startswith("data: "))]
+            started.wait()  # every stream has its first chunk; SIGTERM comes now, the rest is read after
+            return data + [line for line in lines if line.startswith("data: ")]
+
+    with ThreadPoolExecutor(FRONTENDS) as pool:
+        streams = [pool.submit(stream, frontend, client) for frontend, client in clients.items()]
+        started.wait()
+        process.send_signal(signal.SIGTERM)
+        chunks = [future.result(timeout=120) for future in streams]
+    assert process.wait(90) == 0, log.read_text()[-3000:]
+    for lines in chunks:
+        assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["usage"]["completion_tokens"] == 400
+    assert len(family) > FRONTENDS, "the frontends and the engine run in children"
+    # Children see their parent gone through a closed pipe, a moment later on a loaded machine: give them that
+    # (15 s at most; exited children left unreaped by their new parent count as gone).
+    deadline = time.monotonic() + 15
+    while (running := [p for p in family if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running, f"orphans left: {running}"
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
