@@ -371,6 +371,16 @@ def test_metrics_parse_and_show_our_histograms_moving(server: str, client, image
     assert any(name.startswith("vllm:") for name, _ in after)
 
 
+# Model aliases with the trainer service (model_alias_checks.py) run on this module's service: imported here, so
+# one vLLM engine serves both, and here in the file, so they run before any test that stops the service.
+from .model_alias_checks import (  # noqa: E402, F401 - collected from this module's namespace
+    alias_run,
+    test_a_better_fine_tune_moves_the_alias_under_32_callers_and_a_worse_one_does_not,
+    test_a_job_asking_for_an_alias_is_checked_naming_the_field,
+    test_rollback_restores_the_previous_adapter_and_every_frontend_lists_and_reports_it,
+)
+
+
 def _one_client_per_frontend(server: str) -> dict[str, httpx.Client]:
     """A client holding a keep-alive connection to each frontend. vLLM's frontends accept on one shared socket,
     each new connection going to the frontend with the fewest open connections (vLLM 0.32's least-loaded
