@@ -16,6 +16,10 @@ from vlmforge.tiny_model.spec import TinyModelSpec
 
 # Nothing may be downloaded at run time: make any accidental hub lookup fail fast instead of reaching out.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# vLLM's CPU backend reserves 15% of RAM (3.5 GiB on CI) for each engine's KV cache, and refuses to start when
+# that much is not free; the tiny models need a few MiB. A fixed 1 GiB (vLLM's VLLM_CPU_KVCACHE_SPACE, in GiB)
+# lets the tests start two engines side by side (tests/e2e/) without running the 24 GiB machine short.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 SMALL_DATASET = DatasetSpec(train_images=48, validation_images=8, test_images=8, pretrain_images=48)
 QUICK_MODEL = dataclasses.replace(TinyModelSpec(), pretrain_steps=4, pretrain_warmup_steps=2, dataset=SMALL_DATASET)
