@@ -12,13 +12,12 @@ API server, and says how.
 
 from __future__ import annotations
 
-import json
 import sys
 import os
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs
 
@@ -34,6 +33,8 @@ from trainer_service.kubernetes.launcher import KubernetesLauncher
 from trainer_service.kubernetes.manifest import JOB_ID_LABEL, WorkerJobTemplate, job_name, worker_job_manifest
 from trainer_service.kubernetes.reconcile import WorkerJobStatus, WorkerPhase
 from trainer_service.store import JobStore
+
+from .api_server_stub import ApiServerStubHandler
 
 KUBERNETES_VERSION = "1.37.0"
 
@@ -296,26 +297,11 @@ def _wait_for(condition, timeout_s: float = 10) -> None:
 
 # -- the real kubernetes client against a loopback stand-in for the API server ----------------------------------
 
-class _ApiServerStub(BaseHTTPRequestHandler):
+class _ApiServerStub(ApiServerStubHandler):
     """Answers the three batch/v1 calls the way the API server does (status codes, Status bodies, JobList)."""
 
     jobs: dict[str, dict] = {}
     requests: list[tuple[str, str, dict | None]] = []
-
-    def _reply(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _body(self) -> dict | None:
-        length = int(self.headers.get("Content-Length") or 0)
-        return json.loads(self.rfile.read(length)) if length else None
-
-    def _status(self, code: int, reason: str) -> None:
-        self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code})
 
     def do_POST(self):  # noqa: N802 - http.server's names
         body = self._body()
@@ -339,9 +325,6 @@ class _ApiServerStub(BaseHTTPRequestHandler):
         if self.jobs.pop(name, None) is None:
             return self._status(404, "NotFound")
         return self._reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture()

@@ -13,14 +13,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import PurePosixPath
 
 import kubernetes_validate
@@ -37,6 +36,8 @@ from trainer_service.kubernetes.manifest import (JOB_ID_LABEL, WorkerJobTemplate
 from trainer_service.kubernetes.reconcile import WorkerJobStatus, WorkerPhase
 from trainer_service.store import JobStore
 from trainer_service.worker.node_agent import agent_arguments
+
+from .api_server_stub import ApiServerStubHandler
 
 KUBERNETES_VERSION = "1.37.0"
 JOB_ID = "ftjob-0123456789abcdef01234567"
@@ -274,23 +275,12 @@ def test_with_the_jobset_crd_a_multi_node_job_becomes_a_jobset(store: JobStore) 
 
 # -- the real kubernetes client against a loopback stub of the API server ----------------------------------------
 
-class _Stub(BaseHTTPRequestHandler):
+class _Stub(ApiServerStubHandler):
     """Answers discovery, batch/v1 Jobs, v1 Services and jobset.x-k8s.io JobSets as the API server does."""
 
     serve_jobsets = True
     objects: dict[str, dict] = {}  # path of the collection + "/" + name -> object
     requests: list[tuple[str, str, dict | None]] = []
-
-    def _reply(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _status(self, code: int, reason: str) -> None:
-        self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code})
 
     def do_GET(self):  # noqa: N802 - http.server's names
         path = self.path.split("?")[0]
@@ -310,7 +300,7 @@ class _Stub(BaseHTTPRequestHandler):
         return self._reply(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
 
     def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self._body()
         self.requests.append(("POST", self.path, body))
         key = f"{self.path}/{body['metadata']['name']}"
         if key in self.objects:
@@ -323,9 +313,6 @@ class _Stub(BaseHTTPRequestHandler):
         if self.objects.pop(self.path.split("?")[0], None) is None:
             return self._status(404, "NotFound")
         return self._reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture()
