@@ -42,9 +42,11 @@ _JOB_FILE_FIELDS = ("training_file", "validation_file", "test_file")
 class FileLimits:
     max_upload_bytes: int
     archive: ArchiveLimits
-    max_upload_bytes_per_project: int | None = None  # what a project's stored files may take in all
+    # What a project's stored files and unfinished uploads (their declared sizes) may take in all.
+    max_upload_bytes_per_project: int | None = None
     max_page_size: int = 100
-    # A partial upload nobody resumed for this long is removed when the trainer starts.
+    # A partial upload nobody resumed for this long is removed when the trainer starts, and no longer counts
+    # against its project's quota (removed then) when the project starts another upload.
     partial_upload_max_age_s: float = 7 * 24 * 3600
 
 
@@ -134,18 +136,28 @@ class FileService:
         existing = self._records.find_by_sha256(meta.sha256, project=meta.project)
         if existing is not None and existing.bytes == meta.bytes:
             return existing
-        self._check_quota(meta)  # before any byte is received; again at the commit, where it is exact
-        return self._partials.open(meta)
+        # Before any byte is received, counting the project's other unfinished uploads too (their partials take
+        # disk just as files do); again at the commit, where stored files alone are exact.
+        return self._partials.open(meta, admit=lambda: self._check_quota(meta, with_partials=True))
 
-    def _check_quota(self, meta: UploadMetadata) -> None:
+    def _check_quota(self, meta: UploadMetadata, *, with_partials: bool = False) -> None:
         limit = self.limits.max_upload_bytes_per_project
         if limit is None:
             return
         stored = self._records.stored_bytes(meta.project)
-        if stored + meta.bytes > limit:
-            raise QuotaExceededError("max_upload_bytes_per_project", f"project {meta.project!r} stores {stored} "
-                                     f"bytes of files; {meta.filename} ({meta.bytes} bytes) would pass its limit of "
-                                     f"{limit} bytes: delete files first")
+        unfinished_bytes = unfinished = 0
+        if with_partials:  # this content's own partial is `meta.bytes` below: a resume does not count twice
+            unfinished_bytes, unfinished = self._partials.declared_bytes(
+                meta.project, excluding=self._partials.path(meta.sha256, meta.bytes, meta.project),
+                abandoned_before=time.time() - self.limits.partial_upload_max_age_s)
+        if stored + unfinished_bytes + meta.bytes > limit:
+            held = f"stores {stored} bytes of files"
+            if unfinished:
+                held += (f" and {unfinished_bytes} bytes in {unfinished} unfinished upload(s), which count until "
+                         f"they finish or lie untouched for {self.limits.partial_upload_max_age_s:g} s")
+            raise QuotaExceededError("max_upload_bytes_per_project", f"project {meta.project!r} {held}; "
+                                     f"{meta.filename} ({meta.bytes} bytes) would pass its limit of {limit} bytes: "
+                                     "delete files first")
 
     def finish_upload_soon(self, upload: Upload) -> Future[StoredFile]:
         """`finish_upload` on this service's own threads."""

@@ -54,6 +54,7 @@ class PartialUploads:
         self._busy_wait_s = busy_wait_s
         self._active: set[str] = set()
         self._released = threading.Condition()
+        self._admitting = threading.Lock()
 
     def path(self, sha256: str, size_bytes: int, project: str = "") -> Path:
         """One partial per project and content: a project can neither see nor resume another's."""
@@ -65,9 +66,30 @@ class PartialUploads:
         except FileNotFoundError:
             return 0
 
-    def open(self, meta: UploadMetadata) -> Upload:
+    def declared_bytes(self, project: str, *, excluding: Path, abandoned_before: float) -> tuple[int, int]:
+        """The sizes the project's partial uploads other than `excluding` declared, and how many they are. One no
+        stream claims and nobody wrote to since `abandoned_before` (epoch s) is removed instead, as the start-up
+        sweep would: an abandoned upload must not hold a project's quota until the next restart."""
+        held = count = 0
+        with self._released:  # a stream that claims a partial next finds it either whole or gone
+            for partial in self.directory.iterdir():
+                declared = _declared(partial.name, project)
+                if declared is None or partial == excluding:
+                    continue
+                try:
+                    if partial.name not in self._active and partial.stat().st_mtime < abandoned_before:
+                        partial.unlink()
+                        continue
+                except FileNotFoundError:
+                    continue  # finished or removed meanwhile
+                held, count = held + declared, count + 1
+        return held, count
+
+    def open(self, meta: UploadMetadata, *, admit=None) -> Upload:
         """Claims the content's partial file and positions it at `meta.resume_offset`. A stream that just broke
-        may still hold the claim for a moment: wait for it rather than fail the client's immediate resume."""
+        may still hold the claim for a moment: wait for it rather than fail the client's immediate resume.
+        `admit()` (a quota check that counts the partials on disk) runs under a lock with the creation of this
+        upload's partial file, so two uploads that start together both count each other."""
         key = self.path(meta.sha256, meta.bytes, meta.project).name
         deadline = time.monotonic() + self._busy_wait_s
         with self._released:
@@ -78,9 +100,19 @@ class PartialUploads:
                                         "retry when it has ended")
                 self._released.wait(remaining)
             self._active.add(key)
+        path = self.path(meta.sha256, meta.bytes, meta.project)
+        created = False
         try:
-            return Upload(meta, self.path(meta.sha256, meta.bytes, meta.project), release=lambda: self._release(key))
+            with self._admitting:
+                if admit is not None:
+                    admit()
+                if not path.exists():
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+                    created = True
+            return Upload(meta, path, release=lambda: self._release(key))
         except BaseException:
+            if created:  # nothing of it was received: it must not hold the project's quota
+                path.unlink(missing_ok=True)
             self._release(key)
             raise
 
@@ -152,6 +184,15 @@ class Upload:
                 os.close(self._fd)
                 self._fd = -1
                 self._release()
+
+
+def _declared(name: str, project: str) -> int | None:
+    """The size a partial's name (`<sha256>-<bytes>[@<project>].part`) declares, when it is the project's."""
+    if not name.endswith(".part"):
+        return None
+    key, _, owner = name[:-len(".part")].partition("@")
+    _, _, size = key.partition("-")
+    return int(size) if owner == project and size.isdigit() else None
 
 
 def _hash_prefix(fd: int, size_bytes: int):
