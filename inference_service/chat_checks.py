@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidRequest
 from .media import ImageLimits, MediaUrlPolicy, as_data_url, check_image, decode_data_url, fetch_image
+from .stage_timing import StageTimes, stage
 
 TEXT_PART_TYPES = frozenset({"text"})
 IMAGE_PART_TYPE = "image_url"
@@ -69,18 +70,26 @@ def _parts(message: object) -> list[dict]:
 
 
 async def materialise_images(image_parts: list[dict], policy: MediaUrlPolicy, limits: ImageLimits,
-                             fetch_timeout_s: float) -> None:
-    """Replaces every image URL in place with a checked `data:` URL, so the engine never fetches anything."""
+                             fetch_timeout_s: float, times: StageTimes | None = None) -> bool:
+    """Replaces every image URL in place with a checked `data:` URL, so the engine never fetches anything.
+    True when a part was replaced (the body then differs from what the client sent)."""
+    replaced = False
     for part in image_parts:
         spec = part.get("image_url")
         url = spec.get("url") if isinstance(spec, dict) else spec
         if not isinstance(url, str) or not url:
             raise InvalidRequest("image_url needs a url", reason="image_invalid", param="messages")
         if url.startswith("data:"):
-            data = decode_data_url(url)
-            await asyncio.to_thread(check_image, data, limits)
+            with stage(times, "decode"):
+                data = decode_data_url(url)
+            with stage(times, "image"):
+                await asyncio.to_thread(check_image, data, limits)
             continue
-        data = await fetch_image(url, policy, limits, fetch_timeout_s)
-        mime_type = await asyncio.to_thread(check_image, data, limits)
+        with stage(times, "fetch"):
+            data = await fetch_image(url, policy, limits, fetch_timeout_s)
+        with stage(times, "image"):
+            mime_type = await asyncio.to_thread(check_image, data, limits)
         part["image_url"] = {**spec, "url": as_data_url(data, mime_type)} if isinstance(spec, dict) else {
             "url": as_data_url(data, mime_type)}
+        replaced = True
+    return replaced

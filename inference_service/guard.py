@@ -19,6 +19,7 @@ from .chat_checks import ChatLimits, check_chat_body, materialise_images
 from .errors import EndpointNotFound, InvalidRequest, PayloadTooLarge, RequestRejected, Unauthorized, error_response
 from .media import ImageLimits, MediaUrlPolicy
 from .metrics import InferenceMetrics
+from .stage_timing import ServerTimingSend, StageTimes
 
 CHAT_PATH = "/v1/chat/completions"
 # Only what this product serves. vLLM's app has many more routes (completions with raw token ids, responses,
@@ -86,45 +87,57 @@ class RequestGuard:
             if path != CHAT_PATH:
                 await self.app(scope, receive, send)
                 return
-            body = await _read_body(scope, receive, self.config.max_request_body_bytes)
+            times = StageTimes()
+            with times.stage("read"):
+                body = await _read_body(scope, receive, self.config.max_request_body_bytes)
         except RequestRejected as rejected:
             await self._reject(rejected, scope, receive, send)
             return
-        await self._chat(scope, receive, send, body)
+        await self._chat(scope, receive, send, body, times)
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send, raw_body: bytes) -> None:
+    async def _chat(self, scope: Scope, receive: Receive, send: Send, raw_body: bytes, times: StageTimes) -> None:
         started = time.perf_counter()
         try:
-            body = _parse_json(raw_body)
-            image_parts = check_chat_body(body, self.config.chat_limits)
-            self._resolve_alias(body)
-            model_label = await self._resolve_model(body.get("model"))
-            await materialise_images(image_parts, self.config.media_policy, self.config.image_limits,
-                                     self.config.media_fetch_timeout_s)
+            with times.stage("parse"):
+                body = _parse_json(raw_body)
+            with times.stage("checks"):
+                image_parts = check_chat_body(body, self.config.chat_limits)
+            with times.stage("resolve"):
+                aliased = self._resolve_alias(body)
+                model_label = await self._resolve_model(body.get("model"))
+            replaced = await materialise_images(image_parts, self.config.media_policy, self.config.image_limits,
+                                                self.config.media_fetch_timeout_s, times)
         except RequestRejected as rejected:
             await self._reject(rejected, scope, receive, send)
             self.metrics.request_duration.labels("unknown", str(error_response(rejected).status_code)).observe(
                 time.perf_counter() - started)
             return
-        rewritten = json.dumps(body).encode()
-        timing = _ResponseTiming(send, started)
+        rewritten = raw_body  # unchanged, the client's own bytes go on: no second encode of a megabyte of base64
+        if aliased or replaced:
+            with times.stage("encode"):
+                rewritten = json.dumps(body).encode()
+        server_timing = ServerTimingSend(send, times, self.metrics.stage_seconds, stream=bool(body.get("stream")))
+        timing = _ResponseTiming(server_timing.send, started)
         try:
             await self.app(_with_body_length(scope, len(rewritten)), _replay(rewritten, receive), timing.send)
+            await server_timing.flush()
         finally:
             self.metrics.request_duration.labels(model_label, str(timing.status)).observe(
                 time.perf_counter() - started)
             if body.get("stream") and timing.first_chunk_s is not None:
                 self.metrics.time_to_first_token.labels(model_label).observe(timing.first_chunk_s)
 
-    def _resolve_alias(self, body: dict) -> None:
+    def _resolve_alias(self, body: dict) -> bool:
         """An alias becomes its target here, once, in the body vLLM reads: the request keeps that target even if
-        the alias moves while it runs."""
+        the alias moves while it runs. True when it did."""
         model = body.get("model")
         if (self.aliases is None or not isinstance(model, str) or model == self.config.base_model_name
                 or self.adapters.is_loaded(model)):
-            return
-        if (entry := self.aliases.current(model)) is not None:
-            body["model"] = self.aliases.served_name(entry)
+            return False
+        if (entry := self.aliases.current(model)) is None:
+            return False
+        body["model"] = self.aliases.served_name(entry)
+        return True
 
     async def _resolve_model(self, model: object) -> str:
         """The metrics label for `model`, loading it from the artifact store on first use. Names that are

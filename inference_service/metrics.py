@@ -15,6 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 LOAD_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Our stages take tens of microseconds to milliseconds; vLLM's and the total up to seconds.
+STAGE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                   30)
 # Adapter loads are rare: their series exist from the start (at zero), or rate() would miss the first one.
 ADAPTER_LOAD_SOURCES = ("push", "lazy")
 ADAPTER_LOAD_OUTCOMES = ("loaded", "refused")
@@ -33,6 +36,10 @@ class InferenceMetrics:
         self.time_to_first_token = Histogram(
             "vlmforge_inference_time_to_first_token_seconds", "streamed chat requests: arrival to first chunk",
             ["model"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.stage_seconds = Histogram(
+            "vlmforge_inference_stage_seconds", "chat requests: each stage before the first byte out (as in the "
+            "Server-Timing header; total = arrival to first byte)", ["stage"], buckets=STAGE_BUCKETS_S,
+            registry=registry)
         self.adapter_loads = Histogram(
             "vlmforge_inference_adapter_load_duration_seconds", "checking and loading one adapter",
             ["source", "outcome"], buckets=LOAD_BUCKETS_S, registry=registry)
