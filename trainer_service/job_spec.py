@@ -20,6 +20,7 @@ from vlmforge.families import UnsupportedModelError, family_for_model_dir
 from vlmforge.aliases import ALIAS_NAME_RULE, is_valid_alias_name
 
 from .errors import FailedPreconditionError, InvalidArgumentError
+from .path_roots import check_still_resolved
 
 SUFFIX_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -316,17 +317,22 @@ class DatasetSource:
 
     path: str
     dataset_name: str | None = None
+    # Create resolved this path (symlinks followed) inside the caller's data root: whoever reads it later checks
+    # that it still resolves to itself, so a symlink swapped in after Create cannot lead out of the root.
+    confined: bool = False
 
 
 def dataset_sources(stored: dict[str, Any]) -> dict[str, DatasetSource]:
     """Field -> source, for each dataset a stored job spec names. File ids resolve through the spec's
-    `resolved_files` (written by Create), paths are their own source."""
+    `resolved_files` (written by Create), paths are their own source. A path Create confined to the data root
+    (it has a `resolved_files` entry) is re-checked when read; one stored without an entry is read as it is."""
     resolved = stored.get("resolved_files") or {}
     sources = {}
     for field_name in DATASET_SPLITS:
         if value := stored.get(field_name):
             known = resolved.get(field_name)
-            sources[field_name] = DatasetSource(**known) if known else DatasetSource(value)
+            sources[field_name] = (DatasetSource(**{**known, "confined": not is_file_id(value)}) if known
+                                   else DatasetSource(value))
     return sources
 
 
@@ -344,6 +350,8 @@ def inspect_job_dataset(spec: JobSpec, field_name: str, source: DatasetSource | 
 
 def _dataset_call(read, spec: JobSpec, field_name: str, source: DatasetSource | None):
     source = source or DatasetSource(getattr(spec, field_name))
+    if source.confined:
+        check_still_resolved(field_name, source.path)  # right before the read: the loader follows links
     try:
         return read(source.path, spec.dataset_format, columns=spec.columns,
                     dataset_name=spec.dataset_name or source.dataset_name or None, split=DATASET_SPLITS[field_name])

@@ -7,7 +7,9 @@ shared by every project). Without a root, an API-key trainer refuses such paths 
 recommended way, need no root); an open trainer (no keys: the local demo) takes any path, as before.
 
 The check runs before anything looks at the path, and the refusal names the field and the setting only: it
-never says whether something exists outside the roots.
+never says whether something exists outside the roots. Create stores the resolved path; the background validator
+and the worker read it only while it still resolves to itself (`check_still_resolved`): a symlink swapped into it
+after Create would otherwise lead out of the root.
 """
 
 from __future__ import annotations
@@ -62,3 +64,12 @@ def _inside(root: Path, value: str, field_name: str, where: str) -> Path:
     if not resolved.is_relative_to(root):
         raise InvalidArgumentError(field_name, f"must be {where}")
     return resolved
+
+
+def check_still_resolved(field_name: str, path: str) -> None:
+    """Refuses a path Create resolved inside a data root that no longer resolves to itself. Create resolved every
+    link in it, so a link in it now was put there afterwards: where it leads is not checked, and not said."""
+    if Path(path).resolve() != Path(path):
+        raise InvalidArgumentError(field_name, f"{path} changed after the job was created (a symbolic link in it now "
+                                   "leads elsewhere); a dataset must stay under this project's directory of the data "
+                                   "root (--data-root)")
