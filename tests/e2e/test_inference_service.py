@@ -359,9 +359,15 @@ def test_metrics_parse_and_show_our_histograms_moving(server: str, client, image
 
     before = samples()
     _ask(client, image_url)
-    stream = client.chat.completions.create(model="tiny", messages=_messages(image_url), max_tokens=4, stream=True)
-    list(stream)
+    raw = client.chat.completions.with_raw_response.create(model="tiny", messages=_messages(image_url), max_tokens=4,
+                                                           stream=True)
+    list(raw.parse())
     after = samples()
+    # Server-Timing (W3C) comes with the stream's first chunk: our stages before the hand-off, then vLLM's.
+    stages = [metric.split(";")[0] for metric in raw.headers["server-timing"].split(", ")]
+    assert stages == ["read", "parse", "checks", "resolve", "decode", "image", "vllm_render", "vllm_engine",
+                      "total"], stages
+    assert all(after.get(("vlmforge_inference_stage_seconds_count", (("stage", name),)), 0) >= 1 for name in stages)
     count = ("vlmforge_inference_request_duration_seconds_count", (("model", "tiny"), ("status", "200")))
     assert after[count] >= before.get(count, 0) + 2
     assert after[("vlmforge_inference_time_to_first_token_seconds_count", (("model", "tiny"),))] >= 1
