@@ -73,7 +73,7 @@ def test_gpus_placement_and_the_worker_command_come_from_the_job() -> None:
     assert pod["nodeSelector"] == {"pool": "h100"}
     assert {"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"} in pod["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-    assert container["command"][:4] == ["python", "-m", "torch.distributed.run", "--standalone"]
+    assert container["command"][:4] == ["python", "-m", "trainer_service.worker.node_agent", "--standalone"]
     assert "--nproc-per-node=2" in container["command"]
     assert container["command"][container["command"].index("--trainer-address") + 1] == "vlmforge-trainer:50052"
     assert "--database" not in container["command"]  # workers never open the control plane's SQLite file

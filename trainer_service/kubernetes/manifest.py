@@ -13,7 +13,7 @@ from ..deploy import ADMIN_TOKEN_ENV, ADMIN_URL_ENV
 from ..job_spec import Placement
 from ..launcher import RENDEZVOUS_PORT, Rendezvous, worker_command
 from ..worker.backends import BACKEND_ENV
-from ..worker.node_agent import EXIT_FAILED_FOR_GOOD, POD_IP_ENV
+from ..worker.node_agent import EXIT_FAILED_FOR_GOOD, POD_IP_ENV, standalone_command
 from ..worker.remote_store import WORKER_API_CA_BUNDLE_ENV, WORKER_API_TOKEN_ENV
 
 JOB_ID_LABEL = "vlmforge.dev/job-id"
@@ -201,6 +201,8 @@ def _container(job_id: str, gpus: int, template: WorkerJobTemplate, nodes: int =
     command = worker_command(job_id, template.work_dir, template.artifacts_dir, gpus or 1,
                              trainer_address=template.worker_api_address, python="python", nodes=nodes,
                              rendezvous=agent)
+    if nodes == 1 and gpus > 1:  # torchrun alone exits 1 for a worker's 3: podFailurePolicy would never see it
+        command = standalone_command(command)
     container = {
         "name": CONTAINER_NAME,
         "image": template.image,
