@@ -85,6 +85,7 @@ class JobEvent:
     job_id: str
     sequence: int  # per job, 1, 2, 3, ... with no gaps
     created_at: float
-    kind: str  # status_changed | progress | evaluation | checkpoint | deployment | log
+    # status_changed | progress | evaluation | checkpoint | deployment | gpu_assignment | alias_decision | log
+    kind: str
     message: str
     payload: dict[str, Any] = field(default_factory=dict)
