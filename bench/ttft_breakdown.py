@@ -39,9 +39,10 @@ from inference_overhead import _free_port  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SIZES_PX = (448, 1344)
 # vLLM's per-request engine times, summed over requests: sequential requests make each delta one request's time.
-VLLM_SUMS = {"vllm:time_to_first_token_seconds_sum": "engine TTFT (vLLM: arrival to first token)",
-             "vllm:request_queue_time_seconds_sum": "  of which queue",
-             "vllm:request_prefill_time_seconds_sum": "  of which prefill (scheduled to first token)"}
+# vLLM stamps a request's arrival as its renderer starts (inside vllm_render), so its TTFT overlaps both vllm stages.
+VLLM_SUMS = {"vllm:time_to_first_token_seconds_sum": "vLLM's own TTFT (render start to first token)",
+             "vllm:request_queue_time_seconds_sum": "  of which queue (vLLM)",
+             "vllm:request_prefill_time_seconds_sum": "  of which prefill, scheduled to first token (vLLM)"}
 
 
 def main() -> None:
