@@ -118,8 +118,9 @@ class TrainerSettings(BaseSettings):
                                                     "validating files, queued or running at once; more get "
                                                     "RESOURCE_EXHAUSTED (unset: no limit)")
     max_upload_bytes_per_project: int | None = Field(None, ge=1, description="Files API: bytes one project's "
-                                                     "stored files may take in all; an upload past it gets "
-                                                     "RESOURCE_EXHAUSTED (unset: no limit)")
+                                                     "stored files and unfinished uploads (their declared size) "
+                                                     "may take in all; an upload past it gets RESOURCE_EXHAUSTED "
+                                                     "(unset: no limit)")
     requests_per_second_per_key: float | None = Field(None, gt=0, description="calls one API key may make per "
                                                       "second on average (a token bucket); more get "
                                                       "RESOURCE_EXHAUSTED (unset: no limit)")
