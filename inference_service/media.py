@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
+import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidRequest
@@ -89,7 +90,7 @@ def decode_data_url(url: str) -> bytes:
     if not media_type.startswith("image/"):
         raise InvalidRequest(f"data: URL media type {media_type!r} is not an image", reason="image_invalid")
     try:
-        return base64.b64decode(payload, validate=True)
+        return pybase64.b64decode(payload, validate=True)  # vLLM's decoder: 0.8 ms, not 27, for 5 MB
     except (binascii.Error, ValueError):
         raise InvalidRequest("data: URL is not valid base64", reason="image_invalid") from None
 
