@@ -33,6 +33,9 @@ ALIAS = "chartqa"
 BETTER = pb.Hyperparameters(max_steps=12, batch_size=2, learning_rate=2e-2, seed=0)
 WORSE = pb.Hyperparameters(max_steps=1, batch_size=1, learning_rate=1e-6, seed=0)
 CLIENTS = 32
+# Until the job's after-evaluation (the switch comes next) each caller asks once every PACE_S: 32 callers at one
+# request a second took both of CI's cores from the training, 40x slower per step.
+PACE_S = 10.0
 
 
 def _host():
@@ -118,7 +121,7 @@ class _Callers:
         self.answered: list[list[str]] = [[] for _ in range(CLIENTS)]
         self.errors: list[str] = []
         self.stopping = threading.Event()
-        self.hurry = threading.Event()  # set when the switch is near: until then one request a second each
+        self.hurry = threading.Event()  # set when the switch is near: until then one request every PACE_S each
         self.pool = ThreadPoolExecutor(CLIENTS)
         self.futures = []
 
@@ -134,14 +137,16 @@ class _Callers:
                 self.answered[index].append(reply.model)
             except Exception as error:  # noqa: BLE001 - every error is a failure, collected for the message
                 self.errors.append(f"client {index}: {type(error).__name__}: {error}")
-            if not self.hurry.is_set():
-                self.hurry.wait(1.0)  # training shares the CPU meanwhile
+            self.hurry.wait(PACE_S)  # training shares the CPU meanwhile
 
-    def stop_once_all_see(self, model: str, timeout_s: float = 120) -> None:
+    def wait_until_all_see(self, model: str, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not all(a and a[-1] == model for a in self.answered):
             time.sleep(0.1)
+
+    def stop(self) -> None:
         self.stopping.set()
+        self.hurry.set()  # wakes the callers still pacing
         for future in self.futures:
             future.result()
         self.pool.shutdown()
@@ -168,8 +173,11 @@ def test_a_better_fine_tune_moves_the_alias_under_32_callers_and_a_worse_one_doe
     assert admin(admin_url, "PUT", f"/aliases/{ALIAS}", json={"target": "tiny"}).json()["target"] == "tiny"
     callers = _Callers(server)
     callers.start()  # before the job: every caller is served by the base first
-    better, events = alias_run.run(BETTER, on_after_evaluation=callers.hurry.set)
-    callers.stop_once_all_see(better.fine_tuned_model)
+    try:
+        better, events = alias_run.run(BETTER, on_after_evaluation=callers.hurry.set)
+        callers.wait_until_all_see(better.fine_tuned_model)
+    finally:
+        callers.stop()
     assert not callers.errors, callers.errors[:5]
     # Each caller's requests are sequential: once one was served by the new adapter, none after it by the base.
     for answered in callers.answered:

@@ -8,13 +8,12 @@ pushed to an inference service."""
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 from pathlib import Path
 
 import pytest
 
+from tests.vllm_offline_chat import ask
 from vlmforge.data import load_dataset
 from vlmforge.families import ModelFamily, family_for_model_dir
 from vlmforge.tiny_model.build import FAMILIES as TINY_FAMILIES
@@ -55,26 +54,12 @@ def served_by_vllm(base_model_dir: Path) -> None:
         pytest.skip(family.vllm_unserved_reason)
 
 
-def _chat(llm, small_dataset_dir: Path, **kwargs) -> str:
-    from vllm import SamplingParams
-
-    sample = load_dataset(small_dataset_dir / "test.jsonl")[0]
-    buffer = io.BytesIO()
-    sample.images[0].open().save(buffer, format="PNG")
-    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                             {"type": "text", "text": sample.question}]}]
-    try:
-        request = llm.chat(messages, SamplingParams(max_tokens=6, temperature=0.0), **kwargs)[0]
-    finally:
-        llm.llm_engine.engine_core.shutdown()  # stop the engine process before pytest closes its log capture
-    assert len(request.prompt_token_ids) > 16, "the prompt holds the image's tokens"
-    assert 0 < len(request.outputs[0].token_ids) <= 6
-    return request.outputs[0].text
-
-
-ENGINE = {"max_model_len": 512, "max_num_seqs": 2, "enforce_eager": True, "gpu_memory_utilization": 0.15,
-          "limit_mm_per_prompt": {"image": 1}, "seed": 0}
+def _ask_vllm(model_dir: Path, small_dataset_dir: Path, log: Path, **adapter) -> None:
+    """One question about a test image in vLLM's offline engine (tests/vllm_offline_chat.py, its own process)."""
+    image = sorted((small_dataset_dir / "images" / "test").glob("*.png"))[0]
+    answer = ask(model_dir, image, "What color is the shortest bar?", log, **adapter)
+    assert answer["prompt_tokens"] > 16, "the prompt holds the image's tokens"
+    assert 0 < answer["answer_tokens"] <= 6
 
 
 def test_both_answer_in_transformers(finished_job, base_model_dir: Path, small_dataset_dir: Path) -> None:
@@ -110,22 +95,17 @@ def test_vllm_serves_exactly_the_families_that_say_so(tiny_family: str) -> None:
 
 
 def test_the_merged_model_serves_as_a_base_model(served_by_vllm, finished_job, base_model_dir: Path,
-                                                small_dataset_dir: Path) -> None:
-    from vllm import LLM
-
+                                                small_dataset_dir: Path, tmp_path: Path) -> None:
     if family_for_model_dir(base_model_dir).name != "qwen2_vl":
         # Each engine start costs about 25 CPU-seconds on CI: the other families' merged models start in vLLM
         # beside their inference service in tests/e2e/test_model_families_served.py, where it costs no time.
         pytest.skip("served by vLLM in tests/e2e/test_model_families_served.py")
     _, merged, _ = finished_job
-    _chat(LLM(model=str(merged), dtype="bfloat16", **ENGINE), small_dataset_dir)
+    _ask_vllm(merged, small_dataset_dir, tmp_path / "vllm.log")
 
 
 def test_the_adapter_loads_onto_the_base_with_vision_lora(served_by_vllm, finished_job, base_model_dir: Path,
-                                                          small_dataset_dir: Path) -> None:
-    from vllm import LLM
-    from vllm.lora.request import LoRARequest
-
+                                                          small_dataset_dir: Path, tmp_path: Path) -> None:
     if family_for_model_dir(base_model_dir).name != "qwen2_vl":
         # One vLLM engine start less per family (about 40 CPU-seconds each on CI): the same adapter (tower and
         # projector LoRA where vLLM serves them) is served by name through the inference service, on vLLM, in
@@ -133,6 +113,4 @@ def test_the_adapter_loads_onto_the_base_with_vision_lora(served_by_vllm, finish
         pytest.skip("served through the inference service in tests/e2e/test_model_families_served.py")
     adapter, _, _ = finished_job
     towers = family_for_model_dir(base_model_dir).vllm_serves_tower_connector_lora
-    llm = LLM(model=str(base_model_dir), enable_lora=True, max_lora_rank=16, max_loras=1,
-              enable_tower_connector_lora=towers, **ENGINE)
-    _chat(llm, small_dataset_dir, lora_request=LoRARequest("job-adapter", 1, str(adapter)))
+    _ask_vllm(base_model_dir, small_dataset_dir, tmp_path / "vllm.log", adapter=adapter, tower_lora=towers)
