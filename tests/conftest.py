@@ -87,11 +87,18 @@ def family_fine_tune(tiny_model_of, small_dataset_dir: Path, tmp_path_factory) -
             return True
 
     @functools.cache
+    def state_dir_of(family_name: str) -> Path:
+        """Known before the job runs, so a service can start on its artifact store while it trains."""
+        state = tmp_path_factory.mktemp(f"fine-tune-{family_name}")
+        (state / "artifacts").mkdir()
+        return state
+
+    @functools.cache
     def fine_tune(family_name: str) -> FamilyFineTune:
         base_dir = tiny_model_of(family_name)
         family = family_for_model_dir(base_dir)
         towers = family.vllm_serves_tower_connector_lora or not family.vllm_serves
-        state = tmp_path_factory.mktemp(f"fine-tune-{family_name}")
+        state = state_dir_of(family_name)
         store = JobStore(state / "jobs.sqlite3")
         spec = JobSpec(str(base_dir), str(small_dataset_dir / "train.jsonl"), hyperparameters=Hyperparameters(
             max_steps=3, batch_size=2, learning_rate=1e-3, finetune_vision_layers=towers, finetune_projector=towers))
@@ -101,4 +108,5 @@ def family_fine_tune(tiny_model_of, small_dataset_dir: Path, tmp_path_factory) -
         run_job(store, job.id, state, notifier=recorder)
         return FamilyFineTune(store, state, job.id, tuple(recorder.pushed))
 
+    fine_tune.state_dir_of = state_dir_of
     return fine_tune

@@ -27,7 +27,7 @@ from trainer_service.jobs import JobService
 from trainer_service.store import JobStore
 from trainer_service.worker.run import run_job
 from vlmforge.families import family_for_model_dir
-from vlmforge.processes import start_and_wait, stop
+from vlmforge.processes import start, stop, wait_until_ready
 from vlmforge.tiny_model.build import FAMILIES as TINY_FAMILIES
 from vlmforge.tiny_model.build import model_family_of
 
@@ -56,20 +56,29 @@ def served_family(request, tiny_model_of, family_fine_tune, small_dataset_dir: P
     tower and projector LoRA where vLLM serves them) and, where vLLM does not, one more with LoRA on every
     layer; and the shared fine-tune's merged model answering in vLLM's offline engine."""
     base_dir = tiny_model_of(request.param)
-    shared = family_fine_tune(request.param)
-    store, state, servable = shared.store, shared.state_dir, shared.job_id
-    # The merged model's own engine starts beside the service's: both are mostly single-threaded start-up, so
-    # on CI's two cores the pair takes about as long as the service alone.
-    merged_answer = _start_offline_chat(Path(store.get_job(servable).result["merged_model_path"]),
-                                        small_dataset_dir, state / "merged-model-in-vllm.log")
+    state = family_fine_tune.state_dir_of(request.param)
+    # The service starts first: it serves the base, and finds each adapter in the artifact store on its first
+    # request, so its ~35 s start (mostly single-threaded imports) overlaps the fine-tune and the merged model's
+    # own engine start on CI's second core.
+    log = state / "inference.log"
+    process = start(["-m", "inference_service", "--base-model", str(base_dir), "--served-model-name", "base",
+                     "--artifacts-dir", str(state / "artifacts"), "--port", "0", "--max-model-len", "1024",
+                     "--vllm-args", "--max-num-seqs 4"], log)
+    merged_answer = None
     try:
+        shared = family_fine_tune(request.param)
+        store, servable = shared.store, shared.job_id
+        merged_answer = _start_offline_chat(Path(store.get_job(servable).result["merged_model_path"]),
+                                            small_dataset_dir, state / "merged-model-in-vllm.log")
         towers = family_for_model_dir(base_dir).vllm_serves_tower_connector_lora
         every_layer = servable if towers else _fine_tune(store, state, base_dir, small_dataset_dir)
-        log = state / "inference.log"
-        process, ready = start_and_wait(
-            ["-m", "inference_service", "--base-model", str(base_dir), "--served-model-name", "base",
-             "--artifacts-dir", str(state / "artifacts"), "--port", "0", "--max-model-len", "1024",
-             "--vllm-args", "--max-num-seqs 4"], log, READY)
+        ready = wait_until_ready(process, log, READY)
+    except BaseException:
+        stop(process)
+        if merged_answer is not None:
+            merged_answer.close()
+        raise
+    try:
         yield ServedFamily(ready.group(1).decode(), store.get_job(servable).result["fine_tuned_model"], store,
                            every_layer, merged_answer)
     finally:
