@@ -24,14 +24,22 @@ ENGINE = {"max_model_len": 512, "max_num_seqs": 2, "enforce_eager": True, "gpu_m
 MAX_ANSWER_TOKENS = 6
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where `-m tests.vllm_offline_chat` resolves
+
+
+def command(model_dir: Path, image: Path, question: str, *, adapter: Path | None = None,
+            tower_lora: bool = False) -> list[str]:
+    """This module's command line, to run from REPO_ROOT."""
+    line = [sys.executable, "-m", "tests.vllm_offline_chat", str(model_dir), str(image), question]
+    return line + ["--adapter", str(adapter)] * bool(adapter) + ["--tower-lora"] * tower_lora
+
+
 def ask(model_dir: Path, image: Path, question: str, log: Path, *, adapter: Path | None = None,
         tower_lora: bool = False, timeout_s: float = 300) -> dict:
     """Runs this module to its end; its JSON answer (the engine's log goes to `log`)."""
-    command = [sys.executable, "-m", "tests.vllm_offline_chat", str(model_dir), str(image), question]
-    command += ["--adapter", str(adapter)] * bool(adapter) + ["--tower-lora"] * tower_lora
     with open(log, "wb") as stderr:
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=stderr, timeout=timeout_s,
-                              cwd=Path(__file__).resolve().parents[1])
+        done = subprocess.run(command(model_dir, image, question, adapter=adapter, tower_lora=tower_lora),
+                              stdout=subprocess.PIPE, stderr=stderr, timeout=timeout_s, cwd=REPO_ROOT)
     assert done.returncode == 0, log.read_text()[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

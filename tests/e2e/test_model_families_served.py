@@ -14,13 +14,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 import pytest
 
+from tests import vllm_offline_chat as offline_chat
 from trainer_service.domain import JobStatus
 from trainer_service.job_spec import Hyperparameters, JobSpec
 from trainer_service.jobs import JobService
@@ -35,7 +35,6 @@ pytestmark = pytest.mark.slow
 
 READY = re.compile(rb"inference service listening on (http://127\.0\.0\.1:\d+)")
 QUESTION = "What color is the shortest bar?"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _served_families() -> list:
@@ -123,9 +122,9 @@ class OfflineChat:
 
 def _start_offline_chat(model_dir: Path, small_dataset_dir: Path, log: Path) -> OfflineChat:
     with open(log, "wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.vllm_offline_chat", str(model_dir), str(_test_image(small_dataset_dir)),
-             QUESTION], stdout=subprocess.PIPE, stderr=stderr, cwd=REPO_ROOT, start_new_session=True)
+        process = subprocess.Popen(offline_chat.command(model_dir, _test_image(small_dataset_dir), QUESTION),
+                                   stdout=subprocess.PIPE, stderr=stderr, cwd=offline_chat.REPO_ROOT,
+                                   start_new_session=True)
     return OfflineChat(process, log)
 
 
