@@ -176,12 +176,13 @@ async def serve(settings: InferenceSettings, frontend: Frontend | None = None) -
                 # No signal handlers of its own: uvicorn's would replace vLLM's, which drain the engine first.
                 # It stops when vLLM's server does (SIGTERM, engine death).
                 admin = NoSignalServer(uvicorn.Config(admin_app, log_level="warning", access_log=False,
-                                                      lifespan="off"))
+                                                      lifespan="off", timeout_keep_alive=settings.http_keep_alive_s))
                 admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
             announcement = asyncio.create_task(_announce_when_serving(app, sock, admin, admin_sock, settings,
                                                                       frontend))
             shutdown_task = await serve_http(app, sock=sock, host=args.host, port=sock.getsockname()[1],
                                              log_level="warning", access_log=False,
+                                             timeout_keep_alive=settings.http_keep_alive_s,
                                              **frontend.serve_http_kwargs() if frontend else {})
             announcement.cancel()
             if admin is not None:

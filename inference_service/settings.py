@@ -58,6 +58,11 @@ class InferenceSettings(BaseSettings):
                                          "step between the API process and the engine. Off by default: under "
                                          "concurrent load with repeated images the two copies drift apart in "
                                          "vLLM 0.32 and requests fail with 500 (bench/load_mixed.py)")
+    http_keep_alive_s: float = Field(75.0, gt=0, description="how long an idle keep-alive connection stays "
+                                     "open. Longer than clients' and load balancers' idle limits (httpx and "
+                                     "so the openai client: 5 s; AWS ALB: 60 s), so the client side always "
+                                     "closes first: a server that closes as a client reuses the connection "
+                                     "fails that request with a connection error (uvicorn's default is 5 s)")
     drain_timeout_s: int = Field(30, ge=0, description="on SIGTERM: time running requests get to finish "
                                                         "(vLLM --shutdown-timeout); 0 aborts them")
     vllm_args: str = Field("", description="more vLLM engine flags, as on its command line, e.g. "

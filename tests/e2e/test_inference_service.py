@@ -138,6 +138,22 @@ def _admin(base: str, method: str, path: str, token: str | None = ADMIN_TOKEN, *
     return httpx.request(method, base + "/admin/v1" + path, headers=headers, timeout=120, **kwargs)
 
 
+def test_an_idle_keep_alive_connection_outlives_the_openai_clients_expiry(server: str) -> None:
+    """The openai client (httpx) drops a connection idle for 5 s; a server that closed it at 5 s too (uvicorn's
+    default) would race a request sent just then, which fails with a connection error (an alias test caught
+    it). So one connection idle past 5 s must still be the same open connection."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=server, headers=headers, timeout=60,
+                      limits=httpx.Limits(keepalive_expiry=60)) as client:
+        ports = []
+        for pause_s in (0, 6):
+            time.sleep(pause_s)
+            reply = client.get("/v1/models")
+            assert reply.status_code == 200
+            ports.append(reply.extensions["network_stream"].get_extra_info("client_addr")[1])
+    assert ports[0] == ports[1], "the service closed an idle connection within 6 s"
+
+
 def test_the_base_model_answers_streamed_and_not(client: openai.OpenAI, image_url: str) -> None:
     whole = _ask(client, image_url, extra_body={"min_tokens": 8})
     stream = client.chat.completions.create(model="tiny", messages=_messages(image_url), max_tokens=8,
