@@ -9,7 +9,9 @@ cache nor its encoder cache can skip work) and gets exactly --output-tokens toke
   - requests/s, output tokens/s, TTFT and TPOT p50/p99 at 1/8/32/128 concurrent clients (servers);
   - requests/s with 1, 4 and 16 distinct r=16 adapters in the mix (servers at 128 clients, and offline);
   - hot-loading an adapter the server has never seen: the load call, and load call + first token of a request
-    on it (servers), next to the offline engine's `add_lora`.
+    on it (servers), next to the offline engine's `add_lora`;
+  - the GPU's busy share during each measured level (nvidia-smi's utilization.gpu, the share of time a kernel
+    was running, sampled every 200 ms; blank without nvidia-smi).
 
     python bench/serving_throughput.py --tokenizer-from .cache/vlmforge/models/tiny-qwen2-vl [--shape 2b]
 """
@@ -25,10 +27,12 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -145,6 +149,40 @@ def _make_adapters(model_dir: Path, artifacts: Path, layers: str) -> None:
     torch.cuda.empty_cache()
 
 
+class GpuBusy:
+    """The GPU's busy share while the `with` block runs: nvidia-smi's utilization.gpu (the share of the last
+    sample period in which a kernel was running) every 200 ms, averaged over samples and GPUs; `percent` is None
+    where there is no nvidia-smi."""
+
+    def __enter__(self) -> GpuBusy:
+        self.samples: list[float] = []
+        self.process = self.reader = None
+        if shutil.which("nvidia-smi"):
+            self.process = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self.reader = threading.Thread(target=self._read, daemon=True)
+            self.reader.start()
+        return self
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            try:
+                self.samples.append(float(line.strip()))
+            except ValueError:  # "[N/A]" and the like
+                pass
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait()
+            self.reader.join(timeout=1)
+
+    @property
+    def percent(self) -> float | None:
+        return statistics.fmean(self.samples) if self.samples else None
+
+
 def _device() -> str:
     import torch
 
@@ -204,15 +242,18 @@ def measure_offline(args, work: Path) -> dict:
     loras = {name: LoRARequest(name, index + 1, str(work / "artifacts" / name / "adapter"))
              for index, name in enumerate(adapter_names(max(ADAPTER_MIXES)) + adapter_names(HOT_LOADS, "hot"))}
     next_seed = 0
+    gpu_busy_pct = {}
 
     def batch(count: int, adapters: int) -> float:
         nonlocal next_seed
         urls = image_urls(count, next_seed, args.image_size_px)
         next_seed += count
         requests = None if adapters == 0 else [loras[f"mix-adapter-{index % adapters}"] for index in range(count)]
-        started = time.perf_counter()
-        outputs = llm.chat([_messages(url) for url in urls], sampling, lora_request=requests, use_tqdm=False)
-        elapsed = time.perf_counter() - started
+        with GpuBusy() as busy:
+            started = time.perf_counter()
+            outputs = llm.chat([_messages(url) for url in urls], sampling, lora_request=requests, use_tqdm=False)
+            elapsed = time.perf_counter() - started
+        gpu_busy_pct[adapters] = busy.percent
         assert all(len(output.outputs[0].token_ids) == args.output_tokens for output in outputs)
         return count / elapsed
 
@@ -224,7 +265,8 @@ def measure_offline(args, work: Path) -> dict:
         started = time.perf_counter()
         llm.llm_engine.add_lora(loras[name])
         add_lora_s.append(time.perf_counter() - started)
-    return {"requests_per_s": requests_per_s, "add_lora_s": add_lora_s}
+    return {"requests_per_s": requests_per_s, "add_lora_s": add_lora_s, "gpu_busy_pct": gpu_busy_pct,
+            "requests": args.offline_requests}
 
 
 # --- the service ------------------------------------------------------------------------------------------
@@ -250,7 +292,7 @@ async def measure_server(server: str, args, model_dir: Path, work: Path) -> dict
             hot = [await _hot_load(http, load_adapter, level, name) for name in adapter_names(HOT_LOADS, "hot")]
     finally:
         stop(process)
-    return {"levels": levels, "mixes": mixes, "hot_loads": hot,
+    return {"levels": levels, "mixes": mixes, "mix_clients": top, "hot_loads": hot,
             "api_server_count": settings.api_server_count if server == "ours" else 1}
 
 
@@ -304,15 +346,17 @@ class _Level:
                 timings.append(await self.one(url, model))
             return timings
 
-        started = time.perf_counter()
-        timings = [t for batch in await asyncio.gather(*(client_loop() for _ in range(concurrency))) for t in batch]
-        elapsed = time.perf_counter() - started
+        with GpuBusy() as busy:
+            started = time.perf_counter()
+            timings = [t for batch in await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+                       for t in batch]
+            elapsed = time.perf_counter() - started
         ttft = sorted(t for t, _, _ in timings)
         tpot = sorted((end - first) / max(1, tokens - 1) for first, end, tokens in timings)
         return {"requests": len(timings), "requests_per_s": len(timings) / elapsed,
                 "output_tokens_per_s": sum(tokens for _, _, tokens in timings) / elapsed,
                 "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
-                "tpot_p50_s": _pct(tpot, 50), "tpot_p99_s": _pct(tpot, 99)}
+                "tpot_p50_s": _pct(tpot, 50), "tpot_p99_s": _pct(tpot, 99), "gpu_busy_pct": busy.percent}
 
     async def one(self, image_url: str, model: str) -> tuple[float, float, int]:
         """(time to first token, time to last token, output tokens) of one streamed chat request."""
@@ -359,31 +403,36 @@ def _print(results: dict[str, dict], args, model_dir: Path) -> None:
     offline = {int(k): v for k, v in results["offline"]["requests_per_s"].items()} if "offline" in results else {}
     servers = {name: results[key] for key, name in SERVER_NAMES.items() if key in results}
     print("\n| server | clients | requests | requests/s | output tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms "
-          "| TPOT p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| TPOT p99 ms | GPU busy % |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, figures in servers.items():
         for concurrency, m in sorted(figures["levels"].items(), key=lambda item: int(item[0])):
             print(f"| {name} | {concurrency} | {m['requests']} | {m['requests_per_s']:.1f} | "
                   f"{m['output_tokens_per_s']:.0f} | {1000 * m['ttft_p50_s']:.0f} | {1000 * m['ttft_p99_s']:.0f} | "
-                  f"{1000 * m['tpot_p50_s']:.1f} | {1000 * m['tpot_p99_s']:.1f} |")
+                  f"{1000 * m['tpot_p50_s']:.1f} | {1000 * m['tpot_p99_s']:.1f} | {_busy(m.get('gpu_busy_pct'))} |")
     if offline:
-        print(f"| offline `LLM.chat` | all at once | {args.offline_requests} | {offline[0]:.1f} | "
-              f"{offline[0] * args.output_tokens:.0f} | | | | |")
+        print(f"| offline `LLM.chat` | all at once | {results['offline'].get('requests', args.offline_requests)} | "
+              f"{offline[0]:.1f} | "
+              f"{offline[0] * args.output_tokens:.0f} | | | | | "
+              f"{_busy(results['offline'].get('gpu_busy_pct', {}).get('0'))} |")
     top = str(max(args.concurrency))
     print(f"\n| adapters in the mix | {' | '.join(f'{name} requests/s' for name in servers)} | offline requests/s "
           f"| {' | '.join(f'{name} / offline' for name in servers)} | "
           f"{' | '.join(f'{name} vs no adapter' for name in servers)} | offline vs no adapter |")
     print("|---" * (2 + 3 * len(servers)) + "|---|")
+    # Each phase ran its mixes at its own largest client count (phases may be run with different --concurrency).
+    mix_clients = {name: str(f.get("mix_clients", top)) for name, f in servers.items()}
     for adapters in (0, *ADAPTER_MIXES):
-        rps = {name: (f["levels"][top] if adapters == 0 else f["mixes"][str(adapters)])["requests_per_s"]
+        rps = {name: (f["levels"][mix_clients[name]] if adapters == 0 else f["mixes"][str(adapters)])["requests_per_s"]
                for name, f in servers.items()}
-        no_adapter = {name: f["levels"][top]["requests_per_s"] for name, f in servers.items()}
+        no_adapter = {name: f["levels"][mix_clients[name]]["requests_per_s"] for name, f in servers.items()}
         row = [str(adapters), *(f"{v:.1f}" for v in rps.values()), f"{offline.get(adapters, float('nan')):.1f}",
                *(f"{v / offline.get(adapters, float('nan')):.3f}" for v in rps.values()),
                *(f"{v / no_adapter[name]:.3f}" for name, v in rps.items()),
                f"{offline.get(adapters, float('nan')) / offline.get(0, float('nan')):.3f}"]
         print("| " + " | ".join(row) + " |")
-    print(f"(servers at {top} clients; offline gets every request at once)")
+    print(f"(servers at {', '.join(f'{name} {clients}' for name, clients in mix_clients.items())} clients; offline "
+          "gets every request at once)")
     for name, figures in servers.items():
         loads = [h["load_s"] for h in figures["hot_loads"]]
         to_first = [h["load_to_first_token_s"] for h in figures["hot_loads"]]
@@ -393,6 +442,10 @@ def _print(results: dict[str, dict], args, model_dir: Path) -> None:
     if "offline" in results:
         add = results["offline"]["add_lora_s"]
         print(f"hot-load, offline `add_lora`: p50 {1000 * statistics.median(add):.0f} ms, max {1000 * max(add):.0f} ms")
+
+
+def _busy(percent: float | None) -> str:
+    return "" if percent is None else f"{percent:.0f}"
 
 
 if __name__ == "__main__":  # vLLM starts its engine in a spawned child, which re-imports this module

@@ -131,12 +131,18 @@ def start_engine_and_frontends(args, num_servers: int, listen_address: str, sock
                 tensor_queue=launch.tensor_queue)
             launch.watched_frontend_processes = api_servers.processes  # one dying aborts the engine's start
         return EngineAndFrontends(api_servers, launch.engine_manager, coordinator, vllm_config.shutdown_timeout)
-    # vLLM 0.26: the engine launcher allocates the frontends' addresses and yields them with its managers.
-    with launch_core_engines(vllm_config, executor_class, log_stats, num_servers) as (engines, coordinator,
-                                                                                     addresses):
+    # vLLM 0.26: placeholder addresses (tcp://host:0 or IPC paths); each frontend binds its sockets and reports
+    # the bound ones back, which the engine's handshake (when the `with` ends) hands the engine.
+    from vllm.v1.engine.utils import get_engine_zmq_addresses
+
+    addresses = get_engine_zmq_addresses(vllm_config, num_servers)
+    with launch_core_engines(vllm_config, executor_class, log_stats, addresses, num_servers) as (
+            engines, coordinator, addresses, tensor_queue):
         api_servers = APIServerProcessManager(
             **common, input_addresses=addresses.inputs, output_addresses=addresses.outputs,
-            stats_update_address=coordinator.get_stats_publish_address() if coordinator else None)
+            stats_update_address=coordinator.get_stats_publish_address() if coordinator else None,
+            tensor_queue=tensor_queue)
+        addresses.inputs, addresses.outputs = api_servers.gather_actual_addresses()
     return EngineAndFrontends(api_servers, engines, coordinator, vllm_config.shutdown_timeout)
 
 __all__ = ["EngineAndFrontends", "EngineClient", "ErrorResponse", "FlexibleArgumentParser", "LoRARequest",
