@@ -73,9 +73,20 @@ def inspect_adapter(artifacts_dir: Path, name: str, *, max_rank: int, base: Base
     _check_servable_modules(adapter_dir / ADAPTER_WEIGHTS, base, name)
     manifest = _manifest(entry, name)
     _check_base(manifest, config, base, name)
-    evaluation = {phase: scores for phase in ("before", "after")
-                  if isinstance(scores := manifest.get(f"evaluation_{phase}"), dict)}
-    return AdapterInfo(name, adapter_dir.resolve(), rank, evaluation)
+    return AdapterInfo(name, adapter_dir.resolve(), rank, _evaluation(manifest))
+
+
+def _evaluation(manifest: dict) -> dict[str, dict[str, float]]:
+    return {phase: scores for phase in ("before", "after")
+            if isinstance(scores := manifest.get(f"evaluation_{phase}"), dict)}
+
+
+def stored_evaluation(artifacts_dir: Path, name: str) -> dict[str, dict[str, float]]:
+    """The trainer's scores of a stored adapter, {} where there are none or the manifest cannot be read."""
+    try:
+        return _evaluation(_manifest(artifacts_dir / name, name))
+    except (AdapterRejected, OSError):
+        return {}
 
 
 def _listing(directory: Path) -> list[Path]:
@@ -201,4 +212,7 @@ class AdapterManager:
             if not self.is_loaded(name):
                 raise ModelNotFound(f"the adapter `{name}` is not loaded", reason="model_not_found", param="name")
             await self.engine.unload(name)
-            self.metrics.adapter_unloaded(name, loaded_count=len(self.loaded()))
+            # Another frontend may have loaded it: the scores it published are named from the manifest.
+            evaluation = await asyncio.to_thread(stored_evaluation, self.artifacts_dir, name) \
+                if self.artifacts_dir is not None else {}
+            self.metrics.adapter_unloaded(name, evaluation, loaded_count=len(self.loaded()))

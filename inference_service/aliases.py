@@ -28,8 +28,9 @@ from .adapters import AdapterManager
 from .errors import AdminDisabled, InvalidRequest, ModelNotFound
 from .metrics import InferenceMetrics
 
-# Directory mtimes tick coarsely (a jiffy on many kernels): a directory changed this recently may change again
-# within the same tick, so it is read again rather than trusted (git's "racily clean" rule).
+# Directory mtimes tick coarsely (a jiffy on many kernels): a change made within the same tick as a read leaves the
+# mtime as it was, so a read is trusted only if it was made well after the mtime it saw (git's "racily clean"
+# rule: compare with when the cache was filled, not with now).
 RACY_WINDOW_NS = 1_000_000_000
 ADMIN_ACTOR = "admin"
 
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _Cached:
     mtime_ns: int
+    read_at_ns: int  # wall clock just before the files were read
     entry: AliasVersion | None
 
 
@@ -60,10 +62,11 @@ class AliasResolver:
             self._cache.pop(alias, None)
             return None
         cached = self._cache.get(alias)
-        if cached is not None and cached.mtime_ns == mtime_ns and time.time_ns() - mtime_ns > RACY_WINDOW_NS:
+        if cached is not None and cached.mtime_ns == mtime_ns and cached.read_at_ns - mtime_ns > RACY_WINDOW_NS:
             return cached.entry
+        read_at_ns = time.time_ns()
         entry = self.store.current(alias)
-        self._cache[alias] = _Cached(mtime_ns, entry)
+        self._cache[alias] = _Cached(mtime_ns, read_at_ns, entry)
         return entry
 
     def served_name(self, entry: AliasVersion) -> str:
@@ -78,7 +81,10 @@ def sync_alias_metrics(resolver: AliasResolver, metrics: InferenceMetrics) -> No
     """Brings `vlmforge_inference_alias_info` to the files' state; called on each scrape, in whichever frontend
     serves it."""
     try:
-        metrics.alias_targets({entry.alias: resolver.served_name(entry) for entry in resolver.all_current()})
+        current = resolver.all_current()
+        metrics.alias_targets({entry.alias: resolver.served_name(entry) for entry in current},
+                              {(entry.alias, resolver.served_name(version)) for entry in current
+                               for version in resolver.store.history(entry.alias)})
     except (OSError, ValueError):  # the scrape still answers; the alias files' problem is logged
         logger.warning("could not read the alias files for vlmforge_inference_alias_info", exc_info=True)
 

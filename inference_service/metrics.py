@@ -62,29 +62,37 @@ class InferenceMetrics:
 
     def adapter_loaded(self, name: str, evaluation: dict[str, dict[str, float]], *, loaded_count: int) -> None:
         self.loaded_adapters.set(loaded_count)
-        labels = []
-        for phase, scores in evaluation.items():
-            for metric, value in scores.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    self.adapter_scores.labels(name, phase, metric).set(value)
-                    labels.append((name, phase, metric))
-        self._score_labels[name] = labels
+        labels = _score_series(evaluation)
+        for phase, metric, value in labels:
+            self.adapter_scores.labels(name, phase, metric).set(value)
+        self._score_labels[name] = [(name, phase, metric) for phase, metric, _ in labels]
 
-    def alias_targets(self, targets: dict[str, str]) -> None:
-        """alias -> served model name, as the alias files say now. A target left behind is set to 0 before its
-        series is dropped: with several frontends (multiprocess mode) the 0 is what the others' /metrics read."""
-        for alias, target in self._alias_targets.items():
-            if targets.get(alias) != target:
-                self.alias_info.labels(alias, target).set(0)
+    def alias_targets(self, targets: dict[str, str], left_behind: set[tuple[str, str]] = frozenset()) -> None:
+        """alias -> served model name, as the alias files say now; `left_behind`: (alias, target) pairs of the
+        aliases' histories. Each target left behind is set to 0 before its series is dropped: with several
+        frontends (multiprocess mode, most recent value wins) that 0 outdates the 1 another frontend wrote
+        before the switch, whichever frontend saw which target."""
+        past = {(alias, target) for alias, target in self._alias_targets.items()} | set(left_behind)
+        for alias, target in past - set(targets.items()):
+            self.alias_info.labels(alias, target).set(0)
+            if not multiprocess_mode():  # there the series stays at 0 (prometheus-client cannot remove it)
                 self.alias_info.remove(alias, target)
         for alias, target in targets.items():
             self.alias_info.labels(alias, target).set(1)
         self._alias_targets = dict(targets)
 
-    def adapter_unloaded(self, name: str, *, loaded_count: int) -> None:
+    def adapter_unloaded(self, name: str, evaluation: dict[str, dict[str, float]], *, loaded_count: int) -> None:
+        """`evaluation`: the adapter's stored scores, which name the series another frontend may have set."""
         self.loaded_adapters.set(loaded_count)
-        for labels in self._score_labels.pop(name, []):
+        known = self._score_labels.pop(name, None)
+        for labels in known if known is not None else [(name, p, m) for p, m, _ in _score_series(evaluation)]:
             if multiprocess_mode():  # prometheus-client cannot remove a series there: NaN says "no score now"
                 self.adapter_scores.labels(*labels).set(math.nan)
             else:
                 self.adapter_scores.remove(*labels)
+
+
+def _score_series(evaluation: dict[str, dict[str, float]]) -> list[tuple[str, str, float]]:
+    """(phase, metric, value) of each numeric score."""
+    return [(phase, metric, value) for phase, scores in evaluation.items() for metric, value in scores.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)]

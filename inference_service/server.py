@@ -167,7 +167,7 @@ async def serve(settings: InferenceSettings, frontend: Frontend | None = None) -
     try:
         async with build_async_engine_client(args, **frontend.engine_client_kwargs() if frontend else {}) as \
                 engine_client:
-            supported_tasks = await _first_engine_reply(engine_client)
+            supported_tasks = await engine_client.get_supported_tasks()
             app = build_app(args, supported_tasks, engine_client.model_config)
             await init_app_state(engine_client, app.state, args, supported_tasks)
             admin_app = install(app, settings, engine_client, frontend)
@@ -194,25 +194,6 @@ async def serve(settings: InferenceSettings, frontend: Frontend | None = None) -
         for listening in (sock, admin_sock):
             if listening is not None:
                 listening.close()
-
-
-# With several frontends, vLLM 0.32's engine core on CPU sometimes never answers a frontend's first utility call
-# (seen in 2 of 6 starts here: the engine idle on its input queue, the frontend awaiting the reply). A call sent
-# again is answered; the late reply of a cancelled call is dropped by vLLM (core_client._process_utility_output).
-FIRST_REPLY_TIMEOUT_S = 15.0
-FIRST_REPLY_ATTEMPTS = 4
-
-
-async def _first_engine_reply(engine_client):
-    """The engine's supported tasks, asked again while no reply comes; the last attempt waits as long as it takes
-    (a slow machine), so nothing that used to start fails now."""
-    for attempt in range(1, FIRST_REPLY_ATTEMPTS):
-        try:
-            return await asyncio.wait_for(engine_client.get_supported_tasks(), FIRST_REPLY_TIMEOUT_S)
-        except TimeoutError:
-            logger.warning("the engine did not answer this frontend in %.0f s (attempt %d); asking again",
-                           FIRST_REPLY_TIMEOUT_S, attempt)
-    return await engine_client.get_supported_tasks()
 
 
 async def _announce_when_serving(app: FastAPI, sock: socket.socket, admin: uvicorn.Server | None,

@@ -76,4 +76,5 @@ class InferenceSettings(BaseSettings):
 def default_api_server_count() -> int:
     """One frontend per four cores the process may run on, 1 to 4: on 2 cores a second frontend only competes
     with the engine for CPU; on an H200 host's 16, four frontends (issue 18) keep the GPU fed."""
-    return max(1, min(4, len(os.sched_getaffinity(0)) // 4))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
+    return max(1, min(4, cores // 4))

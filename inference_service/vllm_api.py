@@ -78,6 +78,11 @@ except ImportError:  # vLLM 0.26
         """A 0.32 flag's plumbing; 0.26 has no such flag."""
 
 
+# On SIGTERM: what a frontend gets beyond the drain timeout to close its client and exit, and the engine after them.
+FRONTEND_EXIT_GRACE_S = 10.0
+ENGINE_EXIT_MIN_S = 10.0
+
+
 @dataclass
 class EngineAndFrontends:
     """What `vllm serve --api-server-count N` runs: the engine core (and a DP coordinator where one is needed)
@@ -87,6 +92,10 @@ class EngineAndFrontends:
     engines: Any
     coordinator: Any
     shutdown_timeout_s: float
+    # vLLM >= 0.32: the frontends' bound ZMQ listeners (EngineZmqListeners). Collected, it unlinks their IPC
+    # socket files (its __del__), and an engine socket that had not connected yet retries ENOENT forever: a
+    # frontend that never hears from the engine (vllm serve keeps them in scope until it exits).
+    listeners: Any = None
 
     def wait(self) -> None:
         """Until a process exits (an error, when not asked to) or a signal handler raises in this thread."""
@@ -94,17 +103,16 @@ class EngineAndFrontends:
                                        coordinator=self.coordinator)
 
     def shutdown(self, *, draining: bool) -> None:
-        """vLLM's order: frontends first (each drains its own requests), then the engine, in one time budget."""
-        timeout_s = self.shutdown_timeout_s if draining else None
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-
-        def left() -> float | None:
-            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
-
-        self.api_servers.shutdown(timeout=timeout_s)
+        """vLLM's order: frontends first (each drains its own requests within the shutdown timeout, then closes
+        its engine client), then the engine, which has nothing left to run by then but still needs time to exit
+        cleanly: a budget the frontends' drain had spent would have it killed at once."""
+        self.api_servers.shutdown(timeout=self.shutdown_timeout_s + FRONTEND_EXIT_GRACE_S if draining else None)
+        deadline = time.monotonic() + ENGINE_EXIT_MIN_S
         for part in (self.engines, self.coordinator):
             if part:
-                part.shutdown(timeout=left())
+                part.shutdown(timeout=max(deadline - time.monotonic(), 1.0) if draining else None)
+        if self.listeners is not None:
+            self.listeners.cleanup()
 
 
 def start_engine_and_frontends(args, num_servers: int, listen_address: str, sock,
@@ -130,7 +138,8 @@ def start_engine_and_frontends(args, num_servers: int, listen_address: str, sock
                 stats_update_address=coordinator.get_stats_publish_address() if coordinator else None,
                 tensor_queue=launch.tensor_queue)
             launch.watched_frontend_processes = api_servers.processes  # one dying aborts the engine's start
-        return EngineAndFrontends(api_servers, launch.engine_manager, coordinator, vllm_config.shutdown_timeout)
+        return EngineAndFrontends(api_servers, launch.engine_manager, coordinator, vllm_config.shutdown_timeout,
+                                  listeners)
     # vLLM 0.26: placeholder addresses (tcp://host:0 or IPC paths); each frontend binds its sockets and reports
     # the bound ones back, which the engine's handshake (when the `with` ends) hands the engine.
     from vllm.v1.engine.utils import get_engine_zmq_addresses

@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmforge.aliases import AliasChange, AliasError, AliasStore, AliasVersion
+from vlmforge.aliases import AliasChange, AliasStore, AliasVersion
 from vlmforge.artifacts import read_manifest
 from vlmforge.data.types import Conversation, ImagePart
 
@@ -100,7 +100,7 @@ def promote_to_alias(store: JobRecords, aliases: AliasStore, promotion: AliasPro
     Never raises for the job: an alias that cannot be written is a refusal with the reason."""
     try:
         decision = _decide_and_write(aliases, promotion, candidate)
-    except (AliasError, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - the job's artifacts are written: any failure here is a refusal
         logger.warning("job %s: promotion to alias %s failed", candidate.job_id, promotion.alias, exc_info=True)
         decision = Decision(promotion.alias, promotion.metric, False, f"the alias could not be changed: {error}",
                             candidate.name, candidate.after.get(promotion.metric), None, None,
@@ -172,7 +172,9 @@ def _recorded_score(artifacts_dir: Path, adapter: str, metric: str, test_set_sha
         manifest = read_manifest(artifacts_dir / adapter)
     except (OSError, ValueError):
         return None
-    after = manifest.get("evaluation_after") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict):
+        return None
+    after = manifest.get("evaluation_after")
     if manifest.get("test_set_sha256") != test_set_sha256 or not isinstance(after, dict):
         return None
     value = after.get(metric)

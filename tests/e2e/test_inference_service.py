@@ -426,6 +426,14 @@ def _one_client_per_frontend(server: str) -> dict[str, httpx.Client]:
     return clients
 
 
+@pytest.fixture()
+def frontend_clients(server: str):
+    clients = _one_client_per_frontend(server)
+    yield clients
+    for client in clients.values():
+        client.close()
+
+
 def _chat_on(client: httpx.Client, frontend: str, model: str, image_url: str, **body) -> httpx.Response:
     reply = client.post("/v1/chat/completions", json={"model": model, "messages": _messages(image_url),
                                                       "max_tokens": 4, "temperature": 0, **body})
@@ -448,9 +456,20 @@ def _samples(client: httpx.Client) -> dict:
 LAZY_LOADS = ("vlmforge_inference_adapter_load_duration_seconds_count", (("outcome", "loaded"), ("source", "lazy")))
 
 
+def test_the_sockets_the_frontends_listen_on_for_the_engine_stay_reachable(service) -> None:
+    """The engine connects to each frontend's IPC sockets as it starts. vLLM's listener object unlinks their files
+    when it is collected, and an engine socket that had not connected by then retried ENOENT forever: a frontend
+    that never heard from the engine (1 start in ~4 here), unless the main process keeps the listeners."""
+    process = psutil.Process(service[2].pid)
+    paths = {connection.laddr for child in process.children(recursive=True)
+             for connection in child.net_connections(kind="unix") if connection.laddr}
+    assert len(paths) >= 2 * FRONTENDS, paths  # each frontend's input and output socket, at least
+    assert all(Path(path).exists() for path in paths), {path: Path(path).exists() for path in paths}
+
+
 def test_an_adapter_pushed_through_the_admin_api_answers_on_every_frontend_until_unloaded(
-        server: str, admin_url: str, image_url: str) -> None:
-    clients = _one_client_per_frontend(server)
+        frontend_clients: dict[str, httpx.Client], admin_url: str, image_url: str) -> None:
+    clients = frontend_clients
     assert _admin(admin_url, "POST", "/adapters", json={"name": "fan-push"}).json()["newly_loaded"]
     for frontend, client in clients.items():
         reply = _chat_on(client, frontend, "fan-push", image_url)
@@ -462,8 +481,8 @@ def test_an_adapter_pushed_through_the_admin_api_answers_on_every_frontend_until
 
 
 def test_a_lazy_load_on_one_frontend_is_served_by_the_other_and_racing_frontends_load_once(
-        server: str, image_url: str) -> None:
-    clients = _one_client_per_frontend(server)
+        frontend_clients: dict[str, httpx.Client], image_url: str) -> None:
+    clients = frontend_clients
     (first, first_client), (second, second_client) = clients.items()
     lazy_before = _samples(first_client).get(LAZY_LOADS, 0)
     assert _chat_on(first_client, first, "fan-lazy", image_url).status_code == 200
@@ -475,8 +494,9 @@ def test_a_lazy_load_on_one_frontend_is_served_by_the_other_and_racing_frontends
     assert _samples(second_client)[LAZY_LOADS] == lazy_before + 2, "fan-lazy and fan-race, each loaded once"
 
 
-def test_metrics_on_any_frontend_total_the_requests_of_all(server: str, image_url: str) -> None:
-    clients = _one_client_per_frontend(server)
+def test_metrics_on_any_frontend_total_the_requests_of_all(frontend_clients: dict[str, httpx.Client],
+                                                           image_url: str) -> None:
+    clients = frontend_clients
     count = ("vlmforge_inference_request_duration_seconds_count", (("model", "tiny"), ("status", "200")))
     before = _samples(next(iter(clients.values()))).get(count, 0)
     for frontend, client in clients.items():
@@ -490,11 +510,12 @@ def test_metrics_on_any_frontend_total_the_requests_of_all(server: str, image_ur
     assert [_samples(client)[count] for client in clients.values()] == [expected] * FRONTENDS
 
 
-def test_sigterm_drains_every_frontend_and_exits_0(service, image_url: str) -> None:
+def test_sigterm_drains_every_frontend_and_exits_0(service, frontend_clients: dict[str, httpx.Client],
+                                                   image_url: str) -> None:
     """Last here: it ends the module's service."""
-    server, _, process, log = service
+    _, _, process, log = service
     family = psutil.Process(process.pid).children(recursive=True)
-    clients = _one_client_per_frontend(server)
+    clients = frontend_clients
     # SIGTERM goes out as soon as every stream has its first chunk, long before 400 tokens are generated.
     body = {"model": "tiny", "messages": _messages(image_url), "max_tokens": 400, "min_tokens": 400,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}, "temperature": 0}

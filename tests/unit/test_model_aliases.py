@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -117,6 +120,29 @@ def test_the_info_metric_shows_each_alias_target_and_drops_the_old_one(tmp_path:
     assert 'vlmforge_inference_alias_info{adapter="tiny-ft-b",alias="chartqa"} 1.0' in text
     assert 'vlmforge_inference_alias_info{adapter="tiny",alias="docqa"} 1.0' in text
     assert "tiny-ft-a" not in text
+
+
+# One frontend process's view of the alias files, written into the shared multiprocess directory.
+_FRONTEND_SYNC = """
+import sys
+from inference_service.metrics import InferenceMetrics
+InferenceMetrics(None).alias_targets({"chartqa": sys.argv[1]}, {("chartqa", name) for name in sys.argv[2:]})
+"""
+
+
+def test_with_several_frontends_the_old_target_reads_0_whichever_frontend_saw_it(tmp_path: Path) -> None:
+    """Frontend A saw the alias on `a` and was never scraped again; frontend B only ever saw `b`. B's scrape
+    must still outdate A's 1 for `a`: it zeroes every target of the alias's history."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for argv in (["a"], ["b", "a", "b"]):  # A, then B (history: a, then b)
+        subprocess.run([sys.executable, "-c", _FRONTEND_SYNC, *argv], env=env, check=True)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+    assert 'vlmforge_inference_alias_info{adapter="a",alias="chartqa"} 0.0' in text, text
+    assert 'vlmforge_inference_alias_info{adapter="b",alias="chartqa"} 1.0' in text, text
 
 
 # ------------------------------------------------------------------------------------------- the gate

@@ -111,6 +111,15 @@ class Ranks:
         torch.distributed.all_reduce(tensor)
         return tensor.item() / self.world_size
 
+    def smallest(self, value: int) -> int:
+        """The smallest of every rank's value: what a choice all ranks must make alike is based on (one node's
+        GPUs may differ in memory)."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN)
+        return int(tensor.item())
+
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on one (rank 0 decides cancellation)."""
         if not self.distributed:

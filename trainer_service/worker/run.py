@@ -209,7 +209,8 @@ def _with_strategy(ranks: Ranks, spec: JobSpec, model_dir: Path,
     if not ranks.distributed:
         return ranks, None
     weights = bf16_parameter_bytes(model_dir)
-    memory = gpu_memory_bytes()
+    memory = gpu_memory_bytes()  # None on every rank or on none: CUDA is there for all or for no process
+    memory = None if memory is None else ranks.smallest(memory)
     requested = "ddp" if spec.method == "qlora" else spec.placement.strategy  # a 4-bit base is not sharded
     strategy = choose_strategy(requested, parameter_bytes=weights, gpu_memory_bytes=memory,
                                gpu_count=ranks.world_size)
