@@ -43,7 +43,7 @@ from PIL import Image
 
 from inference_overhead import _free_port, _pct  # noqa: E402 - bench/ is on sys.path when run as a script
 from inference_service.server import vllm_argv
-from inference_service.settings import InferenceSettings, default_api_server_count
+from inference_service.settings import InferenceSettings
 from vlmforge.processes import start_and_wait, stop
 
 ADAPTER_MIXES = (1, 4, 16)
@@ -73,8 +73,8 @@ def main() -> None:
     # server. Named here, both engines run the server's value.
     parser.add_argument("--vllm-args", default="--max-num-batched-tokens 8192",
                         help="engine flags given to all three engines")
-    parser.add_argument("--api-server-count", type=int, default=default_api_server_count(),
-                        help="our service's API frontends (default: the service's own for this machine); plain "
+    parser.add_argument("--api-server-count", type=int, default=1,
+                        help="our service's API frontends (default 1, the service's own); plain "
                         "`vllm serve` keeps its single API process, the only one that loads adapters at run time")
     parser.add_argument("--phase", choices=("all", *PHASES, "offline-child"), default="all",
                         help="one part only (each fits a 10-minute GPU call), its figures kept in --work-dir; the "

@@ -4,7 +4,6 @@ have no setting here pass through `--vllm-args`."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -21,10 +20,11 @@ class InferenceSettings(BaseSettings):
                                    "(same host; 0 picks a free one, logged at start), so a network policy can "
                                    "keep it to the trainer; unset = on the main port. With several frontends "
                                    "each serves it on that one shared port")
-    api_server_count: int = Field(default_factory=lambda: default_api_server_count(), ge=1, le=64,
-                                  description="API frontend processes over the one engine, each running this "
-                                  "whole layer on the shared port (vLLM's `vllm serve --api-server-count`); "
-                                  "default: a quarter of the cores, 1 to 4")
+    # 1, as vLLM's own default: on an H200 four frontends served 0.62x of plain `vllm serve` with one
+    # (BENCHMARKS.md, issue 18), the engine starved rather than fed, cause not found yet.
+    api_server_count: int = Field(1, ge=1, le=64, description="API frontend processes over the one engine, each "
+                                  "running this whole layer on the shared port (vLLM's `vllm serve "
+                                  "--api-server-count`)")
     base_model: str = Field(description="base model: a directory (e.g. a trainer's merged/ output) or a name "
                                         "vLLM resolves")
     served_model_name: str | None = Field(None, description="the base model's name in the API; default: the "
@@ -71,10 +71,3 @@ class InferenceSettings(BaseSettings):
     @property
     def model_name(self) -> str:
         return self.served_model_name or Path(self.base_model.rstrip("/")).name
-
-
-def default_api_server_count() -> int:
-    """One frontend per four cores the process may run on, 1 to 4: on 2 cores a second frontend only competes
-    with the engine for CPU; on an H200 host's 16, four frontends (issue 18) keep the GPU fed."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
-    return max(1, min(4, cores // 4))
