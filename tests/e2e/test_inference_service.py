@@ -459,7 +459,7 @@ LAZY_LOADS = ("vlmforge_inference_adapter_load_duration_seconds_count", (("outco
 def test_the_sockets_the_frontends_listen_on_for_the_engine_stay_reachable(service) -> None:
     """The engine connects to each frontend's IPC sockets as it starts. vLLM's listener object unlinks their files
     when it is collected, and an engine socket that had not connected by then retried ENOENT forever: a frontend
-    that never heard from the engine (1 start in ~4 here), unless the main process keeps the listeners."""
+    that never heard from the engine (2 to 3 starts in 11 here), unless the main process keeps the listeners."""
     process = psutil.Process(service[2].pid)
     paths = {connection.laddr for child in process.children(recursive=True)
              for connection in child.net_connections(kind="unix") if connection.laddr}
