@@ -124,7 +124,8 @@ def test_200_watchers_and_100_creates_every_event_in_order_latencies_bounded_thr
     assert _p99(result["creates"]) < MAX_CREATE_P99_S, f"create p99 {_p99(result['creates']):.3f} s"
     for probe in ("gets", "health"):
         slow = sorted(round(latency, 3) for latency in result[probe] if latency > SLOW_PROBE_S)
-        assert len(slow) <= MAX_SLOW_PROBES, f"{probe}: {len(slow)} of {len(result[probe])} over {SLOW_PROBE_S} s: {slow}"
+        assert len(slow) <= MAX_SLOW_PROBES, (
+            f"{probe}: {len(slow)} of {len(result[probe])} over {SLOW_PROBE_S} s: {slow}")
     grown = result["threads_peak"] - result["threads_at_start"]
     assert grown <= LIMITS.blocking_workers + LIMITS.create_workers + 1, f"{grown} threads more under load"
     assert len(jobs.list([JobStatus.QUEUED], 100, "")[0]) == 100, "every create made one job"
