@@ -393,7 +393,7 @@ def run(promtool: str, tiny_model_dir: Path, small_dataset_dir: Path, tmp_path_f
             phase("job done")
             _wait(lambda: prometheus.target_up(INFERENCE_JOB), 30, "the inference service to be scraped")
             phase("inference scraped")
-            _chat_burst(inference_url, job.fine_tuned_model, small_dataset_dir)
+            _chat_burst(inference_url, job.fine_tuned_model, small_dataset_dir, prometheus)
             phase("burst done")
             yield Run(prometheus, trainer_metrics, inference_url, job.fine_tuned_model)
             phase("checks done")
@@ -410,15 +410,20 @@ def run(promtool: str, tiny_model_dir: Path, small_dataset_dir: Path, tmp_path_f
     assert set(exits.values()) == {0}, f"a service did not exit cleanly: {exits}, logs in {directory}"
 
 
-def _chat_burst(url: str, fine_tuned_model: str, small_dataset_dir: Path) -> None:
+def _chat_burst(url: str, fine_tuned_model: str, small_dataset_dir: Path, prometheus: Prometheus) -> None:
     """Requests to the base model and the new adapter (loaded on first use), and a few refused ones."""
     with (openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0, timeout=120) as client,
           openai.OpenAI(base_url=url + "/v1", api_key="not-the-key", max_retries=0, timeout=30) as stranger):
-        _send_burst(client, stranger, fine_tuned_model, small_dataset_dir)
+        _send_burst(client, stranger, fine_tuned_model, small_dataset_dir, prometheus)
+
+
+def _requests_scraped(prometheus: Prometheus) -> float:
+    done = prometheus.query("sum(vlmforge_inference_request_duration_seconds_count)")
+    return float(done[0]["value"][1]) if done else 0.0
 
 
 def _send_burst(client: openai.OpenAI, stranger: openai.OpenAI, fine_tuned_model: str,
-                small_dataset_dir: Path) -> None:
+                small_dataset_dir: Path, prometheus: Prometheus) -> None:
     images = sorted((small_dataset_dir / "images" / "test").glob("*.png"))[:4]
 
     def ask(i: int) -> None:
@@ -434,9 +439,14 @@ def _send_burst(client: openai.OpenAI, stranger: openai.OpenAI, fine_tuned_model
         with pytest.raises(openai.AuthenticationError):
             stranger.models.list()
 
+    # rate() reads the increase between two scrapes, and a series first scraped with its final value has
+    # none: 16 requests on the tiny model can all finish within one 1 s scrape interval (CI saw that: every
+    # latency panel NaN). So half the burst, a scrape that holds it (both models' series exist), then the rest.
     refused()
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(ask, range(16)))
+        list(pool.map(ask, range(8)))
+        _wait(lambda: _requests_scraped(prometheus) >= 8, 30, "Prometheus to scrape the first half of the burst")
+        list(pool.map(ask, range(8, 16)))
     refused()
     time.sleep(1.5)  # a scrape between the two refusals, so rate() sees the counter move
     refused()
@@ -446,9 +456,8 @@ def _send_burst(client: openai.OpenAI, stranger: openai.OpenAI, fine_tuned_model
 @pytest.fixture(scope="module")
 def scraped(run: Run) -> Run:
     def all_counted() -> bool:
-        done = run.prometheus.query("sum(vlmforge_inference_request_duration_seconds_count)")
         refused = run.prometheus.query("sum(vlmforge_inference_requests_rejected_total)")
-        return bool(done and refused) and float(done[0]["value"][1]) >= 16 and float(refused[0]["value"][1]) >= 3
+        return _requests_scraped(run.prometheus) >= 16 and bool(refused) and float(refused[0]["value"][1]) >= 3
 
     _wait(all_counted, 30, "Prometheus to scrape the whole burst")
     return run
