@@ -11,7 +11,14 @@ cache nor its encoder cache can skip work) and gets exactly --output-tokens toke
   - hot-loading an adapter the server has never seen: the load call, and load call + first token of a request
     on it (servers), next to the offline engine's `add_lora`;
   - the GPU's busy share during each measured level (nvidia-smi's utilization.gpu, the share of time a kernel
-    was running, sampled every 200 ms; blank without nvidia-smi).
+    was running, sampled every 200 ms; blank without nvidia-smi);
+  - the CPU cores each server process role kept busy during each level (process_cpu.py), and the client's own;
+    for our service with several frontends, how the requests spread over them (its `vlmforge-frontend` header).
+
+Servers may run with several API processes: `--api-server-count` (ours) and `--plain-api-server-count` (plain
+`vllm serve`, which then gets the mix's adapters at start with `--lora-modules`: it loads adapters at run time
+only with one API process, so it has no hot-load figures then). Each server's figures are kept per count
+(`ours-4.json`), so one report can show a server at several counts.
 
     python bench/serving_throughput.py --tokenizer-from .cache/vlmforge/models/tiny-qwen2-vl [--shape 2b]
 """
@@ -34,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -42,6 +50,7 @@ import openai
 from PIL import Image
 
 from inference_overhead import _free_port, _pct  # noqa: E402 - bench/ is on sys.path when run as a script
+from process_cpu import ProcessCpu  # noqa: E402
 from inference_service.server import vllm_argv
 from inference_service.settings import InferenceSettings
 from vlmforge.processes import start_and_wait, stop
@@ -54,6 +63,7 @@ PLAIN_READY = re.compile(rb"Application startup complete")
 QUESTION = "Describe this picture in one sentence."
 SERVICE_SEED_OFFSET = 1_000_000  # the servers' images never repeat the offline engine's
 PHASES = ("offline", "ours", "plain")
+FRONTEND_HEADER = "vlmforge-frontend"  # inference_service.frontends: which frontend answered
 
 
 def main() -> None:
@@ -74,8 +84,11 @@ def main() -> None:
     parser.add_argument("--vllm-args", default="--max-num-batched-tokens 8192",
                         help="engine flags given to all three engines")
     parser.add_argument("--api-server-count", type=int, default=1,
-                        help="our service's API frontends (default 1, the service's own); plain "
-                        "`vllm serve` keeps its single API process, the only one that loads adapters at run time")
+                        help="our service's API frontends (default 1, the service's own)")
+    parser.add_argument("--plain-api-server-count", type=int, default=1,
+                        help="plain `vllm serve`'s API processes (default 1, vLLM's own)")
+    parser.add_argument("--levels-only", action="store_true",
+                        help="servers: only the client levels (no adapter mixes, no hot-loads)")
     parser.add_argument("--phase", choices=("all", *PHASES, "offline-child"), default="all",
                         help="one part only (each fits a 10-minute GPU call), its figures kept in --work-dir; the "
                         "report shows every part measured there")
@@ -92,10 +105,9 @@ def main() -> None:
         if phase == "offline":
             _run_offline_child(work)
         else:
-            figures = asyncio.run(measure_server(phase, args, model_dir, work))
-            (work / f"{phase}.json").write_text(json.dumps(figures))
-    _print({phase: json.loads((work / f"{phase}.json").read_text()) for phase in PHASES
-            if (work / f"{phase}.json").is_file()}, args, model_dir)
+            asyncio.run(measure_server(phase, args, model_dir, work))
+    _print({path.stem: json.loads(path.read_text()) for path in sorted(work.glob("*.json"))
+            if path.stem.split("-")[0] in PHASES}, args, model_dir)
 
 
 def bench_settings(model_dir: Path, artifacts: Path, extra_vllm_args: str) -> InferenceSettings:
@@ -272,51 +284,82 @@ def measure_offline(args, work: Path) -> dict:
 # --- the service ------------------------------------------------------------------------------------------
 
 async def measure_server(server: str, args, model_dir: Path, work: Path) -> dict:
-    """`ours`: the inference service; `plain`: `vllm serve` with the engine flags the service gives vLLM."""
+    """`ours`: the inference service; `plain`: `vllm serve` with the engine flags the service gives vLLM. The
+    figures go to --work-dir after every level, so a call cut short keeps what it measured."""
+    count = args.api_server_count if server == "ours" else args.plain_api_server_count
     settings = bench_settings(model_dir, work / "artifacts", args.vllm_args).model_copy(
-        update={"api_server_count": args.api_server_count})
+        update={"api_server_count": count})
+    figures = {"levels": {}, "mixes": {}, "hot_loads": [], "api_server_count": count,
+               "mix_clients": max(args.concurrency)}
+    path = work / f"{server}-{count}.json"
     process, base_url, load_adapter = _start(server, settings, work)
     try:
         async with (openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0,
                                        timeout=600) as client,
                     httpx.AsyncClient(base_url=base_url, timeout=120,
                                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http):
-            for name in adapter_names(max(ADAPTER_MIXES)):
-                (await load_adapter(http, name)).raise_for_status()
-            level = _Level(client, args)
+            if load_adapter is not None:
+                for name in adapter_names(max(ADAPTER_MIXES)):
+                    (await load_adapter(http, name)).raise_for_status()
+            level = _Level(client, args, process.pid, root_is_frontend=count == 1)
             top = max(args.concurrency)
             await level.run(top, min(64, args.offline_requests), max(ADAPTER_MIXES))  # warm-up, as offline
-            levels = {concurrency: await level.run(concurrency, max(32, 4 * concurrency), 0)
-                      for concurrency in args.concurrency}
-            mixes = {adapters: await level.run(top, 4 * top, adapters) for adapters in ADAPTER_MIXES}
-            hot = [await _hot_load(http, load_adapter, level, name) for name in adapter_names(HOT_LOADS, "hot")]
+            for concurrency in args.concurrency:
+                figures["levels"][concurrency] = await level.run(concurrency, max(32, 4 * concurrency), 0)
+                path.write_text(json.dumps(figures))
+            if not args.levels_only:
+                for adapters in ADAPTER_MIXES:
+                    figures["mixes"][adapters] = await level.run(top, 4 * top, adapters)
+                    path.write_text(json.dumps(figures))
+                if load_adapter is not None:
+                    figures["hot_loads"] = [await _hot_load(http, load_adapter, level, name)
+                                            for name in adapter_names(HOT_LOADS, "hot")]
+                    path.write_text(json.dumps(figures))
     finally:
         stop(process)
-    return {"levels": levels, "mixes": mixes, "mix_clients": top, "hot_loads": hot,
-            "api_server_count": settings.api_server_count if server == "ours" else 1}
+    return figures
 
 
 def _start(server: str, settings: InferenceSettings, work: Path):
-    """Starts one server; returns it, its URL and how to load an adapter on it."""
+    """Starts one server; returns it, its URL and how to load an adapter on it (None: only at start)."""
+    count = settings.api_server_count
     if server == "ours":
         process, ready = start_and_wait(
             ["-m", "inference_service", "--base-model", settings.base_model, "--served-model-name", "base",
              "--port", "0", "--artifacts-dir", str(settings.artifacts_dir), "--admin-token", ADMIN_TOKEN,
              "--max-lora-rank", str(settings.max_lora_rank), "--max-loras-per-batch",
-             str(settings.max_loras_per_batch), "--api-server-count", str(settings.api_server_count),
+             str(settings.max_loras_per_batch), "--api-server-count", str(count),
              "--vllm-args", settings.vllm_args],
-            work / "ours.log", READY, timeout_s=540)
+            work / f"ours-{count}.log", READY, timeout_s=540)
         return process, f"http://127.0.0.1:{int(ready.group(1))}", _load_on_ours
     port = _free_port()
-    process, _ = start_and_wait(
-        ["-m", "vllm.entrypoints.openai.api_server", *vllm_argv(settings.model_copy(update={"port": port}))],
-        work / "plain.log", PLAIN_READY, timeout_s=540, env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"})
+    argv = vllm_argv(settings.model_copy(update={"port": port}))
+    log = work / f"plain-{count}.log"
+    if count == 1:  # as issue 4 and 7 measured it: the OpenAI server's own module, adapters loaded at run time
+        process, _ = start_and_wait(["-m", "vllm.entrypoints.openai.api_server", *argv], log, PLAIN_READY,
+                                    timeout_s=540, env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"})
+    else:  # only `vllm serve` starts several API processes
+        lora_modules = [f"{name}={settings.artifacts_dir / name / 'adapter'}"
+                        for name in adapter_names(max(ADAPTER_MIXES))]
+        process, _ = start_and_wait([str(Path(__file__).with_name("vllm_serve.py")), "serve", *argv, "--api-server-count",
+                                     str(count), "--lora-modules", *lora_modules], log, PLAIN_READY, timeout_s=540)
+        _wait_for_count(process, log, PLAIN_READY, count, timeout_s=120)
+        return process, f"http://127.0.0.1:{port}", None
 
     async def load_on_plain(http: httpx.AsyncClient, name: str) -> httpx.Response:
         return await http.post("/v1/load_lora_adapter", json={
             "lora_name": name, "lora_path": str(settings.artifacts_dir / name / "adapter")})
 
     return process, f"http://127.0.0.1:{port}", load_on_plain
+
+
+def _wait_for_count(process, log: Path, pattern: re.Pattern[bytes], count: int, *, timeout_s: float) -> None:
+    """Until `pattern` shows `count` times in the log (each API process says it once)."""
+    deadline = time.monotonic() + timeout_s
+    while len(pattern.findall(log.read_bytes())) < count:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{count} API processes did not all start:\n" + log.read_text()[-4000:])
+        time.sleep(0.2)
 
 
 async def _load_on_ours(http: httpx.AsyncClient, name: str) -> httpx.Response:
@@ -326,9 +369,11 @@ async def _load_on_ours(http: httpx.AsyncClient, name: str) -> httpx.Response:
 class _Level:
     """Closed-loop clients: each sends its next request when the last one finished."""
 
-    def __init__(self, client: openai.AsyncOpenAI, args):
+    def __init__(self, client: openai.AsyncOpenAI, args, server_pid: int, *, root_is_frontend: bool):
         self.client, self.args = client, args
+        self.server_pid, self.root_is_frontend = server_pid, root_is_frontend
         self.next_seed = SERVICE_SEED_OFFSET
+        self.frontends: Counter[str] = Counter()  # requests answered per frontend (ours with several)
 
     def fresh_images(self, count: int) -> list[str]:
         urls = image_urls(count, self.next_seed, self.args.image_size_px)
@@ -346,7 +391,8 @@ class _Level:
                 timings.append(await self.one(url, model))
             return timings
 
-        with GpuBusy() as busy:
+        self.frontends.clear()
+        with GpuBusy() as busy, ProcessCpu(self.server_pid, root_is_frontend=self.root_is_frontend) as cpu:
             started = time.perf_counter()
             timings = [t for batch in await asyncio.gather(*(client_loop() for _ in range(concurrency)))
                        for t in batch]
@@ -356,17 +402,21 @@ class _Level:
         return {"requests": len(timings), "requests_per_s": len(timings) / elapsed,
                 "output_tokens_per_s": sum(tokens for _, _, tokens in timings) / elapsed,
                 "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
-                "tpot_p50_s": _pct(tpot, 50), "tpot_p99_s": _pct(tpot, 99), "gpu_busy_pct": busy.percent}
+                "tpot_p50_s": _pct(tpot, 50), "tpot_p99_s": _pct(tpot, 99), "gpu_busy_pct": busy.percent,
+                "cpu": cpu.report(), "requests_per_frontend": dict(self.frontends)}
 
     async def one(self, image_url: str, model: str) -> tuple[float, float, int]:
         """(time to first token, time to last token, output tokens) of one streamed chat request."""
         started = time.perf_counter()
         first = None
         tokens = 0
-        stream = await self.client.chat.completions.create(
+        response = await self.client.chat.completions.with_raw_response.create(
             model=model, messages=_messages(image_url), max_tokens=self.args.output_tokens, temperature=0,
             stream=True, stream_options={"include_usage": True},
             extra_body={"ignore_eos": True, "min_tokens": self.args.output_tokens})
+        if (frontend := response.headers.get(FRONTEND_HEADER)) is not None:
+            self.frontends[frontend] += 1
+        stream = response.parse()
         async for chunk in stream:
             if first is None and chunk.choices:
                 first = time.perf_counter() - started
@@ -389,6 +439,12 @@ async def _hot_load(http: httpx.AsyncClient, load_adapter, level: _Level, name: 
 SERVER_NAMES = {"ours": "vlmforge", "plain": "plain `vllm serve`"}
 
 
+def _server_name(key: str) -> str:
+    """'ours-4' -> 'vlmforge, 4 API processes'."""
+    server, _, count = key.partition("-")
+    return f"{SERVER_NAMES[server]}, {count or 1} API process{'es' if count not in ('', '1') else ''}"
+
+
 def _print(results: dict[str, dict], args, model_dir: Path) -> None:
     import torch
     import vllm
@@ -397,11 +453,24 @@ def _print(results: dict[str, dict], args, model_dir: Path) -> None:
     print(f"device: {device}; vLLM {vllm.__version__}; model {model_dir.name}; {args.output_tokens} output tokens; "
           f"one fresh {args.image_size_px}x{args.image_size_px} image per request; adapters r=16 on "
           f"{args.adapter_layers} layers; {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    for key, name in SERVER_NAMES.items():
-        if key in results:
-            print(f"{name}: {results[key].get('api_server_count', 1)} API process(es)")
     offline = {int(k): v for k, v in results["offline"]["requests_per_s"].items()} if "offline" in results else {}
-    servers = {name: results[key] for key, name in SERVER_NAMES.items() if key in results}
+    servers = {_server_name(key): figures for key, figures in results.items() if key != "offline"}
+    _print_levels(servers, results.get("offline"), offline, args)
+    _print_cpu(servers)
+    _print_mixes({name: f for name, f in servers.items() if f["mixes"]}, offline, args)
+    for name, figures in servers.items():
+        if figures["hot_loads"]:
+            loads = [h["load_s"] for h in figures["hot_loads"]]
+            to_first = [h["load_to_first_token_s"] for h in figures["hot_loads"]]
+            print(f"hot-load, {name}: load call p50 {1000 * statistics.median(loads):.0f} ms, max "
+                  f"{1000 * max(loads):.0f} ms; load call + first token on it p50 {1000 * statistics.median(to_first):.0f}"
+                  f" ms, max {1000 * max(to_first):.0f} ms ({len(loads)} adapters)")
+    if "offline" in results:
+        add = results["offline"]["add_lora_s"]
+        print(f"hot-load, offline `add_lora`: p50 {1000 * statistics.median(add):.0f} ms, max {1000 * max(add):.0f} ms")
+
+
+def _print_levels(servers: dict[str, dict], offline_figures: dict | None, offline: dict[int, float], args) -> None:
     print("\n| server | clients | requests | requests/s | output tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms "
           "| TPOT p99 ms | GPU busy % |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -411,10 +480,41 @@ def _print(results: dict[str, dict], args, model_dir: Path) -> None:
                   f"{m['output_tokens_per_s']:.0f} | {1000 * m['ttft_p50_s']:.0f} | {1000 * m['ttft_p99_s']:.0f} | "
                   f"{1000 * m['tpot_p50_s']:.1f} | {1000 * m['tpot_p99_s']:.1f} | {_busy(m.get('gpu_busy_pct'))} |")
     if offline:
-        print(f"| offline `LLM.chat` | all at once | {results['offline'].get('requests', args.offline_requests)} | "
-              f"{offline[0]:.1f} | "
-              f"{offline[0] * args.output_tokens:.0f} | | | | | "
-              f"{_busy(results['offline'].get('gpu_busy_pct', {}).get('0'))} |")
+        print(f"| offline `LLM.chat` | all at once | {offline_figures.get('requests', args.offline_requests)} | "
+              f"{offline[0]:.1f} | {offline[0] * args.output_tokens:.0f} | | | | | "
+              f"{_busy(offline_figures.get('gpu_busy_pct', {}).get('0'))} |")
+
+
+CPU_ROLES = ("API frontend", "engine core", "engine worker", "main", "other")
+
+
+def _print_cpu(servers: dict[str, dict]) -> None:
+    """Per role: cores kept busy (CPU s / wall s), CPU ms per request, the busiest single process."""
+    print("\nCPU during each level: cores kept busy (CPU s / wall s) and CPU ms per request; in brackets the busiest "
+          "single process's cores; threads at the level's end:\n")
+    print(f"| server | clients | {' | '.join(CPU_ROLES)} | bench client | threads (frontends / engine core) | "
+          "requests per frontend |")
+    print("|---" * (len(CPU_ROLES) + 5) + "|")
+    for name, figures in servers.items():
+        for concurrency, m in sorted(figures["levels"].items(), key=lambda item: int(item[0])):
+            if not (cpu := m.get("cpu")):
+                continue
+            per_request_ms = 1000 * cpu["wall_s"] / m["requests"]
+            cells = []
+            for role in CPU_ROLES:
+                r = cpu["roles"].get(role)
+                cells.append("" if r is None else f"{r['cores']:.2f}, {r['cores'] * per_request_ms:.0f} ms" + (
+                    f" ({r['busiest_process_cores']:.2f})" if r["processes"] > 1 else ""))
+            threads = "/".join(str(cpu["roles"].get(role, {}).get("threads", "")) for role in CPU_ROLES[:2])
+            spread = m.get("requests_per_frontend") or {}
+            print(f"| {name} | {concurrency} | {' | '.join(cells)} | {cpu['client_cores']:.2f}, "
+                  f"{cpu['client_cores'] * per_request_ms:.0f} ms | {threads} | "
+                  f"{' '.join(f'{k}:{v}' for k, v in sorted(spread.items()))} |")
+
+
+def _print_mixes(servers: dict[str, dict], offline: dict[int, float], args) -> None:
+    if not servers:
+        return
     top = str(max(args.concurrency))
     print(f"\n| adapters in the mix | {' | '.join(f'{name} requests/s' for name in servers)} | offline requests/s "
           f"| {' | '.join(f'{name} / offline' for name in servers)} | "
@@ -422,26 +522,18 @@ def _print(results: dict[str, dict], args, model_dir: Path) -> None:
     print("|---" * (2 + 3 * len(servers)) + "|---|")
     # Each phase ran its mixes at its own largest client count (phases may be run with different --concurrency).
     mix_clients = {name: str(f.get("mix_clients", top)) for name, f in servers.items()}
+    nan = float("nan")
     for adapters in (0, *ADAPTER_MIXES):
         rps = {name: (f["levels"][mix_clients[name]] if adapters == 0 else f["mixes"][str(adapters)])["requests_per_s"]
                for name, f in servers.items()}
         no_adapter = {name: f["levels"][mix_clients[name]]["requests_per_s"] for name, f in servers.items()}
-        row = [str(adapters), *(f"{v:.1f}" for v in rps.values()), f"{offline.get(adapters, float('nan')):.1f}",
-               *(f"{v / offline.get(adapters, float('nan')):.3f}" for v in rps.values()),
+        row = [str(adapters), *(f"{v:.1f}" for v in rps.values()), f"{offline.get(adapters, nan):.1f}",
+               *(f"{v / offline.get(adapters, nan):.3f}" for v in rps.values()),
                *(f"{v / no_adapter[name]:.3f}" for name, v in rps.items()),
-               f"{offline.get(adapters, float('nan')) / offline.get(0, float('nan')):.3f}"]
+               f"{offline.get(adapters, nan) / offline.get(0, nan):.3f}"]
         print("| " + " | ".join(row) + " |")
     print(f"(servers at {', '.join(f'{name} {clients}' for name, clients in mix_clients.items())} clients; offline "
           "gets every request at once)")
-    for name, figures in servers.items():
-        loads = [h["load_s"] for h in figures["hot_loads"]]
-        to_first = [h["load_to_first_token_s"] for h in figures["hot_loads"]]
-        print(f"hot-load, {name}: load call p50 {1000 * statistics.median(loads):.0f} ms, max "
-              f"{1000 * max(loads):.0f} ms; load call + first token on it p50 "
-              f"{1000 * statistics.median(to_first):.0f} ms, max {1000 * max(to_first):.0f} ms ({len(loads)} adapters)")
-    if "offline" in results:
-        add = results["offline"]["add_lora_s"]
-        print(f"hot-load, offline `add_lora`: p50 {1000 * statistics.median(add):.0f} ms, max {1000 * max(add):.0f} ms")
 
 
 def _busy(percent: float | None) -> str:
