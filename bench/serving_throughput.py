@@ -18,7 +18,8 @@ cache nor its encoder cache can skip work) and gets exactly --output-tokens toke
 Servers may run with several API processes: `--api-server-count` (ours) and `--plain-api-server-count` (plain
 `vllm serve`, which then gets the mix's adapters at start with `--lora-modules`: it loads adapters at run time
 only with one API process, so it has no hot-load figures then). Each server's figures are kept per count
-(`ours-4.json`), so one report can show a server at several counts.
+(`ours-4.json`), so one report can show a server at several counts; `--label` keeps a run under a name of
+its own (`ours-1@capture1024.json`, `offline@capture1024.json`), so one report can set engine flags side by side.
 
     python bench/serving_throughput.py --tokenizer-from .cache/vlmforge/models/tiny-qwen2-vl [--shape 2b]
 """
@@ -87,6 +88,8 @@ def main() -> None:
                         help="our service's API frontends (default 1, the service's own)")
     parser.add_argument("--plain-api-server-count", type=int, default=1,
                         help="plain `vllm serve`'s API processes (default 1, vLLM's own)")
+    parser.add_argument("--label", default="",
+                        help="keep this run's figures under its own name (e.g. the --vllm-args lever it tries)")
     parser.add_argument("--levels-only", action="store_true",
                         help="servers: only the client levels (no adapter mixes, no hot-loads)")
     parser.add_argument("--phase", choices=("all", *PHASES, "offline-child"), default="all",
@@ -97,17 +100,21 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.phase == "offline-child":  # the engine's own process, so it gives the GPU back when done
-        (work / "offline.json").write_text(json.dumps(measure_offline(args, work)))
+        (work / _result_name("offline", args.label)).write_text(json.dumps(measure_offline(args, work)))
         return
     model_dir = args.model or _build_model(args, work)
     _make_adapters(model_dir, work / "artifacts", args.adapter_layers)
     for phase in PHASES if args.phase == "all" else (args.phase,):
         if phase == "offline":
-            _run_offline_child(work)
+            _run_offline_child(work, args.label)
         else:
             asyncio.run(measure_server(phase, args, model_dir, work))
     _print({path.stem: json.loads(path.read_text()) for path in sorted(work.glob("*.json"))
-            if path.stem.split("-")[0] in PHASES}, args, model_dir)
+            if path.stem.partition("@")[0].split("-")[0] in PHASES}, args, model_dir)
+
+
+def _result_name(phase: str, label: str) -> str:
+    return f"{phase}@{label}.json" if label else f"{phase}.json"
 
 
 def bench_settings(model_dir: Path, artifacts: Path, extra_vllm_args: str) -> InferenceSettings:
@@ -220,12 +227,13 @@ def _messages(image_url: str) -> list[dict]:
 
 # --- the offline engine -----------------------------------------------------------------------------------
 
-def _run_offline_child(work: Path) -> None:
+def _run_offline_child(work: Path, label: str) -> None:
     command = [sys.executable, __file__, *sys.argv[1:], "--phase", "offline-child", "--work-dir", str(work)]
-    with open(work / "offline.log", "wb") as log:
+    log_path = work / _result_name("offline", label).replace(".json", ".log")
+    with open(log_path, "wb") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
     if finished.returncode != 0:
-        raise RuntimeError("offline engine failed:\n" + (work / "offline.log").read_text()[-4000:])
+        raise RuntimeError("offline engine failed:\n" + log_path.read_text()[-4000:])
 
 
 def offline_engine_kwargs(settings: InferenceSettings) -> dict:
@@ -278,7 +286,7 @@ def measure_offline(args, work: Path) -> dict:
         llm.llm_engine.add_lora(loras[name])
         add_lora_s.append(time.perf_counter() - started)
     return {"requests_per_s": requests_per_s, "add_lora_s": add_lora_s, "gpu_busy_pct": gpu_busy_pct,
-            "requests": args.offline_requests}
+            "requests": args.offline_requests, "vllm_args": args.vllm_args}
 
 
 # --- the service ------------------------------------------------------------------------------------------
@@ -290,9 +298,9 @@ async def measure_server(server: str, args, model_dir: Path, work: Path) -> dict
     settings = bench_settings(model_dir, work / "artifacts", args.vllm_args).model_copy(
         update={"api_server_count": count})
     figures = {"levels": {}, "mixes": {}, "hot_loads": [], "api_server_count": count,
-               "mix_clients": max(args.concurrency)}
-    path = work / f"{server}-{count}.json"
-    process, base_url, load_adapter = _start(server, settings, work)
+               "mix_clients": max(args.concurrency), "vllm_args": args.vllm_args}
+    path = work / _result_name(f"{server}-{count}", args.label)
+    process, base_url, load_adapter = _start(server, settings, path.with_suffix(".log"))
     try:
         async with (openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0,
                                        timeout=600) as client,
@@ -320,7 +328,7 @@ async def measure_server(server: str, args, model_dir: Path, work: Path) -> dict
     return figures
 
 
-def _start(server: str, settings: InferenceSettings, work: Path):
+def _start(server: str, settings: InferenceSettings, log: Path):
     """Starts one server; returns it, its URL and how to load an adapter on it (None: only at start)."""
     count = settings.api_server_count
     if server == "ours":
@@ -330,11 +338,10 @@ def _start(server: str, settings: InferenceSettings, work: Path):
              "--max-lora-rank", str(settings.max_lora_rank), "--max-loras-per-batch",
              str(settings.max_loras_per_batch), "--api-server-count", str(count),
              "--vllm-args", settings.vllm_args],
-            work / f"ours-{count}.log", READY, timeout_s=540)
+            log, READY, timeout_s=540)
         return process, f"http://127.0.0.1:{int(ready.group(1))}", _load_on_ours
     port = _free_port()
     argv = vllm_argv(settings.model_copy(update={"port": port}))
-    log = work / f"plain-{count}.log"
     if count == 1:  # as issue 4 and 7 measured it: the OpenAI server's own module, adapters loaded at run time
         process, _ = start_and_wait(["-m", "vllm.entrypoints.openai.api_server", *argv], log, PLAIN_READY,
                                     timeout_s=540, env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"})
@@ -440,9 +447,11 @@ SERVER_NAMES = {"ours": "vlmforge", "plain": "plain `vllm serve`"}
 
 
 def _server_name(key: str) -> str:
-    """'ours-4' -> 'vlmforge, 4 API processes'."""
+    """'ours-4' -> 'vlmforge, 4 API processes'; 'ours-1@capture1024' -> 'vlmforge, 1 API process, capture1024'."""
+    key, _, label = key.partition("@")
     server, _, count = key.partition("-")
-    return f"{SERVER_NAMES[server]}, {count or 1} API process{'es' if count not in ('', '1') else ''}"
+    name = f"{SERVER_NAMES[server]}, {count or 1} API process{'es' if count not in ('', '1') else ''}"
+    return f"{name}, {label}" if label else name
 
 
 def _print(results: dict[str, dict], args, model_dir: Path) -> None:
@@ -453,9 +462,14 @@ def _print(results: dict[str, dict], args, model_dir: Path) -> None:
     print(f"device: {device}; vLLM {vllm.__version__}; model {model_dir.name}; {args.output_tokens} output tokens; "
           f"one fresh {args.image_size_px}x{args.image_size_px} image per request; adapters r=16 on "
           f"{args.adapter_layers} layers; {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    offline = {int(k): v for k, v in results["offline"]["requests_per_s"].items()} if "offline" in results else {}
-    servers = {_server_name(key): figures for key, figures in results.items() if key != "offline"}
-    _print_levels(servers, results.get("offline"), offline, args)
+    offlines = {_offline_name(key): figures for key, figures in results.items() if key.startswith("offline")}
+    # The adapter mixes compare with the offline engine on the same flags: the unlabelled run, else any one.
+    offline_figures = results.get("offline") or next(iter(offlines.values()), None)
+    offline = {int(k): v for k, v in offline_figures["requests_per_s"].items()} if offline_figures else {}
+    servers = {_server_name(key): figures for key, figures in results.items() if not key.startswith("offline")}
+    print("\nengine flags (--vllm-args) of each run: " + "; ".join(
+        f"{name}: `{figures.get('vllm_args', '?') or 'none'}`" for name, figures in (servers | offlines).items()))
+    _print_levels(servers, offlines, args)
     _print_cpu(servers)
     _print_mixes({name: f for name, f in servers.items() if f["mixes"]}, offline, args)
     for name, figures in servers.items():
@@ -465,12 +479,18 @@ def _print(results: dict[str, dict], args, model_dir: Path) -> None:
             print(f"hot-load, {name}: load call p50 {1000 * statistics.median(loads):.0f} ms, max "
                   f"{1000 * max(loads):.0f} ms; load call + first token on it p50 {1000 * statistics.median(to_first):.0f}"
                   f" ms, max {1000 * max(to_first):.0f} ms ({len(loads)} adapters)")
-    if "offline" in results:
-        add = results["offline"]["add_lora_s"]
-        print(f"hot-load, offline `add_lora`: p50 {1000 * statistics.median(add):.0f} ms, max {1000 * max(add):.0f} ms")
+    for name, figures in offlines.items():
+        add = figures["add_lora_s"]
+        print(f"hot-load, {name} `add_lora`: p50 {1000 * statistics.median(add):.0f} ms, max {1000 * max(add):.0f} ms")
 
 
-def _print_levels(servers: dict[str, dict], offline_figures: dict | None, offline: dict[int, float], args) -> None:
+def _offline_name(key: str) -> str:
+    """'offline' -> 'offline `LLM.chat`'; 'offline@capture1024' -> 'offline `LLM.chat`, capture1024'."""
+    label = key.partition("@")[2]
+    return "offline `LLM.chat`" + (f", {label}" if label else "")
+
+
+def _print_levels(servers: dict[str, dict], offlines: dict[str, dict], args) -> None:
     print("\n| server | clients | requests | requests/s | output tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms "
           "| TPOT p99 ms | GPU busy % |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -479,10 +499,11 @@ def _print_levels(servers: dict[str, dict], offline_figures: dict | None, offlin
             print(f"| {name} | {concurrency} | {m['requests']} | {m['requests_per_s']:.1f} | "
                   f"{m['output_tokens_per_s']:.0f} | {1000 * m['ttft_p50_s']:.0f} | {1000 * m['ttft_p99_s']:.0f} | "
                   f"{1000 * m['tpot_p50_s']:.1f} | {1000 * m['tpot_p99_s']:.1f} | {_busy(m.get('gpu_busy_pct'))} |")
-    if offline:
-        print(f"| offline `LLM.chat` | all at once | {offline_figures.get('requests', args.offline_requests)} | "
-              f"{offline[0]:.1f} | {offline[0] * args.output_tokens:.0f} | | | | | "
-              f"{_busy(offline_figures.get('gpu_busy_pct', {}).get('0'))} |")
+    for name, figures in offlines.items():
+        requests_per_s = figures["requests_per_s"]["0"]
+        print(f"| {name} | all at once | {figures.get('requests', args.offline_requests)} | "
+              f"{requests_per_s:.1f} | {requests_per_s * args.output_tokens:.0f} | | | | | "
+              f"{_busy(figures.get('gpu_busy_pct', {}).get('0'))} |")
 
 
 CPU_ROLES = ("API frontend", "engine core", "engine worker", "main", "other")
