@@ -14,6 +14,8 @@ cache nor its encoder cache can skip work) and gets exactly --output-tokens toke
     was running, sampled every 200 ms; blank without nvidia-smi);
   - the CPU cores each server process role kept busy during each level (process_cpu.py), and the client's own;
     for our service with several frontends, how the requests spread over them (its `vlmforge-frontend` header).
+  - with --profile-engine-core, where vLLM's engine core spends the largest level (engine_profile.py: py-spy on
+    its threads, the main thread's wall time by stage of an engine step).
 
 Servers may run with several API processes: `--api-server-count` (ours) and `--plain-api-server-count` (plain
 `vllm serve`, which then gets the mix's adapters at start with `--lora-modules`: it loads adapters at run time
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import io
 import json
@@ -51,6 +54,7 @@ import openai
 from PIL import Image
 
 from inference_overhead import _free_port, _pct  # noqa: E402 - bench/ is on sys.path when run as a script
+from engine_profile import EngineCoreProfile, print_summary, summarize  # noqa: E402
 from process_cpu import ProcessCpu  # noqa: E402
 from inference_service.server import vllm_argv
 from inference_service.settings import InferenceSettings
@@ -84,12 +88,18 @@ def main() -> None:
     # server. Named here, both engines run the server's value.
     parser.add_argument("--vllm-args", default="--max-num-batched-tokens 8192",
                         help="engine flags given to all three engines")
+    parser.add_argument("--vllm-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for every engine (e.g. VLLM_USE_V2_MODEL_RUNNER=0); repeatable")
     parser.add_argument("--api-server-count", type=int, default=1,
                         help="our service's API frontends (default 1, the service's own)")
     parser.add_argument("--plain-api-server-count", type=int, default=1,
                         help="plain `vllm serve`'s API processes (default 1, vLLM's own)")
     parser.add_argument("--label", default="",
                         help="keep this run's figures under its own name (e.g. the --vllm-args lever it tries)")
+    parser.add_argument("--profile-engine-core", nargs="?", const="python", choices=("python", "native"),
+                        help="py-spy on vLLM's engine core during the largest client level (offline: its batch "
+                        "without adapters), Python frames or native ones too; the raw profile is kept in "
+                        "--work-dir, its summary in the report")
     parser.add_argument("--levels-only", action="store_true",
                         help="servers: only the client levels (no adapter mixes, no hot-loads)")
     parser.add_argument("--phase", choices=("all", *PHASES, "offline-child"), default="all",
@@ -97,6 +107,7 @@ def main() -> None:
                         "report shows every part measured there")
     args = parser.parse_args()
     args.concurrency = sorted(int(count) for count in args.concurrency.split(","))
+    os.environ.update(item.split("=", 1) for item in args.vllm_env)  # inherited by every engine and server
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.phase == "offline-child":  # the engine's own process, so it gives the GPU back when done
@@ -279,14 +290,26 @@ def measure_offline(args, work: Path) -> dict:
 
     # Warm-up: compiles, loads the mix's adapters, fills the allocator (the servers get the same).
     batch(min(64, args.offline_requests), max(ADAPTER_MIXES))
-    requests_per_s = {adapters: batch(args.offline_requests, adapters) for adapters in (0, *ADAPTER_MIXES)}
+    profile_path = work / _result_name("offline", args.label).replace(".json", ".engine-core.txt")
+    with _engine_profile(args.profile_engine_core, os.getpid(), profile_path):
+        requests_per_s = {0: batch(args.offline_requests, 0)}
+    requests_per_s |= {adapters: batch(args.offline_requests, adapters) for adapters in ADAPTER_MIXES}
     add_lora_s = []
     for name in adapter_names(HOT_LOADS, "hot"):
         started = time.perf_counter()
         llm.llm_engine.add_lora(loras[name])
         add_lora_s.append(time.perf_counter() - started)
     return {"requests_per_s": requests_per_s, "add_lora_s": add_lora_s, "gpu_busy_pct": gpu_busy_pct,
-            "requests": args.offline_requests, "vllm_args": args.vllm_args}
+            "requests": args.offline_requests, "vllm_args": _engine_flags(args)} | (
+        {"engine_core_profile": summarize(profile_path)} if args.profile_engine_core else {})
+
+
+def _engine_flags(args) -> str:
+    return " ".join([*args.vllm_env, args.vllm_args]).strip()
+
+
+def _engine_profile(mode: str | None, root_pid: int, out: Path):
+    return EngineCoreProfile(root_pid, out, native=mode == "native") if mode else contextlib.nullcontext()
 
 
 # --- the service ------------------------------------------------------------------------------------------
@@ -298,8 +321,9 @@ async def measure_server(server: str, args, model_dir: Path, work: Path) -> dict
     settings = bench_settings(model_dir, work / "artifacts", args.vllm_args).model_copy(
         update={"api_server_count": count})
     figures = {"levels": {}, "mixes": {}, "hot_loads": [], "api_server_count": count,
-               "mix_clients": max(args.concurrency), "vllm_args": args.vllm_args}
+               "mix_clients": max(args.concurrency), "vllm_args": _engine_flags(args)}
     path = work / _result_name(f"{server}-{count}", args.label)
+    profile_path = path.with_suffix(".engine-core.txt")
     process, base_url, load_adapter = _start(server, settings, path.with_suffix(".log"))
     try:
         async with (openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0,
@@ -313,7 +337,11 @@ async def measure_server(server: str, args, model_dir: Path, work: Path) -> dict
             top = max(args.concurrency)
             await level.run(top, min(64, args.offline_requests), max(ADAPTER_MIXES))  # warm-up, as offline
             for concurrency in args.concurrency:
-                figures["levels"][concurrency] = await level.run(concurrency, max(32, 4 * concurrency), 0)
+                profile_mode = args.profile_engine_core if concurrency == top else None
+                with _engine_profile(profile_mode, process.pid, profile_path):
+                    figures["levels"][concurrency] = await level.run(concurrency, max(32, 4 * concurrency), 0)
+                if profile_mode:
+                    figures["engine_core_profile"] = summarize(profile_path)
                 path.write_text(json.dumps(figures))
             if not args.levels_only:
                 for adapters in ADAPTER_MIXES:
@@ -479,6 +507,9 @@ def _print(results: dict[str, dict], args, model_dir: Path) -> None:
             print(f"hot-load, {name}: load call p50 {1000 * statistics.median(loads):.0f} ms, max "
                   f"{1000 * max(loads):.0f} ms; load call + first token on it p50 {1000 * statistics.median(to_first):.0f}"
                   f" ms, max {1000 * max(to_first):.0f} ms ({len(loads)} adapters)")
+    for name, figures in (servers | offlines).items():
+        if "engine_core_profile" in figures:
+            print_summary(name, figures["engine_core_profile"])
     for name, figures in offlines.items():
         add = figures["add_lora_s"]
         print(f"hot-load, {name} `add_lora`: p50 {1000 * statistics.median(add):.0f} ms, max {1000 * max(add):.0f} ms")
