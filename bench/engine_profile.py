@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from process_cpu import role_of  # noqa: E402 - bench/ is on sys.path when run as a script
+
 SAMPLES_PER_S = 200
 # (stage, pattern over the sample's stack, frames joined by ";" from the thread's root to the function on top): a
 # main-thread sample goes to the first stage that matches, so the narrower stages come first (the multimodal
@@ -44,13 +46,8 @@ MAIN_THREAD_FRAME = "run_busy_loop"  # vLLM's EngineCoreProc busy loop: the thre
 
 def engine_core_pid(root_pid: int) -> int | None:
     """The engine core in a server's process tree, by vLLM's process title."""
-    for process in psutil.Process(root_pid).children(recursive=True):
-        try:
-            if "EngineCore" in " ".join(process.cmdline()):
-                return process.pid
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return None
+    return next((process.pid for process in psutil.Process(root_pid).children(recursive=True)
+                 if role_of(process, root_pid, root_is_frontend=False) == "engine core"), None)
 
 
 class EngineCoreProfile:
@@ -97,13 +94,13 @@ def summarize(raw_profile: Path) -> dict:
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
-        count, frames = int(count_text), stack.split(";")
-        if not any(MAIN_THREAD_FRAME in frame for frame in frames):
+        count = int(count_text)
+        if MAIN_THREAD_FRAME not in stack:
             other_samples += count
             continue
         main_samples += count
         stages[_stage(stack)] += count
-        leaves[frames[-1]] += count
+        leaves[stack.rpartition(";")[2]] += count
     return {"main_thread_samples": main_samples, "other_thread_samples": other_samples,
             "stages": {stage: count / main_samples for stage, count in stages.most_common()} if main_samples else {},
             "top_leaves": [(leaf, count / main_samples) for leaf, count in leaves.most_common(8)]}
@@ -115,7 +112,8 @@ def _stage(stack: str) -> str:
 
 def print_summary(name: str, summary: dict) -> None:
     print(f"\nengine core main thread, {name}: {summary['main_thread_samples']} samples "
-          f"({summary['main_thread_samples'] / SAMPLES_PER_S:.1f} s), share of its wall time by stage:\n")
+          f"({summary['main_thread_samples'] / SAMPLES_PER_S:.1f} s; the other threads "
+          f"{summary['other_thread_samples']}), share of its wall time by stage:\n")
     print("| stage | share of the main thread |\n|---|---|")
     for stage, share in summary["stages"].items():
         print(f"| {stage} | {100 * share:.1f}% |")

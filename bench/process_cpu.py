@@ -20,7 +20,7 @@ ROLE_MARKERS = (("EngineCore", "engine core"), ("APIServer", "API frontend"), ("
                 ("DPCoordinator", "coordinator"))
 
 
-def _role(process: psutil.Process, root_pid: int, root_is_frontend: bool) -> str:
+def role_of(process: psutil.Process, root_pid: int, root_is_frontend: bool) -> str:
     try:
         title = " ".join(process.cmdline()) or process.name()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -79,7 +79,7 @@ class ProcessCpu:
             if after is None:
                 continue
             used_s = after - (self._before.get(pid) or 0.0)
-            role = roles.setdefault(_role(process, self.root_pid, self.root_is_frontend),
+            role = roles.setdefault(role_of(process, self.root_pid, self.root_is_frontend),
                                     {"cores": 0.0, "processes": 0, "threads": 0, "busiest_process_cores": 0.0})
             role["cores"] += used_s / self.wall_s
             role["processes"] += 1

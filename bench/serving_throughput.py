@@ -111,7 +111,7 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.phase == "offline-child":  # the engine's own process, so it gives the GPU back when done
-        (work / _result_name("offline", args.label)).write_text(json.dumps(measure_offline(args, work)))
+        (work / f"{_result_stem('offline', args.label)}.json").write_text(json.dumps(measure_offline(args, work)))
         return
     model_dir = args.model or _build_model(args, work)
     _make_adapters(model_dir, work / "artifacts", args.adapter_layers)
@@ -124,8 +124,9 @@ def main() -> None:
             if path.stem.partition("@")[0].split("-")[0] in PHASES}, args, model_dir)
 
 
-def _result_name(phase: str, label: str) -> str:
-    return f"{phase}@{label}.json" if label else f"{phase}.json"
+def _result_stem(phase: str, label: str) -> str:
+    """A run's files in --work-dir: STEM.json (its figures), STEM.log, STEM.engine-core.txt."""
+    return f"{phase}@{label}" if label else phase
 
 
 def bench_settings(model_dir: Path, artifacts: Path, extra_vllm_args: str) -> InferenceSettings:
@@ -240,7 +241,7 @@ def _messages(image_url: str) -> list[dict]:
 
 def _run_offline_child(work: Path, label: str) -> None:
     command = [sys.executable, __file__, *sys.argv[1:], "--phase", "offline-child", "--work-dir", str(work)]
-    log_path = work / _result_name("offline", label).replace(".json", ".log")
+    log_path = work / f"{_result_stem('offline', label)}.log"
     with open(log_path, "wb") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
     if finished.returncode != 0:
@@ -290,7 +291,7 @@ def measure_offline(args, work: Path) -> dict:
 
     # Warm-up: compiles, loads the mix's adapters, fills the allocator (the servers get the same).
     batch(min(64, args.offline_requests), max(ADAPTER_MIXES))
-    profile_path = work / _result_name("offline", args.label).replace(".json", ".engine-core.txt")
+    profile_path = work / f"{_result_stem('offline', args.label)}.engine-core.txt"
     with _engine_profile(args.profile_engine_core, os.getpid(), profile_path):
         requests_per_s = {0: batch(args.offline_requests, 0)}
     requests_per_s |= {adapters: batch(args.offline_requests, adapters) for adapters in ADAPTER_MIXES}
@@ -322,9 +323,9 @@ async def measure_server(server: str, args, model_dir: Path, work: Path) -> dict
         update={"api_server_count": count})
     figures = {"levels": {}, "mixes": {}, "hot_loads": [], "api_server_count": count,
                "mix_clients": max(args.concurrency), "vllm_args": _engine_flags(args)}
-    path = work / _result_name(f"{server}-{count}", args.label)
-    profile_path = path.with_suffix(".engine-core.txt")
-    process, base_url, load_adapter = _start(server, settings, path.with_suffix(".log"))
+    stem = _result_stem(f"{server}-{count}", args.label)
+    path, profile_path = work / f"{stem}.json", work / f"{stem}.engine-core.txt"
+    process, base_url, load_adapter = _start(server, settings, work / f"{stem}.log")
     try:
         async with (openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0,
                                        timeout=600) as client,
