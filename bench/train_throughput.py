@@ -1,7 +1,8 @@
 """Training throughput and peak GPU memory, side by side in one run on one model directory: the baseline
 `plain` (transformers + peft in the loop a notebook writes: collate inline, `model(**batch).loss`, backward,
 step) against the trainer's own loop on its two backends (`transformers`: batches prepared by DataLoader
-workers while the GPU trains, LM head only on answer tokens, LoRA matmuls in bf16 under autocast; `fp32lora`:
+workers while the GPU trains, LM head only on answer tokens, LoRA matmuls in bf16 under autocast, a Qwen vision
+tower's images in one varlen attention call (`transformers_sdpa` / `packed_sdpa`: one SDPA per image); `fp32lora`:
 the same with PEFT's fp32 LoRA matmuls; `compiled`: the same with each decoder / vision block under
 `torch.compile`, eager's bf16 rounding kept (`compiled_loose`: Inductor's own rounding); `packed`: the trainer's
 loop with padding-free packing, each micro-batch one row of whole samples with attention kept inside each
@@ -49,9 +50,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from sync_sites import SyncSites  # noqa: E402 - bench/ is on sys.path when run as a script
+
 PROFILE_MARK = "\n=== profile ===\n"
+PROFILED_STEPS = 3  # after the warm-up and one more step (the profiler's own warm-up)
 TRANSFORMERS_LOOPS = ("plain", "plain_fp32", "fp32lora", "compiled", "compiled_loose", "packed", "packed_compiled",
-                      "grouped")
+                      "grouped", "transformers_sdpa", "packed_sdpa")
+PACKED_LOOPS = ("packed", "packed_compiled", "packed_sdpa")
 PLAIN_LOOPS = ("plain", "plain_fp32")
 # Unsloth's variants: the environment each sets before Unsloth is imported (`unsloth_eager`: no compilation of its
 # decoder blocks; `unsloth_nocompile`: none of its compilation; `unsloth_loose`: as the backend ran before it kept
@@ -87,6 +92,8 @@ def main() -> None:
     parser.add_argument("--tokenizer-from", type=Path, help="--meta-shape: the tiny model whose tokenizer it takes")
     parser.add_argument("--profile", action="store_true", help="also print each configuration's top CUDA "
                         "operations over 3 steps after the warm-up (torch.profiler)")
+    parser.add_argument("--sync-sites", action="store_true", help="also print where the step after the warm-up "
+                        "makes the host wait for the GPU (bench/sync_sites.py; CUDA only, not with --profile)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.meta_shape and not args.child:
@@ -110,8 +117,8 @@ def main() -> None:
         if child.returncode or not lines:
             print(f"{config}: failed (exit {child.returncode})\n{child.stderr[-3000:]}", file=sys.stderr)
             continue
-        if args.profile and PROFILE_MARK in child.stdout:
-            print(f"{config}, 3 profiled steps:\n{child.stdout.split(PROFILE_MARK)[1]}")
+        if (args.profile or args.sync_sites) and PROFILE_MARK in child.stdout:
+            print(f"{config}, {'profile' if args.profile else 'sync sites'}:\n{child.stdout.split(PROFILE_MARK)[1]}")
         results[config] = json.loads(lines[-1].removeprefix("RESULT "))
         print(f"{config}: {results[config]['samples_per_second']:.2f} samples/s, "
               f"{results[config]['peak_gib']:.1f} GiB, losses {results[config]['losses']}", flush=True)
@@ -143,6 +150,8 @@ def _measure(args, config: str) -> dict:
         inductor_config.emulate_precision_casts = False
     if backend_name == "fp32lora":  # the trainer's loop with PEFT's fp32 LoRA matmuls (no autocast)
         backend = TransformersBackend(backend.placement, mixed_precision=False)
+    if backend_name in ("transformers_sdpa", "packed_sdpa"):  # the vision tower as transformers runs it under SDPA
+        backend = TransformersBackend(backend.placement, varlen_vision_attention=False)
     if backend_name == "plain_fp32":  # the plain loop on an fp32 copy of the model, no TF32: the exact reference
         from trainer_service.worker.backends import Placement
 
@@ -177,10 +186,16 @@ def _measure(args, config: str) -> dict:
     step_ends: list[float] = []
     profiler = _profiler(args.warmup_steps) if args.profile and ranks.is_main else None
 
+    sync_sites = SyncSites() if args.sync_sites and ranks.is_main and torch.cuda.is_available() else None
+
     def on_step() -> None:
         step_ends.append(time.perf_counter())
         if profiler is not None:
             profiler.step()
+        if sync_sites is not None and len(step_ends) == args.warmup_steps:
+            sync_sites.start()
+        elif sync_sites is not None and len(step_ends) == args.warmup_steps + 1:
+            sync_sites.stop()
 
     on_gpu = backend.placement.device.type == "cuda"
     if on_gpu:
@@ -197,8 +212,9 @@ def _measure(args, config: str) -> dict:
         sys.exit(0)
     if profiler is not None:
         profiler.stop()
-        table = profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
-        print(f"{PROFILE_MARK}{table}{PROFILE_MARK}")
+        print(f"{PROFILE_MARK}{_profile_report(profiler, step_ends, args.warmup_steps)}{PROFILE_MARK}")
+    if sync_sites is not None:
+        print(f"{PROFILE_MARK}{sync_sites.report()}{PROFILE_MARK}")
     timed = step_ends[args.warmup_steps - 1:]
     seconds = timed[-1] - timed[0]
     timed_samples = plan.samples_before(hyper.max_steps) - plan.samples_before(args.warmup_steps)
@@ -255,7 +271,7 @@ def _with_levers(hyper, backend_name: str, processor, samples, args):
 
     from trainer_service.worker.sampling import sample_token_counts
 
-    if backend_name in ("packed", "packed_compiled"):
+    if backend_name in PACKED_LOOPS:
         budget = args.max_tokens_per_batch or int(
             sample_token_counts(samples, processor, None).max() * args.batch_size)
         return dataclasses.replace(hyper, packing=True, max_tokens_per_batch=budget,
@@ -279,9 +295,28 @@ def _profiler(warmup_steps: int):
     from torch.profiler import ProfilerActivity, profile, schedule
 
     profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
-                       schedule=schedule(wait=warmup_steps, warmup=1, active=3, repeat=1))
+                       schedule=schedule(wait=warmup_steps, warmup=1, active=PROFILED_STEPS, repeat=1))
     profiler.start()
     return profiler
+
+
+def _profile_report(profiler, step_ends: list[float], warmup_steps: int) -> str:
+    """The profiled steps' top GPU operations, their top host-side operations (where the CPU waits: syncs,
+    kernel launches) and how busy the GPU was: kernel time over the steps' wall time (kernels on one stream,
+    so their sum is the busy time)."""
+    from torch.autograd import DeviceType
+
+    averages = profiler.key_averages()
+    kernel_us = sum(event.self_device_time_total for event in averages  # (a step's annotation is not a kernel)
+                    if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False))
+    wall_s = step_ends[warmup_steps + PROFILED_STEPS] - step_ends[warmup_steps]  # the schedule's active steps
+    syncs = sum(event.count for event in averages if event.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize"))
+    launches = sum(event.count for event in averages if event.key in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                         "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+    return (f"{averages.table(sort_by='self_cuda_time_total', row_limit=25)}\n"
+            f"{averages.table(sort_by='self_cpu_time_total', row_limit=15)}\n"
+            f"GPU busy {kernel_us / 1e6 / wall_s:.1%} of {wall_s:.2f} s ({PROFILED_STEPS} steps); "
+            f"{launches / PROFILED_STEPS:.0f} kernel launches and {syncs / PROFILED_STEPS:.0f} host syncs a step")
 
 
 def _plain_loop(peft_model, processor, samples, hyper, backend, ranks, on_step) -> list[float]:

@@ -22,6 +22,7 @@ from ..errors import FailedPreconditionError
 from ..job_spec import Hyperparameters
 from .compile_blocks import round_like_eager
 from .lora_targets import target_modules
+from .vision_attention import use_varlen_vision_attention
 
 BackendChoice = Literal["auto", "transformers", "unsloth"]
 BACKEND_ENV = "VLMFORGE_TRAINER_TRAINING_BACKEND"  # how the service hands its setting to the worker
@@ -59,10 +60,12 @@ class TransformersBackend:
     name = "transformers"
     fused_loss = False
 
-    def __init__(self, placement: Placement, *, mixed_precision: bool | None = None):
+    def __init__(self, placement: Placement, *, mixed_precision: bool | None = None,
+                 varlen_vision_attention: bool = True):
         self.placement = placement
         self._mixed_precision = (placement.device.type == "cuda" and placement.dtype == torch.bfloat16
                                  if mixed_precision is None else mixed_precision)
+        self._varlen_vision_attention = varlen_vision_attention  # off only to measure against transformers' SDPA
 
     def load(self, model_dir: Path, *, quantize_4bit: bool, hyper: Hyperparameters):
         from transformers import AutoModelForImageTextToText
@@ -97,10 +100,16 @@ class TransformersBackend:
         # masters), as transformers' Trainer does with bf16=True. PEFT's own cast would otherwise copy every
         # adapted layer's input to fp32 and run its LoRA matmuls in fp32: a fifth of a 2B step on an H100.
         _set_lora_input_casting(model, enabled=not self._mixed_precision)
+        self._use_vision_attention(model)
 
     def for_inference(self, model) -> None:
         model.eval()
         _set_lora_input_casting(model, enabled=True)  # generation runs without autocast
+        self._use_vision_attention(model)
+
+    def _use_vision_attention(self, model) -> None:
+        if self._varlen_vision_attention:
+            use_varlen_vision_attention(model)
 
     def compute_precision(self):
         """The context the training forward and loss run in."""

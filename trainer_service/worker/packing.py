@@ -13,14 +13,13 @@ other call (padded batches, generation with a cache, the vision tower) goes to S
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import itertools
-import math
 
 import torch
 
 from vlmforge.chat_format import IGNORE_INDEX
+
+from .varlen import varlen_kernel_for
 
 PACKED_ATTENTION = "vlmforge_packed"
 # Only Qwen's M-RoPE families (job_spec.PACKING_FAMILIES): their language model takes packed 4-row position ids
@@ -96,7 +95,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     cu_seqlens, lengths = _segments(position_ids)
-    varlen = _varlen_kernel() if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) else None
+    varlen = varlen_kernel_for(query, causal=True)
     if varlen is not None and not (dropout and module.training):
         return varlen(query, key, value, cu_seqlens, max(lengths), scaling)[None], None
     parts = [torch.nn.functional.scaled_dot_product_attention(
@@ -104,35 +103,6 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         enable_gqa=key.shape[1] != query.shape[1])
         for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)))]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
-
-
-@functools.cache
-def _varlen_kernel():
-    """PyTorch's varlen flash attention (`torch.nn.attention.varlen`, CUDA), adapted to the signature this torch
-    has (2.11 takes `is_causal`; later ones `window_size`, `scale` and `enable_gqa`); None where there is none."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    parameters = inspect.signature(varlen_attn).parameters
-    causal = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
-
-    def attend(query, key, value, cu_seqlens, longest: int, scaling: float | None):
-        query, key, value = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
-        options = dict(causal)
-        if key.shape[1] != query.shape[1]:
-            if "enable_gqa" in parameters:
-                options["enable_gqa"] = True
-            else:
-                repeat = query.shape[1] // key.shape[1]
-                key, value = key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)
-        if "scale" in parameters:
-            options["scale"] = scaling
-        elif scaling is not None and not math.isclose(scaling, query.shape[-1] ** -0.5):
-            raise ValueError(f"this torch's varlen_attn has no scale argument; the model scales by {scaling}")
-        return varlen_attn(query, key, value, cu_seqlens, cu_seqlens, longest, longest, **options)
-
-    return attend
 
 
 _last_segments: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None

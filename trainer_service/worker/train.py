@@ -119,11 +119,11 @@ def train(peft_model, processor, train_set: list[Conversation], hyper: Hyperpara
         losses = restore_checkpoint(resumed, peft_model, optimizer, scheduler, ranks)
         start_step = resumed.step
 
-    backend.for_training(peft_model)
     rope_index = None
-    if hyper.packing:
+    if hyper.packing:  # first: it sets every sub-model's attention, and for_training then gives the vision its own
         use_packed_attention(peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model)
         rope_index = rope_index_of(peft_model)
+    backend.for_training(peft_model)
     model = ranks.wrap(peft_model)
     collate = ChatCollator(processor, family=family_for_model_type(peft_model.config.model_type),
                            max_length=hyper.max_sequence_length)
