@@ -100,6 +100,7 @@ def test_training_keeps_it_with_packing_and_no_saved_config_names_it(tiny_model_
     backend.for_training(model)
     assert model.config.vision_config._attn_implementation == VISION_VARLEN_ATTENTION
     assert model.config.text_config._attn_implementation == "vlmforge_packed"
+    assert backend.vision_attention(model).startswith("all of a batch's images in one varlen flash call")
     backend.for_inference(model)
     assert model.config.vision_config._attn_implementation == VISION_VARLEN_ATTENTION
 
@@ -119,3 +120,4 @@ def test_a_vision_tower_without_image_boundaries_keeps_its_attention(family: str
     before = model.config.vision_config._attn_implementation
     assert not use_varlen_vision_attention(model)
     assert model.config.vision_config._attn_implementation == before
+    assert TransformersBackend(CPU).vision_attention(model) == f"the model's own ({before})"

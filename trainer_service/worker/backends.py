@@ -22,7 +22,7 @@ from ..errors import FailedPreconditionError
 from ..job_spec import Hyperparameters
 from .compile_blocks import round_like_eager
 from .lora_targets import target_modules
-from .vision_attention import use_varlen_vision_attention
+from .vision_attention import use_varlen_vision_attention, varlen_vision_attention_applies
 
 BackendChoice = Literal["auto", "transformers", "unsloth"]
 BACKEND_ENV = "VLMFORGE_TRAINER_TRAINING_BACKEND"  # how the service hands its setting to the worker
@@ -54,6 +54,7 @@ class TrainingBackend(Protocol):
     def for_training(self, model) -> None: ...
     def for_inference(self, model) -> None: ...
     def compute_precision(self): ...
+    def vision_attention(self, model) -> str: ...  # how the vision tower attends, for the job's events
 
 
 class TransformersBackend:
@@ -110,6 +111,11 @@ class TransformersBackend:
     def _use_vision_attention(self, model) -> None:
         if self._varlen_vision_attention:
             use_varlen_vision_attention(model)
+
+    def vision_attention(self, model) -> str:
+        if self._varlen_vision_attention and varlen_vision_attention_applies(model):
+            return "all of a batch's images in one varlen flash call a block (one SDPA per image off CUDA)"
+        return f"the model's own ({getattr(model.config, 'vision_config', model.config)._attn_implementation})"
 
     def compute_precision(self):
         """The context the training forward and loss run in."""
@@ -171,6 +177,9 @@ class UnslothBackend:
 
     def compute_precision(self):
         return contextlib.nullcontext()  # Unsloth's kernels pick their own precision
+
+    def vision_attention(self, model) -> str:
+        return "Unsloth's own"
 
 
 def unsloth_installed() -> bool:

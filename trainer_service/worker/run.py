@@ -148,6 +148,10 @@ def _run_job(store: JobRecords, job_id: str, state_dir: Path, tracking: JobTrack
                                     ranks, step=step)
             backend.for_training(peft_model)
 
+    if ranks.is_main:
+        vision_attention = backend.vision_attention(peft_model)
+        store.append_event(job_id, "log", f"vision attention: {vision_attention}",
+                           {"levers": {"vision_attention": vision_attention}})
     reporter = _JobReporter(store, job_id, hyper, validate)
     losses = train(peft_model, processor, train_set, hyper, state_dir / "checkpoints" / job_id, backend,
                    reporter.on_progress, reporter.on_checkpoint,

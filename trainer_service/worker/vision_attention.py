@@ -1,4 +1,4 @@
-"""All of a batch's images in one attention call in Qwen's vision towers (Qwen2-VL, Qwen2.5-VL).
+"""All of a batch's images in one attention call in Qwen's vision towers (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5).
 
 Such a tower lays every image of a batch end to end and attends within each image. Under SDPA, transformers
 splits them in every block: it reads the image lengths back from the GPU (a host sync in each of the 32 blocks,
@@ -27,14 +27,20 @@ def use_varlen_vision_attention(model) -> bool:
     """Gives the model's vision tower this attention if its attention takes image boundaries (`cu_seqlens`);
     returns whether it did. Idempotent; the saved config is not changed (transformers keeps the attention
     implementation out of config.json)."""
-    vision_config = getattr(model.config, "vision_config", None)
-    if vision_config is None or not any(_takes_image_boundaries(module, vision_config) for module in model.modules()):
+    if not varlen_vision_attention_applies(model):
         return False
     from transformers import AttentionInterface
 
     AttentionInterface.register(VISION_VARLEN_ATTENTION, vision_varlen_attention)
-    vision_config._attn_implementation = VISION_VARLEN_ATTENTION
+    model.config.vision_config._attn_implementation = VISION_VARLEN_ATTENTION
     return True
+
+
+def varlen_vision_attention_applies(model) -> bool:
+    """Whether the model's vision tower has an attention that takes its images' boundaries (`cu_seqlens`)."""
+    vision_config = getattr(model.config, "vision_config", None)
+    return vision_config is not None and any(_takes_image_boundaries(module, vision_config)
+                                             for module in model.modules())
 
 
 def _takes_image_boundaries(module: torch.nn.Module, vision_config) -> bool:
